@@ -1,0 +1,44 @@
+# The two entry points: `make serve` (run the decision service) and `make test` (whole suite).
+# Both do all set-up on a fresh machine: virtualenv, build of the Cython core, redis-server.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+BUILD_LOCK := /tmp/limiter-build.lock
+
+.PHONY: all venv build serve test lint bench redis-server clean
+
+all: test
+
+$(STAMP): pyproject.toml setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -U pip setuptools wheel
+	$(PY) -m pip install -q "cython>=3.0.10" "numpy>=1.26"
+	$(PY) -m pip install -q -e '.[test,bench]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Rebuild the extension in place after editing ext/*.pyx|pxi (serialised: helpers may build concurrently).
+build: venv
+	flock $(BUILD_LOCK) $(PY) setup.py -q build_ext --inplace
+
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q redis-server redis-tools; }
+
+serve: build
+	$(PY) -m limiter.demo
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: build redis-server lint
+	$(PY) -m pytest -q tests
+
+bench: build
+	$(PY) benchmarks/core_bench.py
+
+clean:
+	rm -rf build $(VENV) limiter/_core.c limiter/*.so ext/*.c
