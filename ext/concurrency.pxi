@@ -11,13 +11,15 @@ cdef class Permit(Decision):
     cdef ConcurrencyLimit owner
     cdef object key
     cdef int64_t cost
+    # The backend's lease id when state is shared (leases expire if never released).
+    cdef readonly object lease
     cdef readonly bint released
 
     def release(self):
         """Give the slots back; idempotent."""
         if self.allowed and not self.released:
             self.released = True
-            self.owner._release(self.key, self.cost)
+            self.owner._release(self.key, self.cost, self.lease)
 
     def __exit__(self, exc_type, exc, tb):
         self.release()
@@ -26,7 +28,7 @@ cdef class Permit(Decision):
     def __dealloc__(self):
         if self.allowed and not self.released and self.owner is not None:
             self.released = True
-            self.owner._release(self.key, self.cost)
+            self.owner._release(self.key, self.cost, self.lease)
 
 
 @cython.final
@@ -40,11 +42,11 @@ cdef class ConcurrencyLimit(KeyedLimiter):
 
     cdef readonly int64_t limit
 
-    def __init__(self, limit, *, max_keys=1_000_000):
+    def __init__(self, limit, *, max_keys=1_000_000, backend=None):
         self.limit = check_count("limit", limit, 1, MAX_COUNT)
         self.limit_value = self.limit
         self.max_cost = self.limit
-        self._setup(1, max_keys, None, False, False)
+        self._setup(1, max_keys, None, False, backend, Spec("concurrency", limit=self.limit), False)
 
     cdef int _decide(self, object key, int64_t cost, int64_t now, Outcome* out) except -1:
         cdef int32_t slot = self.table.get(key, now)
@@ -66,7 +68,10 @@ cdef class ConcurrencyLimit(KeyedLimiter):
         out.remaining = self.limit - row[0]
         return 0
 
-    cdef int _release(self, object key, int64_t cost) except -1:
+    cdef int _release(self, object key, int64_t cost, object lease) except -1:
+        if self.remote is not None:
+            self.remote.release(key, cost, lease)
+            return 0
         cdef int32_t slot = self.table.find(key)
         if slot < 0:
             return 0
@@ -81,8 +86,13 @@ cdef class ConcurrencyLimit(KeyedLimiter):
         cdef int64_t c = cost_arg(cost, self.max_cost)
         check_key(key)
         cdef Outcome o
-        self._decide(key, c, 0, &o)
         cdef Permit p = Permit.__new__(Permit)
+        if self.remote is not None:
+            decision, p.lease = self.remote.acquire_lease(key, c)
+            o.allowed = decision.allowed
+            o.remaining = decision.remaining
+        else:
+            self._decide(key, c, 0, &o)
         p.allowed = o.allowed
         p.limit = self.limit
         p.remaining = o.remaining

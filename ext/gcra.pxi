@@ -16,7 +16,8 @@ cdef class _Gcra(RateKernel):
     cdef int64_t interval
     cdef int64_t tolerance
 
-    cdef _setup_gcra(self, object rate, object burst, object clock, object max_keys):
+    cdef _setup_gcra(self, str algorithm, object rate, object burst, object clock,
+                     object max_keys, object backend, int64_t max_wait_ns=0):
         self.rate = check_positive("rate", rate, 1e9)
         self.burst = check_count("burst", burst, 1, MAX_COUNT)
         self.interval = <int64_t>ceil(NS_PER_S / self.rate)
@@ -26,7 +27,8 @@ cdef class _Gcra(RateKernel):
         self.tolerance = self.burst * self.interval
         self.limit_value = self.burst
         self.max_cost = self.burst
-        self._setup(1, max_keys, clock, False)
+        spec = Spec(algorithm, limit=self.burst, interval_ns=self.interval, max_wait_ns=max_wait_ns)
+        self._setup(1, max_keys, clock, False, backend, spec)
 
     cdef int _decide(self, object key, int64_t cost, int64_t now, Outcome* out) except -1:
         cdef int32_t slot = self.table.get(key, now)
@@ -63,8 +65,8 @@ cdef class TokenBucket(_Gcra):
     ``cost`` tokens. ``clock`` (optional) returns monotonic int nanoseconds.
     """
 
-    def __init__(self, rate, burst, *, clock=None, max_keys=1_000_000):
-        self._setup_gcra(rate, burst, clock, max_keys)
+    def __init__(self, rate, burst, *, clock=None, max_keys=1_000_000, backend=None):
+        self._setup_gcra("token_bucket", rate, burst, clock, max_keys, backend)
 
     def __repr__(self):
         return f"TokenBucket(rate={self.rate!r}, burst={self.burst})"
@@ -78,8 +80,8 @@ cdef class LeakyBucket(_Gcra):
     request that would overflow it is refused with the exact time it would fit.
     """
 
-    def __init__(self, rate, burst=1, *, clock=None, max_keys=1_000_000):
-        self._setup_gcra(rate, burst, clock, max_keys)
+    def __init__(self, rate, burst=1, *, clock=None, max_keys=1_000_000, backend=None):
+        self._setup_gcra("leaky_bucket", rate, burst, clock, max_keys, backend)
 
     def __repr__(self):
         return f"LeakyBucket(rate={self.rate!r}, burst={self.burst})"
@@ -97,13 +99,14 @@ cdef class LeakyShaper(_Gcra):
     cdef readonly double max_wait
     cdef int64_t max_wait_ns
 
-    def __init__(self, rate, burst=1, *, max_wait=1.0, clock=None, max_keys=1_000_000):
-        self._setup_gcra(rate, burst, clock, max_keys)
+    def __init__(self, rate, burst=1, *, max_wait=1.0, clock=None, max_keys=1_000_000,
+                 backend=None):
         if isinstance(max_wait, (int, float)) and not isinstance(max_wait, bool) and max_wait == 0:
             self.max_wait = 0.0
         else:
             self.max_wait = check_positive("max_wait", max_wait, MAX_SECONDS)
         self.max_wait_ns = seconds_to_ns(self.max_wait)
+        self._setup_gcra("leaky_shaper", rate, burst, clock, max_keys, backend, self.max_wait_ns)
         # A wait is bounded by max_wait, not by the burst: the largest cost that can
         # ever pass is what a full bucket can schedule within max_wait.
         self.max_cost = min(MAX_COUNT, self.max_wait_ns // self.interval + self.burst)

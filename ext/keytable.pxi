@@ -201,13 +201,16 @@ cdef class KeyedLimiter:
     cdef bint wall
     cdef int64_t limit_value
     cdef int64_t max_cost
+    # Shared state (limiter.backends.Bound) when backend= names one; None = this process.
+    cdef readonly object remote
 
-    cdef _setup(self, int32_t width, object max_keys, object clock, bint wall,
-                bint can_evict_busy=True):
+    cdef _setup(self, int32_t width, object max_keys, object clock, bint wall, object backend,
+                object spec, bint can_evict_busy=True):
         cdef int64_t mk = check_count("max_keys", max_keys, 1, 0x7FFFFFFF)
         self.table = KeyTable(width, mk, can_evict_busy)
         self.clock = check_clock(clock)
         self.wall = wall
+        self.remote = bind_backend(backend, spec)
 
     cdef int _decide(self, object key, int64_t cost, int64_t now, Outcome* out) except -1:
         raise NotImplementedError
@@ -244,6 +247,8 @@ cdef class RateKernel(KeyedLimiter):
         """Take ``cost`` units for ``key`` if they are available; returns a Decision."""
         cdef int64_t c = cost_arg(cost, self.max_cost)
         check_key(key)
+        if self.remote is not None:
+            return self.remote.acquire(key, c)
         cdef int64_t now = self._now()
         cdef Outcome o
         self._decide(key, c, now, &o)
@@ -254,6 +259,8 @@ cdef class RateKernel(KeyedLimiter):
         """Like ``acquire`` but returns only a bool (no Decision is built)."""
         cdef int64_t c = cost_arg(cost, self.max_cost)
         check_key(key)
+        if self.remote is not None:
+            return self.remote.acquire(key, c).allowed
         cdef int64_t now = self._now()
         cdef Outcome o
         self._decide(key, c, now, &o)
@@ -284,6 +291,10 @@ cdef class RateKernel(KeyedLimiter):
         seq = keys if isinstance(keys, (list, tuple)) else list(keys)
         for i in range(n):
             check_key(seq[i])
+        if self.remote is not None:
+            return np.fromiter(
+                (d.allowed for d in self.remote.acquire_batch(seq, None if not has_costs else cv)),
+                dtype=np.bool_, count=n)
         cdef int64_t now = self._now()
         for i in range(n):
             if has_costs:

@@ -9,14 +9,15 @@ cdef class _Window(RateKernel):
     cdef readonly double period
     cdef int64_t period_ns
 
-    cdef _setup_window(self, object limit, object period, object clock, object max_keys,
-                       int32_t width):
+    cdef _setup_window(self, str algorithm, object limit, object period, object clock,
+                       object max_keys, object backend, int32_t width):
         self.limit = check_count("limit", limit, 1, MAX_COUNT)
         self.period = check_positive("period", period, MAX_SECONDS)
         self.period_ns = seconds_to_ns(self.period)
         self.limit_value = self.limit
         self.max_cost = self.limit
-        self._setup(width, max_keys, clock, True)
+        spec = Spec(algorithm, limit=self.limit, period_ns=self.period_ns)
+        self._setup(width, max_keys, clock, True, backend, spec)
 
 
 @cython.final
@@ -26,8 +27,8 @@ cdef class FixedWindow(_Window):
     Row: [window start, count]. Refused requests are not counted.
     """
 
-    def __init__(self, limit, period, *, clock=None, max_keys=1_000_000):
-        self._setup_window(limit, period, clock, max_keys, 2)
+    def __init__(self, limit, period, *, clock=None, max_keys=1_000_000, backend=None):
+        self._setup_window("fixed_window", limit, period, clock, max_keys, backend, 2)
 
     cdef int _decide(self, object key, int64_t cost, int64_t now, Outcome* out) except -1:
         cdef int32_t slot = self.table.get(key, now)
@@ -64,8 +65,8 @@ cdef class SlidingWindow(_Window):
     cost of two integers per key.
     """
 
-    def __init__(self, limit, period, *, clock=None, max_keys=1_000_000):
-        self._setup_window(limit, period, clock, max_keys, 3)
+    def __init__(self, limit, period, *, clock=None, max_keys=1_000_000, backend=None):
+        self._setup_window("sliding_window", limit, period, clock, max_keys, backend, 3)
 
     cdef int _decide(self, object key, int64_t cost, int64_t now, Outcome* out) except -1:
         cdef int32_t slot = self.table.get(key, now)

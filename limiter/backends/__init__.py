@@ -1,0 +1,27 @@
+"""Where limiter state lives: in-process kernels (default) or a shared backend.
+
+Every limiter takes ``backend=``: ``None`` or ``"memory://"`` keeps state in the
+Cython kernels of this process; a URL (``redis://``, ``rediss://``,
+``redis+cluster://``, ``redis+sentinel://``) or a ``Backend`` object shares it.
+A limiter hands its ``Spec`` to ``Backend.bind`` and gets back a ``Bound`` that
+answers for that one algorithm.
+"""
+
+from __future__ import annotations
+
+from limiter.backends.base import Backend, Bound, Spec
+from limiter.errors import InvalidParameter
+
+__all__ = ["Backend", "Bound", "Spec", "bind"]
+
+
+def bind(backend: object, spec: Spec) -> Bound | None:
+    """Resolve ``backend`` for ``spec``; None means: use the in-process kernel."""
+    if backend is None or backend == "memory://":
+        return None
+    if isinstance(backend, str):
+        scheme = backend.split("://", 1)[0] if "://" in backend else ""
+        raise InvalidParameter(f"backend URL scheme {scheme!r} is not supported: {backend!r}")
+    if isinstance(backend, Backend):
+        return backend.bind(spec)
+    raise InvalidParameter(f"backend must be a URL or a Backend object, got {backend!r:.80}")
