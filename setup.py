@@ -1,8 +1,35 @@
-"""Builds the Cython core (ext/_core.pyx) into the extension ``limiter._core``."""
+"""Build glue: the Cython core and the namespaced package layout.
+
+ext/_core.pyx compiles to ``limiter._core``; ``server/`` and ``clients/`` install as
+``limiter.server`` and ``limiter.clients`` (never as top-level modules).
+"""
+
+import os
 
 import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+
+ROOTS = {"limiter": "limiter", "limiter.server": "server", "limiter.clients": "clients"}
+DATA = ["*.pyi", "py.typed", "*.lua", "*.proto", "*.yaml", "static/*", "static/**/*"]
+
+
+def discover() -> tuple[list[str], dict[str, str]]:
+    """Every package under the three roots, with its source directory."""
+    packages, package_dir = [], {}
+    for name, root in ROOTS.items():
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = [d for d in dirnames if not d.startswith((".", "__"))]
+            if "__init__.py" not in filenames:
+                continue
+            rel = os.path.relpath(dirpath, root)
+            pkg = name if rel == "." else name + "." + rel.replace(os.sep, ".")
+            packages.append(pkg)
+            package_dir[pkg] = dirpath
+    return packages, package_dir
+
+
+packages, package_dir = discover()
 
 extensions = [
     Extension(
@@ -15,6 +42,9 @@ extensions = [
 ]
 
 setup(
+    packages=packages,
+    package_dir=package_dir,
+    package_data={pkg: DATA for pkg in packages},
     ext_modules=cythonize(
         extensions,
         compiler_directives={
@@ -25,5 +55,5 @@ setup(
             "initializedcheck": False,
             "embedsignature": True,
         },
-    )
+    ),
 )
