@@ -63,7 +63,7 @@ cdef class ConcurrencyLimit(KeyedLimiter):
             out.remaining = self.limit - row[0]
             return 0
         row[0] += cost
-        self.table.idle_at[slot] = NEVER_IDLE
+        self.table.set_idle(slot, NEVER_IDLE)
         out.allowed = True
         out.remaining = self.limit - row[0]
         return 0

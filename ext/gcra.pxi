@@ -44,7 +44,7 @@ cdef class _Gcra(RateKernel):
             out.retry_ns = allow_at - now
             return 0
         row[0] = new_tat
-        self.table.idle_at[slot] = new_tat
+        self.table.set_idle(slot, new_tat)
         out.allowed = True
         out.remaining = (self.tolerance - (new_tat - now)) // self.interval
         out.reset_ns = new_tat - now
@@ -127,7 +127,7 @@ cdef class LeakyShaper(_Gcra):
             out.wait_ns = 0
             return 0
         row[0] = new_tat
-        self.table.idle_at[slot] = new_tat
+        self.table.set_idle(slot, new_tat)
         out.allowed = True
         out.remaining = (self.tolerance - (new_tat - now)) // self.interval
         out.reset_ns = new_tat - now

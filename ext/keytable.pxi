@@ -1,28 +1,33 @@
-# KeyTable: bounded key -> state-row map with LRU order, and the keyed-limiter base.
+# KeyTable: bounded key -> state-row map with CLOCK eviction, and the keyed-limiter base.
 
 cdef int64_t NEVER_IDLE = 0x7FFFFFFFFFFFFFFF
+# Per-row header before the algorithm's state: [idle_at, flags].
+DEF HEADER = 2
+cdef int64_t LIVE = 1
+cdef int64_t REFERENCED = 2
 
 
 cdef class KeyTable:
     """Bounded map from key to a fixed-width row of int64 state.
 
     Why: a flood of distinct keys must not exhaust memory, and a Python object per
-    key would cost far more than the few integers an algorithm needs. Rows live in C
-    arrays, a dict maps key -> row number, and rows are kept in LRU order. A row of
-    zeros is a fresh key. Each row records ``idle_at``, the time after which its
-    state is equivalent to a fresh key: such rows are dropped lazily, changing no
-    answer. When the table is full, the least recently used row is evicted (its key
-    starts fresh if it returns, counted in ``evictions``) unless ``can_evict_busy``
-    is false, in which case the new key gets no row (``get`` returns -1).
+    key would cost far more than the few integers an algorithm needs. Rows live in
+    one C array and a dict maps key -> row number. A row of zeros is a fresh key.
+    Each row records ``idle_at``, the time after which its state is equivalent to a
+    fresh key: such rows are reclaimed lazily without changing any answer.
+
+    When the table is full a victim is chosen by CLOCK (second chance), the
+    classic constant-time approximation of LRU: a hit only sets a flag in the row it
+    already touches, instead of relinking list neighbours scattered over memory.
+    An evicted key starts fresh if it returns (counted in ``evictions``), unless
+    ``can_evict_busy`` is false, in which case the new key gets no row (-1).
     """
 
     cdef dict index
     cdef list keys
     cdef int64_t* rows
-    cdef int64_t* idle_at
-    cdef int32_t* prev
-    cdef int32_t* next
-    cdef int32_t width, capacity, size, max_keys, head, tail, free_head
+    cdef int32_t* free_next
+    cdef int32_t width, stride, capacity, used, size, max_keys, hand, free_head
     cdef bint can_evict_busy
     cdef readonly uint64_t evictions
 
@@ -30,22 +35,18 @@ cdef class KeyTable:
         self.index = {}
         self.keys = []
         self.width = width
+        self.stride = width + HEADER
         self.max_keys = max_keys
         self.can_evict_busy = can_evict_busy
-        self.capacity = 0
-        self.size = 0
-        self.head = self.tail = self.free_head = -1
+        self.capacity = self.used = self.size = self.hand = 0
+        self.free_head = -1
         self.rows = NULL
-        self.idle_at = NULL
-        self.prev = NULL
-        self.next = NULL
+        self.free_next = NULL
         self._grow()
 
     def __dealloc__(self):
         free(self.rows)
-        free(self.idle_at)
-        free(self.prev)
-        free(self.next)
+        free(self.free_next)
 
     def __len__(self):
         return self.size
@@ -54,88 +55,90 @@ cdef class KeyTable:
         cdef int32_t cap = 64 if self.capacity == 0 else self.capacity * 2
         if cap > self.max_keys:
             cap = self.max_keys
-        cdef int64_t* rows = <int64_t*>realloc(self.rows, <size_t>cap * self.width * sizeof(int64_t))
+        cdef int64_t* rows = <int64_t*>realloc(self.rows, <size_t>cap * self.stride * sizeof(int64_t))
         if rows == NULL:
             raise MemoryError()
         self.rows = rows
-        cdef int64_t* idle = <int64_t*>realloc(self.idle_at, <size_t>cap * sizeof(int64_t))
-        if idle == NULL:
+        cdef int32_t* nxt = <int32_t*>realloc(self.free_next, <size_t>cap * sizeof(int32_t))
+        if nxt == NULL:
             raise MemoryError()
-        self.idle_at = idle
-        cdef int32_t* p = <int32_t*>realloc(self.prev, <size_t>cap * sizeof(int32_t))
-        if p == NULL:
-            raise MemoryError()
-        self.prev = p
-        cdef int32_t* n = <int32_t*>realloc(self.next, <size_t>cap * sizeof(int32_t))
-        if n == NULL:
-            raise MemoryError()
-        self.next = n
+        self.free_next = nxt
         self.capacity = cap
         return 0
 
-    cdef inline void _unlink(self, int32_t slot) noexcept:
-        cdef int32_t p = self.prev[slot], n = self.next[slot]
-        if p >= 0:
-            self.next[p] = n
-        else:
-            self.head = n
-        if n >= 0:
-            self.prev[n] = p
-        else:
-            self.tail = p
+    cdef inline int64_t* _base(self, int32_t slot) noexcept:
+        return self.rows + <Py_ssize_t>slot * self.stride
 
-    cdef inline void _push_front(self, int32_t slot) noexcept:
-        self.prev[slot] = -1
-        self.next[slot] = self.head
-        if self.head >= 0:
-            self.prev[self.head] = slot
-        self.head = slot
-        if self.tail < 0:
-            self.tail = slot
+    cdef inline int64_t* row(self, int32_t slot) noexcept:
+        """The algorithm's state for ``slot``."""
+        return self.rows + <Py_ssize_t>slot * self.stride + HEADER
+
+    cdef inline void set_idle(self, int32_t slot, int64_t idle_at) noexcept:
+        """From ``idle_at`` on, the row equals a fresh key and may be reclaimed."""
+        self.rows[<Py_ssize_t>slot * self.stride] = idle_at
 
     cdef inline int32_t find(self, object key) except -2:
-        """Row of ``key`` or -1; does not touch LRU order."""
+        """Row of ``key`` or -1."""
         cdef PyObject* obj = PyDict_GetItem(self.index, key)
         if obj == NULL:
             return -1
         return <int32_t><object>obj
 
     cdef inline int32_t get(self, object key, int64_t now) except -2:
-        """Row of ``key``, created fresh if absent; marks it most recently used."""
+        """Row of ``key``, created fresh if absent; marks it recently used."""
         cdef PyObject* obj = PyDict_GetItem(self.index, key)
         cdef int32_t slot
         if obj != NULL:
             slot = <int32_t><object>obj
-            if slot != self.head:
-                self._unlink(slot)
-                self._push_front(slot)
+            self.rows[<Py_ssize_t>slot * self.stride + 1] = LIVE | REFERENCED
             return slot
         return self._insert(key, now)
 
+    cdef int32_t _sweep(self, int64_t now, bint full) except -2:
+        """Advance the clock hand; reclaim idle rows, and pick a victim when ``full``."""
+        cdef int32_t steps = 2 if not full else 2 * self.used + 1
+        cdef int32_t s
+        cdef int64_t* base
+        while steps > 0 and self.used > 0:
+            steps -= 1
+            s = self.hand
+            self.hand = s + 1 if s + 1 < self.used else 0
+            base = self._base(s)
+            if not (base[1] & LIVE):
+                continue
+            if base[0] <= now:
+                self.remove(s)
+                if full:
+                    return s
+            elif base[1] & REFERENCED:
+                base[1] = LIVE
+            elif full and self.can_evict_busy:
+                self.remove(s)
+                self.evictions += 1
+                return s
+        return -1
+
     cdef int32_t _insert(self, object key, int64_t now) except -2:
         cdef int32_t slot, i
-        # Reclaim a couple of idle rows per insert so memory shrinks as keys go quiet.
-        for i in range(2):
-            if self.tail >= 0 and self.idle_at[self.tail] <= now:
-                self.remove(self.tail)
+        self._sweep(now, False)
         if self.size >= self.max_keys:
-            if not self.can_evict_busy or self.tail < 0:
+            # Rows that never go idle (in-flight counts) cannot be evicted: refuse at once.
+            if not self.can_evict_busy or self._sweep(now, True) < 0:
                 return -1
-            self.remove(self.tail)
-            self.evictions += 1
         if self.free_head >= 0:
             slot = self.free_head
-            self.free_head = self.next[slot]
+            self.free_head = self.free_next[slot]
             self.keys[slot] = key
         else:
-            slot = <int32_t>len(self.keys)
+            slot = self.used
             if slot >= self.capacity:
                 self._grow()
             self.keys.append(key)
-        for i in range(self.width):
-            self.rows[<Py_ssize_t>slot * self.width + i] = 0
-        self.idle_at[slot] = 0
-        self._push_front(slot)
+            self.used += 1
+        cdef int64_t* base = self._base(slot)
+        for i in range(self.stride):
+            base[i] = 0
+        base[1] = LIVE | REFERENCED
         PyDict_SetItem(self.index, key, slot)
         self.size += 1
         return slot
@@ -144,20 +147,17 @@ cdef class KeyTable:
         key = self.keys[slot]
         self.keys[slot] = None
         PyDict_DelItem(self.index, key)
-        self._unlink(slot)
-        self.next[slot] = self.free_head
+        self._base(slot)[1] = 0
+        self.free_next[slot] = self.free_head
         self.free_head = slot
         self.size -= 1
         return 0
 
-    cdef inline int64_t* row(self, int32_t slot) noexcept:
-        return self.rows + <Py_ssize_t>slot * self.width
-
     def clear(self):
         self.index.clear()
         self.keys.clear()
-        self.size = 0
-        self.head = self.tail = self.free_head = -1
+        self.used = self.size = self.hand = 0
+        self.free_head = -1
 
 
 cdef inline object check_key(object key):

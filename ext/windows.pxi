@@ -45,7 +45,7 @@ cdef class FixedWindow(_Window):
             out.retry_ns = out.reset_ns
             return 0
         row[1] += cost
-        self.table.idle_at[slot] = start + self.period_ns
+        self.table.set_idle(slot, start + self.period_ns)
         out.allowed = True
         out.remaining = self.limit - row[1]
         out.retry_ns = 0
@@ -98,7 +98,7 @@ cdef class SlidingWindow(_Window):
                 out.retry_ns = 1
             return 0
         row[1] = cur + cost
-        self.table.idle_at[slot] = start + 2 * P
+        self.table.set_idle(slot, start + 2 * P)
         out.allowed = True
         out.remaining = <int64_t>floor(self.limit - estimate - cost)
         out.reset_ns = start + 2 * P - now

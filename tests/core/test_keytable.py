@@ -1,0 +1,76 @@
+"""Bounded memory: max_keys, idle reclaim, CLOCK eviction, batch equivalence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from limiter import FixedWindow, SlidingWindow, TokenBucket
+from tests.core.clock import ManualClock
+
+
+def test_table_never_exceeds_max_keys_and_counts_evictions():
+    clock = ManualClock()
+    tb = TokenBucket(rate=1.0, burst=1, max_keys=100, clock=clock)
+    for i in range(10_000):
+        tb.allow(f"k{i}")
+    assert len(tb) == 100
+    assert tb.evictions == 10_000 - 100
+    assert tb.max_keys == 100
+
+
+def test_idle_rows_are_reclaimed_without_counting_evictions():
+    clock = ManualClock()
+    tb = TokenBucket(rate=1.0, burst=1, max_keys=100, clock=clock)
+    for i in range(100):
+        tb.allow(f"old{i}")
+    clock.advance(5)  # every bucket is full again: rows are idle
+    for i in range(100):
+        tb.allow(f"new{i}")
+    assert tb.evictions == 0 and len(tb) == 100
+
+
+def test_idle_rows_shrink_the_table_as_keys_go_quiet():
+    clock = ManualClock()
+    fw = FixedWindow(limit=10, period=1.0, clock=clock)
+    for i in range(1000):
+        fw.allow(f"k{i}")
+    clock.advance(2)
+    for _ in range(600):
+        fw.allow("steady")
+    assert len(fw) < 1000
+
+
+def test_recently_used_keys_survive_eviction():
+    clock = ManualClock()
+    tb = TokenBucket(rate=1.0, burst=3, max_keys=50, clock=clock)
+    tb.allow("hot")
+    for i in range(500):
+        tb.allow("hot") if i % 5 == 0 else tb.allow(f"cold{i}")
+        clock.advance(0.001)
+    # "hot" was referenced between sweeps, so it kept its (empty) bucket.
+    assert not tb.allow("hot")
+
+
+def test_batch_equals_sequential_decisions():
+    clock = ManualClock()
+    a = SlidingWindow(limit=7, period=1.0, clock=clock)
+    b = SlidingWindow(limit=7, period=1.0, clock=clock)
+    rng = np.random.default_rng(1)
+    keys = [f"k{i}" for i in rng.integers(0, 5, size=200)]
+    costs = rng.integers(1, 4, size=200)
+    batch = a.allow_batch(keys, costs)
+    assert batch.dtype == np.bool_
+    assert batch.tolist() == [b.allow(k, cost=int(c)) for k, c in zip(keys, costs, strict=True)]
+    assert a.allow_batch(np.array(["x", "y"], dtype=object)).tolist() == [True, True]
+
+
+def test_batch_validates_everything_before_deciding():
+    tb = TokenBucket(rate=1.0, burst=2)
+    with pytest.raises(ValueError, match="costs"):
+        tb.allow_batch(["a", "b"], np.array([1, 3]))
+    with pytest.raises(ValueError, match="key"):
+        tb.allow_batch(["a", 5])
+    with pytest.raises(ValueError, match="costs"):
+        tb.allow_batch(["a"], np.array([1, 1]))
+    assert tb.allow("a", cost=2)  # nothing was consumed by the refused batches
