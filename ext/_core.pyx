@@ -8,6 +8,7 @@ C-API plumbing. Kernels do no I/O; time is integer nanoseconds from ``clock``.
 
 include "common.pxi"
 include "decision.pxi"
+include "keyindex.pxi"
 include "keytable.pxi"
 include "gcra.pxi"
 include "windows.pxi"

@@ -84,7 +84,7 @@ cdef class ConcurrencyLimit(KeyedLimiter):
     def acquire(self, key="", cost=1):
         """Take ``cost`` in-flight slots for ``key``; returns a Permit (check ``allowed``)."""
         cdef int64_t c = cost_arg(cost, self.max_cost)
-        check_key(key)
+        key = check_key(key)
         cdef Outcome o
         cdef Permit p = Permit.__new__(Permit)
         if self.remote is not None:
@@ -103,7 +103,7 @@ cdef class ConcurrencyLimit(KeyedLimiter):
 
     def in_flight(self, key=""):
         """Units currently held for ``key``."""
-        check_key(key)
+        key = check_key(key)
         cdef int32_t slot = self.table.find(key)
         return 0 if slot < 0 else self.table.row(slot)[0]
 

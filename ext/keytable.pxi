@@ -12,7 +12,7 @@ cdef class KeyTable:
 
     Why: a flood of distinct keys must not exhaust memory, and a Python object per
     key would cost far more than the few integers an algorithm needs. Rows live in
-    one C array and a dict maps key -> row number. A row of zeros is a fresh key.
+    one C array and a KeyIndex maps key -> row number. A row of zeros is a fresh key.
     Each row records ``idle_at``, the time after which its state is equivalent to a
     fresh key: such rows are reclaimed lazily without changing any answer.
 
@@ -23,8 +23,8 @@ cdef class KeyTable:
     ``can_evict_busy`` is false, in which case the new key gets no row (-1).
     """
 
-    cdef dict index
-    cdef list keys
+    cdef KeyIndex index
+    cdef PyObject** slot_keys  # borrowed from index, which owns the references
     cdef int64_t* rows
     cdef int32_t* free_next
     cdef int32_t width, stride, capacity, used, size, max_keys, hand, free_head
@@ -32,8 +32,7 @@ cdef class KeyTable:
     cdef readonly uint64_t evictions
 
     def __cinit__(self, int32_t width, int32_t max_keys, bint can_evict_busy=True):
-        self.index = {}
-        self.keys = []
+        self.index = KeyIndex()
         self.width = width
         self.stride = width + HEADER
         self.max_keys = max_keys
@@ -42,11 +41,13 @@ cdef class KeyTable:
         self.free_head = -1
         self.rows = NULL
         self.free_next = NULL
+        self.slot_keys = NULL
         self._grow()
 
     def __dealloc__(self):
         free(self.rows)
         free(self.free_next)
+        free(self.slot_keys)
 
     def __len__(self):
         return self.size
@@ -63,6 +64,10 @@ cdef class KeyTable:
         if nxt == NULL:
             raise MemoryError()
         self.free_next = nxt
+        cdef PyObject** sk = <PyObject**>realloc(self.slot_keys, <size_t>cap * sizeof(PyObject*))
+        if sk == NULL:
+            raise MemoryError()
+        self.slot_keys = sk
         self.capacity = cap
         return 0
 
@@ -79,17 +84,12 @@ cdef class KeyTable:
 
     cdef inline int32_t find(self, object key) except -2:
         """Row of ``key`` or -1."""
-        cdef PyObject* obj = PyDict_GetItem(self.index, key)
-        if obj == NULL:
-            return -1
-        return <int32_t><object>obj
+        return self.index.get(key)
 
     cdef inline int32_t get(self, object key, int64_t now) except -2:
         """Row of ``key``, created fresh if absent; marks it recently used."""
-        cdef PyObject* obj = PyDict_GetItem(self.index, key)
-        cdef int32_t slot
-        if obj != NULL:
-            slot = <int32_t><object>obj
+        cdef int32_t slot = self.index.get(key)
+        if slot >= 0:
             self.rows[<Py_ssize_t>slot * self.stride + 1] = LIVE | REFERENCED
             return slot
         return self._insert(key, now)
@@ -128,25 +128,23 @@ cdef class KeyTable:
         if self.free_head >= 0:
             slot = self.free_head
             self.free_head = self.free_next[slot]
-            self.keys[slot] = key
         else:
             slot = self.used
             if slot >= self.capacity:
                 self._grow()
-            self.keys.append(key)
             self.used += 1
+        self.slot_keys[slot] = <PyObject*>key
         cdef int64_t* base = self._base(slot)
         for i in range(self.stride):
             base[i] = 0
         base[1] = LIVE | REFERENCED
-        PyDict_SetItem(self.index, key, slot)
+        self.index.put(key, slot)
         self.size += 1
         return slot
 
     cdef int remove(self, int32_t slot) except -1:
-        key = self.keys[slot]
-        self.keys[slot] = None
-        PyDict_DelItem(self.index, key)
+        self.index.delete(<object>self.slot_keys[slot])
+        self.slot_keys[slot] = NULL
         self._base(slot)[1] = 0
         self.free_next[slot] = self.free_head
         self.free_head = slot
@@ -155,15 +153,18 @@ cdef class KeyTable:
 
     def clear(self):
         self.index.clear()
-        self.keys.clear()
         self.used = self.size = self.hand = 0
         self.free_head = -1
 
 
 cdef inline object check_key(object key):
-    if type(key) is not str and not isinstance(key, str):
-        raise InvalidParameter(f"key must be a str, got {type(key).__name__}: {key!r:.80}")
-    return key
+    """Keys are exact str (a str subclass is copied to a plain str: its __hash__ or
+    __eq__ could run Python code in the middle of an update)."""
+    if type(key) is str:
+        return key
+    if isinstance(key, str):
+        return str.__str__(key)
+    raise InvalidParameter(f"key must be a str, got {type(key).__name__}: {key!r:.80}")
 
 
 cdef int64_t cost_slow(object cost, int64_t maximum) except -1:
@@ -222,7 +223,7 @@ cdef class KeyedLimiter:
 
     def reset(self, key=""):
         """Forget ``key``'s state (it starts fresh)."""
-        check_key(key)
+        key = check_key(key)
         cdef int32_t slot = self.table.find(key)
         if slot >= 0:
             self.table.remove(slot)
@@ -246,7 +247,7 @@ cdef class RateKernel(KeyedLimiter):
     def acquire(self, key="", cost=1):
         """Take ``cost`` units for ``key`` if they are available; returns a Decision."""
         cdef int64_t c = cost_arg(cost, self.max_cost)
-        check_key(key)
+        key = check_key(key)
         if self.remote is not None:
             return self.remote.acquire(key, c)
         cdef int64_t now = self._now()
@@ -258,7 +259,7 @@ cdef class RateKernel(KeyedLimiter):
     def allow(self, key="", cost=1):
         """Like ``acquire`` but returns only a bool (no Decision is built)."""
         cdef int64_t c = cost_arg(cost, self.max_cost)
-        check_key(key)
+        key = check_key(key)
         if self.remote is not None:
             return self.remote.acquire(key, c).allowed
         cdef int64_t now = self._now()
@@ -290,7 +291,9 @@ cdef class RateKernel(KeyedLimiter):
             cv = arr.astype(np.int64, copy=False)
         seq = keys if isinstance(keys, (list, tuple)) else list(keys)
         for i in range(n):
-            check_key(seq[i])
+            if type(seq[i]) is not str:
+                seq = [check_key(k) for k in seq]
+                break
         if self.remote is not None:
             return np.fromiter(
                 (d.allowed for d in self.remote.acquire_batch(seq, None if not has_costs else cv)),
