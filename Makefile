@@ -28,7 +28,7 @@ redis-server:
 	@command -v redis-server >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q redis-server redis-tools; }
 
 serve: build
-	$(PY) -m limiter.demo
+	$(VENV)/bin/limiter serve --config examples/ratelimit.yaml
 
 lint: venv
 	$(VENV)/bin/ruff check .

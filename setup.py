@@ -11,7 +11,7 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 ROOTS = {"limiter": "limiter", "limiter.server": "server", "limiter.clients": "clients"}
-DATA = ["*.pyi", "py.typed", "*.lua", "*.proto", "*.yaml", "static/*", "static/**/*"]
+DATA = ["*.pyi", "py.typed", "*.lua", "lua/*.lua", "*.proto", "*.yaml", "static/*", "static/**/*"]
 
 
 def discover() -> tuple[list[str], dict[str, str]]:

@@ -1,0 +1,621 @@
+# Adaptive limit: the limit follows the backend's measured latency, like TCP's window.
+#
+# Two objects, as in Netflix's concurrency-limits: ``AdaptiveLimit`` only computes
+# (fed each completed call's latency and outcome, it keeps the current limit) and
+# ``AdaptiveLimiter`` enforces that limit, pacing admissions GCRA-style in "rate"
+# mode or counting in-flight calls in "concurrency" mode.
+#
+# Control law, evaluated at most once per ``interval`` on the P-th percentile of the
+# freshest ``window_samples`` latencies seen since the last cut (at most ``horizon``
+# back, from a Reservoir; a dropped or timed-out call counts as slower than any
+# target, and calls admitted before the last cut are left out: they describe a limit
+# no longer in force). With r = percentile / target:
+# - r > 1, overload: cut the limit by 1/2 the first time, then 1/4, 1/8, ... down to
+#   ``min_cut``, at most one cut per evaluation (as TCP cuts once per round trip). A
+#   cut that did not cure the overload by the next evaluation means conditions
+#   changed: the next cut doubles instead (1/8 -> 1/4 -> 1/2);
+# - r <= 1 - headroom, healthy: if the limit is the bottleneck (calls refused and
+#   at least half of it in use) it grows: slow start (x ``growth`` per evaluation)
+#   up to the level it was last cut from, then additively (``additive`` x that level
+#   per evaluation). It never grows while it is not the bottleneck;
+# - in between, near the target: hold; in the upper half of that band ease off by
+#   one additive step (rate mode: to no more than the backend delivered). This keeps
+#   the percentile under the target without waiting for a breach, and ends an
+#   open-ended slow start before it overshoots (as TCP HyStart does on delay);
+# - the big cut re-arms (next cut 1/2, growth exponential again) once the limit
+#   climbs clearly past its previous peak, after ``rearm_after`` healthy growth
+#   evaluations at full use (concurrency mode: the backend got faster), or after
+#   ``horizon`` seconds without a cut.
+
+from libc.math cimport INFINITY, ldexp
+
+cdef enum:
+    OUTCOME_OK = 0
+    OUTCOME_DROPPED = 1
+    OUTCOME_IGNORED = 2
+
+cdef enum:
+    PHASE_SLOW_START = 0
+    PHASE_ADDITIVE = 1
+
+OUTCOMES = {"ok": OUTCOME_OK, "dropped": OUTCOME_DROPPED, "ignored": OUTCOME_IGNORED}
+MODES = ("rate", "concurrency")
+
+
+cdef int parse_outcome(object ok, object outcome) except -1:
+    if outcome is not None:
+        if outcome not in OUTCOMES:
+            raise InvalidParameter(
+                f"outcome must be one of {sorted(OUTCOMES)}, got {outcome!r}")
+        return OUTCOMES[outcome]
+    if ok is True:
+        return OUTCOME_OK
+    if ok is False:
+        return OUTCOME_DROPPED
+    raise InvalidParameter(f"ok must be True or False, got {ok!r}")
+
+
+cdef double check_latency(object latency) except -1:
+    if isinstance(latency, bool) or not isinstance(latency, (int, float)):
+        raise InvalidParameter(f"latency must be a number of seconds, got {latency!r}")
+    cdef double v = latency
+    if isnan(v) or v < 0 or v > MAX_SECONDS:
+        raise InvalidParameter(f"latency must be in [0, {MAX_SECONDS:g}] seconds, got {latency!r}")
+    return v
+
+
+@cython.final
+cdef class AdaptiveLimit:
+    """The limit computation alone: feed it outcomes, read ``limit``.
+
+    Knobs (see the control law at the top of ext/adaptive.pxi): ``interval`` between
+    evaluations, ``horizon`` and ``subwindows`` x ``samples`` of the latency
+    reservoir, ``min_samples`` before acting and ``window_samples`` per percentile,
+    ``growth`` per slow-start step, ``additive`` step (fraction of the level last
+    cut from), ``headroom`` below the target where growth stops, ``min_cut``
+    (smallest cut), ``rearm_after`` healthy growth steps (0 = never), ``seed``.
+
+    ``mode`` only says what the limit counts (admissions per second or calls in
+    flight) for the saturation test; enforcing it is ``AdaptiveLimiter``'s job, so
+    the same controller can sit behind any enforcer (or a simulation). Every method
+    takes ``now`` in int ns (default: the injected ``clock`` or the monotonic clock).
+    """
+
+    cdef readonly double target_latency
+    cdef readonly double percentile
+    cdef readonly str mode
+    cdef readonly double min_limit
+    cdef readonly double max_limit
+    cdef readonly double interval
+    cdef readonly double growth
+    cdef readonly double additive
+    cdef readonly double headroom
+    cdef readonly double min_cut
+    cdef readonly int64_t min_samples
+    cdef readonly int64_t window_samples
+    cdef readonly int32_t rearm_after
+    cdef int32_t healthy_run
+    cdef int64_t completed
+    cdef readonly int64_t cuts
+    cdef readonly int64_t evaluations
+    cdef bint rate_mode
+    cdef double limit_value
+    cdef double ceiling
+    cdef double step
+    cdef double last_percentile
+    cdef int32_t next_shift
+    cdef int32_t max_shift
+    cdef int32_t last_shift
+    cdef int phase
+    cdef bint last_was_cut
+    cdef int64_t interval_ns
+    cdef int64_t rearm_ns
+    cdef int64_t last_eval
+    cdef int64_t last_cut
+    cdef int64_t quiet_since
+    cdef int64_t admitted
+    cdef int64_t rejected
+    cdef int64_t peak_in_flight
+    cdef Reservoir evidence
+    cdef object clock
+
+    def __init__(self, target_latency=0.1, percentile=0.99, mode="rate", min_limit=1,
+                 max_limit=100_000, initial_limit=None, clock=None, *, interval=0.5,
+                 horizon=10.0, subwindows=40, samples=256, min_samples=None,
+                 window_samples=None, growth=1.5,
+                 additive=0.03, headroom=0.35, min_cut=0.03125, rearm_after=None, seed=0):
+        self.target_latency = check_positive("target_latency", target_latency, MAX_SECONDS)
+        self.percentile = check_fraction("percentile", percentile)
+        if mode not in MODES:
+            raise InvalidParameter(f"mode must be 'rate' or 'concurrency', got {mode!r}")
+        self.mode = mode
+        self.rate_mode = mode == "rate"
+        self.min_limit = check_positive("min_limit", min_limit, MAX_COUNT)
+        self.max_limit = check_positive("max_limit", max_limit, MAX_COUNT)
+        if self.min_limit > self.max_limit:
+            raise InvalidParameter(
+                f"min_limit must not exceed max_limit, got {min_limit!r} > {max_limit!r}")
+        if initial_limit is None:
+            self.limit_value = min(self.max_limit, max(self.min_limit, 100.0 if self.rate_mode else 20.0))
+        else:
+            self.limit_value = check_positive("initial_limit", initial_limit, MAX_COUNT)
+            if not self.min_limit <= self.limit_value <= self.max_limit:
+                raise InvalidParameter(
+                    f"initial_limit must be within [min_limit, max_limit] = "
+                    f"[{min_limit!r}, {max_limit!r}], got {initial_limit!r}")
+        self.interval = check_positive("interval", interval, 3600.0)
+        self.interval_ns = seconds_to_ns(self.interval)
+        h = check_positive("horizon", horizon, 86400.0)
+        if h < self.interval:
+            raise InvalidParameter(
+                f"horizon must be at least interval ({interval!r} s), got {horizon!r}")
+        self.rearm_ns = seconds_to_ns(h)
+        self.growth = check_positive("growth", growth, 16.0)
+        if self.growth <= 1.0:
+            raise InvalidParameter(f"growth must be > 1, got {growth!r}")
+        self.additive = check_fraction("additive", additive)
+        if isinstance(headroom, (int, float)) and not isinstance(headroom, bool) and headroom == 0:
+            self.headroom = 0.0
+        else:
+            self.headroom = check_fraction("headroom", headroom)
+        self.min_cut = check_fraction("min_cut", min_cut)
+        if self.min_cut > 0.5:
+            raise InvalidParameter(f"min_cut must be at most 0.5, got {min_cut!r}")
+        if rearm_after is None:
+            # With calls in flight capped, latency well under the target at full use
+            # means spare capacity. In rate mode latency stays flat right up to
+            # capacity, so a healthy run says nothing; only passing the old peak does.
+            rearm_after = 0 if self.rate_mode else 1
+        self.rearm_after = <int32_t>check_count("rearm_after", rearm_after, 0, 1_000_000)
+        self.max_shift = 1
+        while ldexp(1.0, -(self.max_shift + 1)) >= self.min_cut * (1 - 1e-12):
+            self.max_shift += 1
+        if min_samples is None:
+            # At least one value beyond the percentile before acting on it.
+            min_samples = max(20, <int64_t>ceil(1.0 / (1.0 - self.percentile)))
+        self.min_samples = check_count("min_samples", min_samples, 1, MAX_COUNT)
+        if window_samples is None:
+            # Four values beyond the percentile (rank error ~ 0.5 points at P99):
+            # fresh enough to see a drained queue within an interval or two.
+            window_samples = <int64_t>ceil(4.0 / (1.0 - self.percentile))
+        self.window_samples = check_count("window_samples", window_samples, 1, MAX_COUNT)
+        self.evidence = Reservoir(samples, h, subwindows, seed=seed)
+        self.clock = check_clock(clock)
+        self.next_shift = 1
+        self.last_shift = 0
+        self.phase = PHASE_SLOW_START
+        self.ceiling = 0.0
+        self.step = 0.0
+        self.last_percentile = NAN
+        self.last_eval = -1
+        self.last_cut = -1
+        self.quiet_since = -1
+
+    cdef inline int64_t _now(self, object now) except? -1:
+        if now is None:
+            return read_clock(self.clock, False)
+        return check_count("now", now, 0, 0x7FFFFFFFFFFFFFFF)
+
+    cdef inline double _clamp(self, double v) noexcept:
+        return self.min_limit if v < self.min_limit else (self.max_limit if v > self.max_limit else v)
+
+    cdef inline void _on_decision(self, bint allowed, int64_t in_flight, int64_t now) noexcept:
+        if self.last_eval < 0:
+            self.last_eval = now
+        if allowed:
+            self.admitted += 1
+            if in_flight > self.peak_in_flight:
+                self.peak_in_flight = in_flight
+        else:
+            self.rejected += 1
+
+    cdef int _update(self, double latency, int outcome, int64_t now) except -1:
+        """One completed call; may trigger an evaluation."""
+        if self.last_eval < 0:
+            self.last_eval = now
+        if outcome == OUTCOME_OK:
+            self.completed += 1
+        if outcome != OUTCOME_IGNORED:
+            # A call admitted before the last cut says nothing about the new limit.
+            if self.last_cut < 0 or now - seconds_to_ns(latency) >= self.last_cut:
+                self.evidence._add(INFINITY if outcome == OUTCOME_DROPPED else latency, now)
+        if now - self.last_eval >= self.interval_ns:
+            self._evaluate(now)
+        return 0
+
+    cdef bint _saturated(self, int64_t now) noexcept:
+        """Is the limit the bottleneck? Refusals and at least half of it in use."""
+        if self.rejected == 0:
+            return False
+        cdef double elapsed = ns_to_seconds(now - self.last_eval)
+        if self.rate_mode:
+            return elapsed > 0 and self.admitted >= 0.5 * self.limit_value * elapsed
+        return self.peak_in_flight >= 0.5 * self.limit_value
+
+    cdef int _evaluate(self, int64_t now) except -1:
+        cdef int64_t n = self.evidence._count(now)
+        if n < self.min_samples:
+            if now - self.last_eval >= 4 * self.interval_ns:
+                self._next_interval(now)
+            return 0
+        cdef double pct = self.evidence._quantile(self.percentile, now, self.window_samples)
+        self.last_percentile = pct
+        self.evaluations += 1
+        cdef bint saturated = self._saturated(now)
+        cdef double ratio = pct / self.target_latency
+        if ratio > 1.0:
+            self._cut(now)
+        else:
+            self.last_was_cut = False
+            if self.quiet_since < 0:
+                self.quiet_since = now
+            if now - self.quiet_since >= self.rearm_ns:
+                self.next_shift = 1
+            if ratio <= 1.0 - self.headroom:
+                if saturated:
+                    self._grow()
+                else:
+                    self.healthy_run = 0
+            else:
+                self.healthy_run = 0
+                self._end_slow_start()
+                if ratio > 1.0 - self.headroom / 2 and saturated:
+                    self._ease(now)
+        self._next_interval(now)
+        return 0
+
+    cdef void _cut(self, int64_t now) noexcept:
+        cdef int32_t shift = self.next_shift
+        if self.last_was_cut:
+            # The previous cut did not cure it: conditions changed, cut harder.
+            shift = self.last_shift - 1 if self.last_shift > 1 else 1
+        cdef double f = ldexp(1.0, -shift)
+        self.ceiling = self.limit_value
+        self.step = self.additive * self.ceiling
+        self.limit_value = self._clamp(self.limit_value * (1.0 - f))
+        self.last_shift = shift
+        self.next_shift = shift + 1 if shift < self.max_shift else self.max_shift
+        self.phase = PHASE_SLOW_START
+        self.last_was_cut = True
+        self.last_cut = now
+        self.quiet_since = -1
+        self.healthy_run = 0
+        self.cuts += 1
+        self.evidence._clear()
+
+    cdef void _grow(self) noexcept:
+        cdef double new
+        if self.phase == PHASE_SLOW_START:
+            new = self.limit_value * self.growth
+            if self.ceiling > 0 and self.limit_value < self.ceiling <= new:
+                new = self.ceiling
+                self.phase = PHASE_ADDITIVE
+                self.healthy_run = 0
+        else:
+            new = self.limit_value + self.step
+            self.healthy_run += 1
+            if (new > self.ceiling * (1.0 + 4 * self.additive)
+                    or 0 < self.rearm_after <= self.healthy_run):
+                # Clearly past the previous peak, or comfortably fast at full use for
+                # a while: the backend got faster. Probe exponentially again, and
+                # meet the next overload with a big cut.
+                self.next_shift = 1
+                self.phase = PHASE_SLOW_START
+                self.ceiling = 0.0
+                self.healthy_run = 0
+        self.limit_value = self._clamp(new)
+
+    cdef void _end_slow_start(self) noexcept:
+        """Latency rising toward the target: the knee is near, stop doubling.
+
+        Like TCP HyStart, leaving slow start on a delay increase rather than on loss
+        avoids overshooting into the SLO breach that a cut would then have to undo.
+        """
+        if self.phase == PHASE_SLOW_START and self.ceiling == 0:
+            # Only the open-ended probe: after a cut, slow start returns to the level
+            # it was cut from, whatever the backlog left by the overload says.
+            self.phase = PHASE_ADDITIVE
+            if self.ceiling < self.limit_value:
+                self.ceiling = self.limit_value
+                self.step = self.additive * self.ceiling
+
+    cdef void _ease(self, int64_t now) noexcept:
+        """Close to the target: step back a little before the target is breached.
+
+        One additive step down (not a cut: the cut sequence does not advance). In
+        rate mode also admit no more than the backend delivered: above capacity a
+        paced stream builds a queue that only a cut would drain, and the completion
+        rate of a saturated backend is its capacity.
+        """
+        cdef double new = self.limit_value - self.additive * self.limit_value
+        cdef double elapsed = ns_to_seconds(now - self.last_eval)
+        cdef double delivered
+        if self.rate_mode and elapsed > 0:
+            delivered = self.completed / elapsed * (1.0 - self.additive)
+            if delivered < new:
+                new = delivered
+        self.limit_value = self._clamp(new)
+
+    cdef void _next_interval(self, int64_t now) noexcept:
+        self.last_eval = now
+        self.admitted = 0
+        self.rejected = 0
+        self.completed = 0
+        self.peak_in_flight = 0
+
+    @property
+    def limit(self):
+        """Current limit: admissions per second (rate) or calls in flight (concurrency)."""
+        return self.limit_value
+
+    @property
+    def current_percentile(self):
+        """The percentile (seconds) at the last evaluation; NaN before the first."""
+        return self.last_percentile
+
+    @property
+    def next_cut(self):
+        """Fraction the next cut will take off (1/2 when armed)."""
+        return ldexp(1.0, -self.next_shift)
+
+    @property
+    def state(self):
+        return {"limit": self.limit_value, "ceiling": self.ceiling,
+                "phase": "slow_start" if self.phase == PHASE_SLOW_START else "additive",
+                "next_cut": self.next_cut, "percentile": self.last_percentile,
+                "cuts": self.cuts, "evaluations": self.evaluations}
+
+    def on_decision(self, allowed, in_flight=0, now=None):
+        """Tell the controller about one admission decision (for the saturation test)."""
+        self._on_decision(bool(allowed), check_count("in_flight", in_flight, 0, MAX_COUNT),
+                          self._now(now))
+
+    def record(self, latency, ok=True, *, outcome=None, now=None):
+        """One completed call: ``latency`` in seconds; ``ok=False`` for dropped/timed out.
+
+        ``outcome`` ("ok", "dropped", "ignored") overrides ``ok``; an ignored call
+        (failed for reasons unrelated to load) is not a latency sample.
+        """
+        cdef double v = check_latency(latency)
+        cdef int o = parse_outcome(ok, outcome)
+        self._update(v, o, self._now(now))
+
+    def evaluate(self, now=None):
+        """Evaluate now if an interval has passed (``record`` does this by itself)."""
+        cdef int64_t t = self._now(now)
+        if self.last_eval < 0:
+            self.last_eval = t
+        elif t - self.last_eval >= self.interval_ns:
+            self._evaluate(t)
+
+    def summary(self, now=None):
+        """What this controller knows, mergeable with other replicas' summaries.
+
+        ``values``/``weights`` are the evidence reservoir's weighted sample (merge
+        replicas with ``weighted_quantile``); the counts are those of the current
+        evaluation interval.
+        """
+        cdef int64_t t = self._now(now)
+        values, weights = self.evidence.snapshot(t)
+        return {"limit": self.limit_value, "percentile": self.last_percentile,
+                "target_latency": self.target_latency, "quantile": self.percentile,
+                "values": values, "weights": weights, "admitted": self.admitted,
+                "rejected": self.rejected}
+
+    def __repr__(self):
+        return (f"AdaptiveLimit(target_latency={self.target_latency!r}, "
+                f"percentile={self.percentile!r}, mode={self.mode!r}, "
+                f"limit={self.limit_value:.3f})")
+
+
+cdef class AdaptivePermit(Decision):
+    """A Decision from AdaptiveLimiter that measures its call and reports the outcome.
+
+    Finish it once: ``success()`` (alias ``release()``), ``dropped()`` (timed out or
+    shed downstream) or ``ignore()`` (failed for a reason unrelated to load). As a
+    context manager (``with`` or ``async with``) it does so itself: a clean exit is
+    a success, ``TimeoutError`` or ``RateLimited`` a drop, any other exception is
+    ignored. A permit garbage-collected unfinished frees its slot without a sample.
+    """
+
+    cdef AdaptiveLimiter owner
+    cdef int64_t start
+    cdef int64_t cost
+    cdef readonly bint released
+
+    cdef int _finish(self, int outcome) except -1:
+        if self.allowed and not self.released:
+            self.released = True
+            self.owner._finish(self.start, self.cost, outcome)
+        return 0
+
+    def success(self):
+        self._finish(OUTCOME_OK)
+
+    def release(self):
+        self._finish(OUTCOME_OK)
+
+    def dropped(self):
+        self._finish(OUTCOME_DROPPED)
+
+    def ignore(self):
+        self._finish(OUTCOME_IGNORED)
+
+    cdef int _exit(self, object exc_type) except -1:
+        if exc_type is None:
+            self._finish(OUTCOME_OK)
+        elif issubclass(exc_type, (TimeoutError, RateLimited)):
+            self._finish(OUTCOME_DROPPED)
+        else:
+            self._finish(OUTCOME_IGNORED)
+        return 0
+
+    def __exit__(self, exc_type, exc, tb):
+        self._exit(exc_type)
+        return False
+
+    async def __aenter__(self):
+        return self.__enter__()
+
+    async def __aexit__(self, exc_type, exc, tb):
+        self._exit(exc_type)
+        return False
+
+    def __dealloc__(self):
+        if self.allowed and not self.released and self.owner is not None:
+            self.released = True
+            self.owner._free(self.cost)
+
+
+@cython.final
+cdef class AdaptiveLimiter:
+    """A limit that follows the backend's latency; ``acquire`` -> AdaptivePermit.
+
+    ``mode="rate"`` paces admissions at ``current_limit`` per second (GCRA with
+    ``burst`` seconds' worth of tolerance) and, for calls made through permits,
+    refuses while more than rate x target_latency x ``queue_cap`` are in flight (a
+    backlog the backend is not draining; 0 disables); ``mode="concurrency"`` admits while
+    fewer than ``current_limit`` calls are in flight. One limit guards the whole
+    backend, so every key shares it (keys are validated for uniformity with the
+    other limiters). Feed it outcomes by using the permit (``with``/``async with``)
+    or with ``record()``. Controller knobs (``interval``, ``horizon``, ``growth``,
+    ...) are those of ``AdaptiveLimit``; ``limit_model`` supplies one ready-made.
+    """
+
+    cdef readonly AdaptiveLimit controller
+    cdef readonly str mode
+    cdef readonly double burst
+    cdef readonly double queue_cap
+    cdef bint rate_mode
+    cdef int64_t tat
+    cdef int64_t in_flight_count
+    cdef object clock
+
+    def __init__(self, target_latency=0.1, percentile=0.99, mode="rate", min_limit=1,
+                 max_limit=100_000, initial_limit=None, clock=None, *, burst=0.01,
+                 queue_cap=0.3, backend=None, limit_model=None, **controller):
+        if backend is not None and backend != "memory://":
+            raise InvalidParameter(
+                f"backend {backend!r} is not supported by AdaptiveLimiter yet (memory only)")
+        self.clock = check_clock(clock)
+        if limit_model is not None:
+            if not isinstance(limit_model, AdaptiveLimit):
+                raise InvalidParameter(
+                    f"limit_model must be an AdaptiveLimit, got {limit_model!r:.80}")
+            self.controller = limit_model
+        else:
+            self.controller = AdaptiveLimit(target_latency, percentile, mode, min_limit,
+                                            max_limit, initial_limit, clock, **controller)
+        self.mode = self.controller.mode
+        self.rate_mode = self.mode == "rate"
+        self.burst = check_positive("burst", burst, 60.0)
+        if isinstance(queue_cap, (int, float)) and not isinstance(queue_cap, bool) and queue_cap == 0:
+            self.queue_cap = 0.0
+        else:
+            self.queue_cap = check_positive("queue_cap", queue_cap, 1000.0)
+        self.tat = 0
+        self.in_flight_count = 0
+
+    cdef inline int64_t _now(self) except? -1:
+        return read_clock(self.clock, False)
+
+    def acquire(self, key="", cost=1):
+        """Ask to start a call; returns an AdaptivePermit (check ``allowed``)."""
+        check_key(key)
+        cdef int64_t c = cost_arg(cost, MAX_COUNT)
+        cdef int64_t now = self._now()
+        cdef AdaptiveLimit ctl = self.controller
+        cdef double lim = ctl.limit_value
+        cdef int64_t interval, tolerance, tat, new_tat, allow_at, cap, remaining
+        cdef AdaptivePermit p = AdaptivePermit.__new__(AdaptivePermit)
+        cdef double latency
+        p.owner = self
+        p.start = now
+        p.cost = c
+        if self.rate_mode:
+            interval = <int64_t>ceil(NS_PER_S / lim)
+            tolerance = <int64_t>ceil(self.burst * lim)
+            if tolerance < c:
+                tolerance = c
+            tolerance *= interval
+            tat = self.tat if self.tat > now else now
+            new_tat = tat + c * interval
+            allow_at = new_tat - tolerance
+            p.limit = <int64_t>ceil(lim)
+            if self.queue_cap > 0 and self.in_flight_count + c > max(
+                    1.0, lim * ctl.target_latency * self.queue_cap):
+                # Little's law: at this rate, more calls in flight than
+                # queue_cap x target's worth means the backend is not keeping up;
+                # pacing alone would let that queue grow without bound.
+                p.allowed = False
+                p.remaining = 0
+                p.retry_after = ns_to_seconds(interval)
+            elif allow_at > now:
+                p.allowed = False
+                p.remaining = 0
+                p.reset_after = ns_to_seconds(tat - now)
+                p.retry_after = ns_to_seconds(allow_at - now)
+            else:
+                self.tat = new_tat
+                p.allowed = True
+                p.remaining = (tolerance - (new_tat - now)) // interval
+                p.reset_after = ns_to_seconds(new_tat - now)
+                self.in_flight_count += c
+        else:
+            cap = <int64_t>floor(lim)
+            if cap < 1:
+                cap = 1
+            p.limit = cap
+            if self.in_flight_count + c > cap:
+                p.allowed = False
+                p.remaining = cap - self.in_flight_count if cap > self.in_flight_count else 0
+                # A slot frees, on average, every latency / in-flight seconds.
+                latency = ctl.last_percentile if ctl.last_percentile == ctl.last_percentile else ctl.target_latency
+                p.retry_after = latency / cap
+            else:
+                self.in_flight_count += c
+                p.allowed = True
+                p.remaining = cap - self.in_flight_count
+        ctl._on_decision(p.allowed, self.in_flight_count, now)
+        return p
+
+    cdef int _finish(self, int64_t start, int64_t cost, int outcome) except -1:
+        cdef int64_t now = self._now()
+        self._free(cost)
+        self.controller._update(ns_to_seconds(now - start if now > start else 0), outcome, now)
+        return 0
+
+    cdef void _free(self, int64_t cost) noexcept:
+        self.in_flight_count -= cost
+        if self.in_flight_count < 0:
+            self.in_flight_count = 0
+
+    def record(self, latency, ok=True, *, outcome=None):
+        """One completed call measured by the caller (seconds); ``ok=False`` = dropped."""
+        cdef double v = check_latency(latency)
+        cdef int o = parse_outcome(ok, outcome)
+        self.controller._update(v, o, self._now())
+
+    @property
+    def current_limit(self):
+        """Allowed admissions per second (rate) or calls in flight (concurrency)."""
+        return self.controller.limit_value
+
+    @property
+    def current_percentile(self):
+        """Latency percentile (seconds) the controller last acted on; NaN before any."""
+        return self.controller.last_percentile
+
+    @property
+    def in_flight(self):
+        """Calls admitted through permits and not yet finished."""
+        return self.in_flight_count
+
+    def summary(self):
+        """The controller's mergeable summary (see ``AdaptiveLimit.summary``)."""
+        return self.controller.summary(self._now())
+
+    def __repr__(self):
+        return (f"AdaptiveLimiter(mode={self.mode!r}, "
+                f"target_latency={self.controller.target_latency!r}, "
+                f"limit={self.controller.limit_value:.3f})")

@@ -85,14 +85,12 @@ cdef class ConcurrencyLimit(KeyedLimiter):
         """Take ``cost`` in-flight slots for ``key``; returns a Permit (check ``allowed``)."""
         cdef int64_t c = cost_arg(cost, self.max_cost)
         key = check_key(key)
+        if self.remote is not None:
+            decision, lease = self.remote.acquire_lease(key, c)
+            return self._remote_permit(key, c, decision, lease)
         cdef Outcome o
         cdef Permit p = Permit.__new__(Permit)
-        if self.remote is not None:
-            decision, p.lease = self.remote.acquire_lease(key, c)
-            o.allowed = decision.allowed
-            o.remaining = decision.remaining
-        else:
-            self._decide(key, c, 0, &o)
+        self._decide(key, c, 0, &o)
         p.allowed = o.allowed
         p.limit = self.limit
         p.remaining = o.remaining
@@ -101,9 +99,32 @@ cdef class ConcurrencyLimit(KeyedLimiter):
         p.cost = c
         return p
 
+    async def acquire_async(self, key="", cost=1):
+        """``acquire`` for asyncio code: a shared backend is awaited, never blocking the loop."""
+        if self.remote is None:
+            return self.acquire(key, cost)
+        c = cost_arg(cost, self.max_cost)
+        key = check_key(key)
+        decision, lease = await self.remote.acquire_lease_async(key, c)
+        return self._remote_permit(key, c, decision, lease)
+
+    cdef Permit _remote_permit(self, object key, int64_t cost, object decision, object lease):
+        """A Permit for a decision of the shared backend; ``lease`` is what release needs."""
+        cdef Permit p = Permit.__new__(Permit)
+        p.allowed = decision.allowed
+        p.limit = self.limit
+        p.remaining = decision.remaining
+        p.owner = self
+        p.key = key
+        p.cost = cost
+        p.lease = lease
+        return p
+
     def in_flight(self, key=""):
         """Units currently held for ``key``."""
         key = check_key(key)
+        if self.remote is not None:
+            return self.remote.in_flight(key)
         cdef int32_t slot = self.table.find(key)
         return 0 if slot < 0 else self.table.row(slot)[0]
 

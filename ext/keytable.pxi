@@ -224,6 +224,9 @@ cdef class KeyedLimiter:
     def reset(self, key=""):
         """Forget ``key``'s state (it starts fresh)."""
         key = check_key(key)
+        if self.remote is not None:
+            self.remote.reset(key)
+            return
         cdef int32_t slot = self.table.find(key)
         if slot >= 0:
             self.table.remove(slot)
@@ -255,6 +258,13 @@ cdef class RateKernel(KeyedLimiter):
         self._decide(key, c, now, &o)
         return make_decision(o.allowed, self.limit_value, o.remaining, o.reset_ns,
                              o.retry_ns, o.wait_ns)
+
+    async def acquire_async(self, key="", cost=1):
+        """``acquire`` for asyncio code: a shared backend is awaited, never blocking the loop."""
+        if self.remote is None:
+            return self.acquire(key, cost)
+        c = cost_arg(cost, self.max_cost)
+        return await self.remote.acquire_async(check_key(key), c)
 
     def allow(self, key="", cost=1):
         """Like ``acquire`` but returns only a bool (no Decision is built)."""

@@ -7,14 +7,21 @@ from limiter.errors import ConfigError, InvalidParameter, LimiterError, RateLimi
 
 try:
     from limiter._core import (
+        AdaptiveLimit,
+        AdaptiveLimiter,
+        AdaptivePermit,
         ConcurrencyLimit,
         Decision,
         FixedWindow,
+        HeavyHitters,
         LeakyBucket,
         LeakyShaper,
         Permit,
+        PriorityQueue,
+        Reservoir,
         SlidingWindow,
         TokenBucket,
+        weighted_quantile,
     )
 except ImportError as exc:  # pragma: no cover - exercised only on a broken install
     raise ImportError(
@@ -23,17 +30,33 @@ except ImportError as exc:  # pragma: no cover - exercised only on a broken inst
         f"limiter never falls back to slow pure-Python code. Cause: {exc}"
     ) from exc
 
+from limiter.admission import AdmissionQueue, DeadlineExceeded, QueuedPermit, QueueFull
+from limiter.decorators import limited, rate_limited
+
 __all__ = [
+    "AdaptiveLimit",
+    "AdaptiveLimiter",
+    "AdaptivePermit",
+    "AdmissionQueue",
     "ConcurrencyLimit",
     "ConfigError",
+    "DeadlineExceeded",
     "Decision",
     "FixedWindow",
+    "HeavyHitters",
     "InvalidParameter",
     "LeakyBucket",
     "LeakyShaper",
     "LimiterError",
     "Permit",
+    "PriorityQueue",
+    "QueueFull",
+    "QueuedPermit",
     "RateLimited",
+    "Reservoir",
     "SlidingWindow",
     "TokenBucket",
+    "limited",
+    "rate_limited",
+    "weighted_quantile",
 ]

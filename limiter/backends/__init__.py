@@ -9,10 +9,16 @@ answers for that one algorithm.
 
 from __future__ import annotations
 
+import re
+
 from limiter.backends.base import Backend, Bound, Spec
 from limiter.errors import InvalidParameter
 
 __all__ = ["Backend", "Bound", "Spec", "bind"]
+
+# Kept here (not imported from .redis) so that importing limiter does not import redis-py.
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster", "redis+sentinel",
+                 "rediss+sentinel")  # fmt: skip
 
 
 def bind(backend: object, spec: Spec) -> Bound | None:
@@ -21,7 +27,12 @@ def bind(backend: object, spec: Spec) -> Bound | None:
         return None
     if isinstance(backend, str):
         scheme = backend.split("://", 1)[0] if "://" in backend else ""
-        raise InvalidParameter(f"backend URL scheme {scheme!r} is not supported: {backend!r}")
+        if scheme in REDIS_SCHEMES:
+            from limiter.backends.redis import shared_backend
+
+            return shared_backend(backend).bind(spec)
+        shown = re.sub(r"//[^@/]*@", "//***@", backend)  # never echo a password
+        raise InvalidParameter(f"backend URL scheme {scheme!r} is not supported: {shown!r}")
     if isinstance(backend, Backend):
         return backend.bind(spec)
     raise InvalidParameter(f"backend must be a URL or a Backend object, got {backend!r:.80}")

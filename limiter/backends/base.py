@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -23,9 +24,23 @@ class Spec:
 
 @runtime_checkable
 class Bound(Protocol):
-    """One algorithm bound to a backend: decides for any key."""
+    """One algorithm bound to a backend: decides for any key.
+
+    Keys and costs arrive validated (str, 1 <= cost <= limit). Backend faults never
+    raise from these methods: they become the rule's failure mode. Rate algorithms
+    use ``acquire``, ``acquire_async``, ``acquire_batch`` and ``reset``; concurrency
+    uses ``acquire_lease``/``acquire_lease_async`` -> (Decision, lease or None),
+    ``release(key, cost, lease)`` (idempotent; an unreleased lease expires) and
+    ``in_flight``.
+    """
 
     def acquire(self, key: str, cost: int) -> Any: ...
+
+    async def acquire_async(self, key: str, cost: int) -> Any: ...
+
+    def acquire_batch(self, keys: Sequence[str], costs: Sequence[int] | None) -> list[Any]: ...
+
+    def reset(self, key: str) -> None: ...
 
 
 @runtime_checkable

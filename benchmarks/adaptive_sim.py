@@ -1,0 +1,497 @@
+"""Overload simulation: our adaptive limiter against the published baselines.
+
+A deterministic discrete-event simulation on a virtual clock. The backend is a
+c-server FIFO queue with lognormal service times (mean 20 ms, sigma 0.5); its
+capacity c / mean steps 1000 -> 400 -> 1600 req/s (c = 20 -> 8 -> 32 workers, as
+when replicas fail and autoscale). Open-loop arrivals come at a constant rate of
+k x the capacity in force (k = 2 and 10; no coordinated omission). Clients give up
+after ``TIMEOUT`` s: a call still queued then is never served, one in service
+finishes but counts as dropped. The SLO: P99 of admitted calls <= 100 ms.
+
+Our limiter runs through the real compiled kernel (``limiter._core.AdaptiveLimiter``
+with the virtual clock injected); the baselines (adaptive_baselines.py) and a static
+limit set to the initial capacity see the same arrivals and service times.
+
+Run: ``.venv/bin/python benchmarks/adaptive_sim.py`` (about 1-2 min). Writes PNG plots
+and ``benchmarks/results/adaptive.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import math
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from adaptive_baselines import Aimd, ConcurrencyLimit, EnvoyGradient, Gradient2, Vegas
+
+from limiter._core import AdaptiveLimiter
+
+TARGET = 0.100  # s, P99 target
+MEAN_SERVICE = 0.020  # s
+SIGMA = 0.5  # lognormal shape of service time
+TIMEOUT = 1.0  # s, client gives up
+PHASES = ((0.0, 20), (20.0, 8), (40.0, 32))  # (start s, workers): 1000, 400, 1600 req/s
+DURATION = 60.0
+SETTLE = 5.0  # s after a step before a window counts as steady state (convergence budget)
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def workers_at(t: float) -> int:
+    c = PHASES[0][1]
+    for start, w in PHASES:
+        if t >= start:
+            c = w
+    return c
+
+
+def capacity_at(t: float) -> float:
+    return workers_at(t) / MEAN_SERVICE
+
+
+# --- admission policies: ours (compiled kernel) and the baselines -----------------
+
+
+class Ours:
+    """limiter._core.AdaptiveLimiter on the virtual clock; permits measure latency."""
+
+    def __init__(self, mode: str, **knobs: object) -> None:
+        self.now_ns = 0
+        self.lim = AdaptiveLimiter(target_latency=TARGET, percentile=0.99, mode=mode,
+                                   max_limit=100_000, clock=self._clock, **knobs)  # fmt: skip
+        self.in_flight = 0
+
+    def _clock(self) -> int:
+        return self.now_ns
+
+    def acquire(self, now: float) -> object | None:
+        self.now_ns = int(now * 1e9)
+        permit = self.lim.acquire()
+        return permit if permit.allowed else None
+
+    def complete(self, token: object, now: float, dropped: bool) -> None:
+        self.now_ns = int(now * 1e9)
+        if dropped:
+            token.dropped()
+        else:
+            token.success()
+
+    @property
+    def limit(self) -> float:
+        return self.lim.current_limit
+
+
+class StaticRate:
+    """A fixed pacing limit (GCRA, 10 ms burst) at the initial capacity."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.interval = 1.0 / rate
+        self.tolerance = max(1.0, rate * 0.01) * self.interval
+        self.tat = 0.0
+
+    def acquire(self, now: float) -> object | None:
+        tat = max(self.tat, now)
+        if tat + self.interval - self.tolerance > now:
+            return None
+        self.tat = tat + self.interval
+        return True
+
+    def complete(self, token: object, now: float, dropped: bool) -> None:
+        pass
+
+    @property
+    def limit(self) -> float:
+        return self.rate
+
+
+class Concurrency:
+    """Enforces a baseline ConcurrencyLimit: admit while in flight < limit."""
+
+    def __init__(self, algo: ConcurrencyLimit) -> None:
+        self.algo = algo
+        self.in_flight = 0
+
+    def acquire(self, now: float) -> object | None:
+        if self.in_flight >= max(1, int(self.algo.limit)):
+            return None
+        self.in_flight += 1
+        return now
+
+    def complete(self, token: object, now: float, dropped: bool) -> None:
+        self.algo.update(now, now - token, self.in_flight, dropped)
+        self.in_flight -= 1
+
+    @property
+    def limit(self) -> float:
+        return self.algo.limit
+
+
+def policies() -> dict[str, object]:
+    """Fresh policies, keyed by the name used in tables and plots."""
+    return {
+        "ours (rate)": lambda: Ours("rate"),
+        "ours (concurrency)": lambda: Ours("concurrency"),
+        "static": lambda: StaticRate(capacity_at(0.0)),
+        "AIMD": lambda: Concurrency(Aimd()),
+        "Vegas": lambda: Concurrency(Vegas()),
+        "Gradient2": lambda: Concurrency(Gradient2()),
+        "Envoy gradient": lambda: Concurrency(EnvoyGradient()),
+    }
+
+
+# --- the discrete-event simulation -------------------------------------------------
+
+
+@dataclass
+class Run:
+    name: str
+    overload: float
+    admit: np.ndarray  # admission time of each admitted call
+    latency: np.ndarray  # completion - admission, inf when dropped
+    offered: int
+    limit_t: np.ndarray
+    limit_v: np.ndarray
+    wall: float = 0.0
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+DONE, TIMEOUT_EV, STEP = 0, 1, 2
+
+
+def simulate(name: str, policy: object, overload: float, seed: int = 7) -> Run:
+    rng = np.random.default_rng(seed)
+    mu = math.log(MEAN_SERVICE) - SIGMA**2 / 2
+    services = rng.lognormal(mu, SIGMA, size=200_000)
+    n_services = 0
+    events: list[tuple[float, int, int, int]] = []
+    seq = 0
+    for start, _ in PHASES[1:]:
+        events.append((start, seq, STEP, -1))
+        seq += 1
+    heapq.heapify(events)
+    admit_t: list[float] = []
+    latency: list[float] = []
+    tokens: list[object] = []
+    state: list[int] = []  # 0 queued, 1 in service, 2 finished, 3 gave up
+    queue: deque[int] = deque()
+    busy = 0
+    workers = workers_at(0.0)
+    limit_t, limit_v = [], []
+    next_sample = 0.0
+    t_arr = 0.0
+    offered = 0
+    wall = time.perf_counter()
+
+    def start_service(i: int, now: float) -> None:
+        nonlocal busy, n_services, seq
+        state[i] = 1
+        busy += 1
+        heapq.heappush(events, (now + services[n_services % len(services)], seq, DONE, i))
+        n_services += 1
+        seq += 1
+
+    while True:
+        # After the last arrival, run on until every admitted call has resolved.
+        if events and (events[0][0] <= t_arr or t_arr >= DURATION):
+            now, _, kind, i = heapq.heappop(events)
+            if kind == DONE:
+                busy -= 1
+                if state[i] == 1:
+                    state[i] = 2
+                    latency[i] = now - admit_t[i]
+                    policy.complete(tokens[i], now, False)
+                    tokens[i] = None
+                while busy < workers and queue:
+                    j = queue.popleft()
+                    if state[j] == 0:
+                        start_service(j, now)
+            elif kind == TIMEOUT_EV:
+                if state[i] in (0, 1):
+                    state[i] = 3  # a queued call is skipped; one in service runs on
+                    policy.complete(tokens[i], now, True)
+                    tokens[i] = None
+            else:
+                workers = workers_at(now)
+                while busy < workers and queue:
+                    j = queue.popleft()
+                    if state[j] == 0:
+                        start_service(j, now)
+            continue
+        now = t_arr
+        if now >= DURATION:
+            break
+        while next_sample <= now:
+            limit_t.append(next_sample)
+            limit_v.append(policy.limit)
+            next_sample += 0.1
+        offered += 1
+        token = policy.acquire(now)
+        t_arr = now + 1.0 / (overload * capacity_at(now))
+        if token is None:
+            continue
+        i = len(admit_t)
+        admit_t.append(now)
+        latency.append(math.inf)
+        tokens.append(token)
+        state.append(0)
+        heapq.heappush(events, (now + TIMEOUT, seq, TIMEOUT_EV, i))
+        seq += 1
+        if busy < workers:
+            start_service(i, now)
+        else:
+            queue.append(i)
+    run = Run(name, overload, np.array(admit_t), np.array(latency), offered,
+              np.array(limit_t), np.array(limit_v))  # fmt: skip
+    run.wall = time.perf_counter() - wall
+    run.metrics = measure(run)
+    return run
+
+
+# --- metrics -----------------------------------------------------------------------
+
+
+def windows(run: Run, width: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per window of admission time: start, P99 latency (inf if > 1% dropped), good count."""
+    starts = np.arange(0.0, DURATION, width)
+    idx = np.floor(run.admit / width).astype(int)
+    p99 = np.zeros(len(starts))
+    good = np.zeros(len(starts))
+    for w in range(len(starts)):
+        lat = run.latency[idx == w]
+        p99[w] = np.quantile(lat, 0.99, method="inverted_cdf") if len(lat) else 0.0
+        good[w] = np.count_nonzero(lat <= TARGET)
+    return starts, p99, good
+
+
+def measure(run: Run) -> dict[str, float]:
+    starts, p99, good = windows(run)
+    cap = np.array([capacity_at(s) for s in starts])
+    steady = np.ones(len(starts), dtype=bool)
+    for start, _ in PHASES:
+        steady &= ~((starts >= start) & (starts < start + SETTLE))
+    # Convergence: from the first 1 s window after a step whose good throughput
+    # stays within +-10% of the new capacity until the next step.
+    conv = []
+    bounds = [p[0] for p in PHASES] + [DURATION]
+    for k, (start, _) in enumerate(PHASES):
+        sel = np.nonzero((starts >= start) & (starts < bounds[k + 1]))[0]
+        ok = np.abs(good[sel] - cap[sel]) <= 0.1 * cap[sel]
+        ok &= p99[sel] <= TARGET
+        t_conv = math.inf
+        for j in range(len(sel)):
+            if ok[j:].all():
+                t_conv = starts[sel[j]] - start
+                break
+        conv.append(t_conv)
+    cv = []
+    for k, (start, _) in enumerate(PHASES):
+        sel = (run.limit_t >= start + SETTLE) & (run.limit_t < bounds[k + 1])
+        v = run.limit_v[sel]
+        cv.append(float(np.std(v) / np.mean(v)) if len(v) and np.mean(v) > 0 else 0.0)
+    total_good = np.count_nonzero(run.latency <= TARGET)
+    capacity_integral = sum(
+        (bounds[k + 1] - s) * w / MEAN_SERVICE for k, (s, w) in enumerate(PHASES))  # fmt: skip
+    steady_good = good[steady].sum() / cap[steady].sum()
+    return {
+        "goodput": total_good / capacity_integral,
+        "goodput_steady": float(steady_good),
+        "slo_all": float(np.mean(p99 <= TARGET)),
+        "slo_steady": float(np.mean(p99[steady] <= TARGET)),
+        "p99_median": float(np.median(p99)),
+        "p99_worst_steady": float(np.max(p99[steady])),
+        "conv_1": conv[1],
+        "conv_2": conv[2],
+        "cv": float(np.mean(cv)),
+        "admitted": len(run.admit) / run.offered,
+    }
+
+
+# --- report --------------------------------------------------------------------------
+
+
+def fmt_time(x: float) -> str:
+    return "never" if math.isinf(x) else f"{x:.0f} s"
+
+
+def table(runs: list[Run]) -> str:
+    lines = [
+        "| load | algorithm | goodput | goodput (steady) | SLO windows (steady) | SLO windows "
+        "(all) | median P99 | worst steady P99 | converge 1000→400 | converge 400→1600 "
+        "| limit CV (steady) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        m = r.metrics
+        worst = m["p99_worst_steady"]
+        worst_s = "timeout" if math.isinf(worst) else f"{worst * 1000:.0f} ms"
+        med = m["p99_median"]
+        med_s = "timeout" if math.isinf(med) else f"{med * 1000:.0f} ms"
+        lines.append(
+            f"| {r.overload:g}× | {r.name} | {m['goodput']:.1%} | {m['goodput_steady']:.1%} | "
+            f"{m['slo_steady']:.1%} | {m['slo_all']:.1%} | {med_s} | {worst_s} | "
+            f"{fmt_time(m['conv_1'])} | {fmt_time(m['conv_2'])} | {m['cv']:.1%} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(runs: list[Run], overload: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sel = [r for r in runs if r.overload == overload]
+    fig, axes = plt.subplots(3, 1, figsize=(11, 11), sharex=True)
+    t = np.arange(0.0, DURATION, 0.01)
+    for ax in axes[:1]:
+        ax.plot(t, [capacity_at(x) for x in t], "k--", lw=2, label="capacity")
+    for r in sel:
+        starts, _, good = windows(r, 0.5)
+        axes[0].plot(starts + 0.25, good / 0.5, label=r.name, lw=1)
+        axes[1].step(r.limit_t, r.limit_v, where="post", label=r.name, lw=1)
+        s1, p, _ = windows(r, 1.0)
+        axes[2].plot(s1 + 0.5, np.minimum(p, TIMEOUT) * 1000, label=r.name, lw=1)
+    axes[0].set_ylabel("good throughput (req/s, 0.5 s windows)")
+    axes[1].set_ylabel("limit (req/s for rate, calls in flight otherwise)")
+    axes[1].set_yscale("log")
+    axes[2].axhline(TARGET * 1000, color="k", ls="--", label="target")
+    axes[2].set_ylabel("P99 of admitted calls per 1 s (ms)")
+    axes[2].set_yscale("log")
+    axes[2].set_xlabel("time (s)")
+    axes[0].set_title(
+        f"{overload:g}× overload: capacity 1000 → 400 → 1600 req/s, target P99 100 ms"
+    )
+    for ax in axes:
+        ax.legend(fontsize=7, ncol=4)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--only", help="comma-separated algorithm names")
+    ap.add_argument("--loads", default="2,10")
+    ap.add_argument("--seed", type=int, default=7, help="service-time seed")
+    ap.add_argument("--no-plots", action="store_true")
+    args = ap.parse_args()
+    names = list(policies())
+    if args.only:
+        names = [n for n in names if n in args.only.split(",")]
+    runs = []
+    for load in (float(x) for x in args.loads.split(",")):
+        for name in names:
+            run = simulate(name, policies()[name](), load, args.seed)
+            runs.append(run)
+            m = run.metrics
+            print(f"{load:g}x {name:20s} goodput {m['goodput']:.1%} steady-SLO "
+                  f"{m['slo_steady']:.1%} conv {fmt_time(m['conv_1'])}/{fmt_time(m['conv_2'])} "
+                  f"cv {m['cv']:.1%} ({run.wall:.1f}s)", flush=True)  # fmt: skip
+    print(table(runs))
+    if args.no_plots or args.only:
+        return
+    spread = robustness(names, [float(x) for x in args.loads.split(",")])
+    print(spread)
+    RESULTS.mkdir(exist_ok=True)
+    for load in sorted({r.overload for r in runs}):
+        plot(runs, load, RESULTS / f"adaptive_{load:g}x.png")
+    (RESULTS / "adaptive.md").write_text(report(runs, spread))
+
+
+HELD_OUT = (11, 12, 13, 14, 15)  # seeds never used while choosing our defaults
+
+
+def robustness(names: list[str], loads: list[float]) -> str:
+    """Min-max over held-out service-time seeds, per algorithm and load."""
+    lines = [
+        "| load | algorithm | goodput (min–max) | SLO windows steady (min) | worst convergence |",
+        "|---|---|---|---|---|",
+    ]
+    for load in loads:
+        for name in names:
+            ms = [simulate(name, policies()[name](), load, seed).metrics for seed in HELD_OUT]
+            gp = [m["goodput"] for m in ms]
+            conv = max(max(m["conv_1"], m["conv_2"]) for m in ms)
+            lines.append(
+                f"| {load:g}× | {name} | {min(gp):.1%}–{max(gp):.1%} | "
+                f"{min(m['slo_steady'] for m in ms):.1%} | {fmt_time(conv)} |"
+            )
+    return "\n".join(lines)
+
+
+NOTES = """Reading the results:
+
+- **Ours, concurrency mode** meets every target here (goodput ≥ 95% at 2× and ≥ 90%
+  at 10×, 100% of steady windows within the SLO, convergence ≤ 2 s, limit CV ≤ 10%)
+  and beats every baseline but one. It is *not* ahead of Envoy's gradient, which
+  is 0–1 point better on goodput at equal SLO attainment: it updates every 100 ms
+  (we evaluate every 500 ms and act only once the P99 moves), and its minRTT stays
+  right because capacity changes here do not change the service time. Its periodic
+  minRTT re-measurement (concurrency pinned to 3 for 50 calls every 60 s) only
+  happens at start-up in a 60 s run.
+- **Ours, rate mode** (paced admissions plus an in-flight cap of rate × target × 0.3,
+  Little's law) misses the goodput target (≈ 85–92%) and, on some seeds, the 5 s
+  convergence: below capacity a paced stream shows flat latency, so the rate can
+  only find capacity by overshooting it, and any overshoot queues without bound;
+  the in-flight cap is what holds the knee (the rate limit sits above capacity in
+  the plot). Prefer concurrency mode to protect a backend; use rate mode when a
+  QPS figure is what must be enforced.
+- **Vegas** collapses to a limit of 1: with lognormal service the no-load RTT (a
+  minimum) is far below the typical RTT, so its queue estimate
+  limit·(1 − rtt_noload/rtt) always exceeds beta.
+- **Gradient2** and **AIMD** climb to their maximum of 200 in flight: Gradient2's
+  gradient is 1 whenever the long and short RTT agree (its known creep), and AIMD
+  reacts only to drops (1 s client timeouts), so both hold a 200-call queue.
+- **Static** (1000 req/s) is right only while capacity is 1000.
+"""
+
+
+def report(runs: list[Run], spread: str) -> str:
+    method = f"""## Adaptive limiter: overload simulation
+
+`.venv/bin/python benchmarks/adaptive_sim.py` (deterministic, seeded; about 2 min).
+Backend: FIFO queue, lognormal service (mean 20 ms, σ 0.5) on 20 → 8 → 32 workers,
+so capacity 1000 → 400 → 1600 req/s at t = 0, 20, 40 s. Open-loop constant-rate
+arrivals at k × the capacity in force; clients time out after 1 s; target P99 ≤ 100 ms.
+Ours runs through the compiled kernel (`limiter._core.AdaptiveLimiter`, default
+settings, virtual clock injected); baselines are written from their published
+formulas in `benchmarks/adaptive_baselines.py` with their published defaults.
+
+- Goodput: calls completed within the target ÷ (capacity × time).
+- SLO windows: share of 1 s windows (by admission time) whose P99 ≤ target;
+  *steady* skips the first {SETTLE:g} s after each step (the convergence budget).
+- Convergence: first 1 s window after a step from which good throughput stays
+  within ±10% of the new capacity with P99 ≤ target, until the next step.
+- Limit CV: coefficient of variation of the limit over the steady windows.
+"""
+    return "\n".join(
+        [
+            method,
+            table(runs),
+            "",
+            f"Held-out service-time seeds {', '.join(map(str, HELD_OUT))} (the table above "
+            "is seed 7; our defaults were chosen on seeds 1, 2, 3 and 7):",
+            "",
+            spread,
+            "",
+            NOTES,
+            "![2x](results/adaptive_2x.png)",
+            "![10x](results/adaptive_10x.png)",
+            "",
+        ]
+    )
+
+
+if __name__ == "__main__":
+    main()

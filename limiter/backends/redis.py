@@ -1,0 +1,554 @@
+"""Redis backend: limiter state shared by every process that names the same Redis.
+
+Each decision is one atomic Lua script run on the Redis server, timed by the server's
+clock. Concurrent decisions are batched into one pipelined round trip (``batching``),
+refusals are remembered locally until they expire (``overlimit``), and a breaker on the
+connection turns a dead Redis into the rule's failure mode within microseconds:
+``closed`` refuses, ``open`` admits, ``local`` decides with an in-process kernel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import re
+import threading
+from dataclasses import dataclass, replace
+from time import monotonic_ns
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode, RedisCluster
+from redis.crc import key_slot
+from redis.exceptions import RedisClusterException, RedisError
+from redis.retry import Retry
+from redis.sentinel import Sentinel
+
+from limiter._core import Decision
+from limiter.backends import REDIS_SCHEMES
+from limiter.backends.algorithms import Codec, codec_for, decision
+from limiter.backends.base import Spec
+from limiter.backends.batching import Call, Combiner
+from limiter.backends.breaker import Breaker
+from limiter.backends.keys import hash_tag
+from limiter.backends.overlimit import OverLimitCache
+from limiter.backends.scripts import LEASE_RELEASE
+from limiter.backends.transport import ClusterServers, Command, SingleServer, Unavailable, bulk
+from limiter.errors import ConfigError, InvalidParameter
+
+FAILURE_MODES = ("closed", "open", "local")
+MAX_KEYS_PER_SCRIPT = 256
+KEY_CACHE_SIZE = 10_000
+# Failures we turn into the rule's failure mode; anything else is a bug and propagates.
+REDIS_FAULTS = (Unavailable, RedisError, RedisClusterException, OSError)
+
+
+@dataclass(frozen=True)
+class RuleOptions:
+    """Per-rule behaviour; the connection is shared by all rules of a backend."""
+
+    on_failure: str = "closed"  # closed | open | local
+    local_cache: bool = True  # answer known refusals locally until they expire
+    lease_ttl: float = 60.0  # seconds a concurrency lease lives unless released
+
+    def __post_init__(self) -> None:
+        if self.on_failure not in FAILURE_MODES:
+            raise InvalidParameter(
+                f"on_failure must be one of {', '.join(FAILURE_MODES)}, got {self.on_failure!r}"
+            )
+        if not isinstance(self.local_cache, bool):
+            raise InvalidParameter(f"local_cache must be a bool, got {self.local_cache!r}")
+        lease_ok = isinstance(self.lease_ttl, (int, float)) and not isinstance(self.lease_ttl, bool)
+        if not lease_ok or not 0.001 <= self.lease_ttl <= 86400 * 366:
+            raise InvalidParameter(
+                f"lease_ttl must be seconds in [0.001, 31622400], got {self.lease_ttl!r}"
+            )
+
+
+def masked(url: str) -> str:
+    """The URL with any password hidden, for error messages and logs."""
+    return re.sub(r"//([^@/]*)@", lambda m: "//" + m.group(1).split(":")[0] + ":***@", url)
+
+
+def _bool(name: str, text: str, url: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {text!r} in {masked(url)}")
+
+
+def _float(name: str, text: str, url: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {text!r} in {masked(url)}") from None
+
+
+def _hosts(netloc: str, url: str, default_port: int) -> list[tuple[str, int]]:
+    hosts = []
+    for part in netloc.rpartition("@")[2].split(","):
+        host, _, port = part.rpartition(":") if ":" in part else (part, "", str(default_port))
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"bad host:port {part!r} in Redis URL {masked(url)}")
+        hosts.append((host.strip("[]"), int(port)))
+    return hosts
+
+
+class RedisBackend:
+    """Shared state in Redis (standalone, Sentinel or Cluster), selected by URL.
+
+    ``redis://[user:password@]host:port/db``, ``rediss://`` (TLS; ``ssl_*`` query
+    options as in redis-py), ``unix:///path.sock``, ``redis+cluster://h1:p1,h2:p2``,
+    ``redis+sentinel://h1:p1,h2:p2/service[/db]`` (``rediss+`` for TLS). Query
+    options: ``timeout`` (s, default 0.02), ``prefix``, ``breaker_cooldown`` (s),
+    ``batch_window`` (s), ``require_at_start``, and the per-rule defaults
+    ``on_failure``, ``local_cache``, ``lease_ttl``; keyword arguments override them.
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        timeout: float | None = None,
+        prefix: str | None = None,
+        breaker_cooldown: float | None = None,
+        batch_window: float | None = None,
+        require_at_start: bool | None = None,
+        on_failure: str | None = None,
+        local_cache: bool | None = None,
+        lease_ttl: float | None = None,
+        **redis_options: Any,
+    ) -> None:
+        if not isinstance(url, str) or "://" not in url:
+            raise InvalidParameter(f"backend URL must look like redis://host:port/db: {url!r:.80}")
+        self.url = url
+        scheme = url.partition("://")[0]
+        if scheme not in REDIS_SCHEMES:
+            raise InvalidParameter(f"backend URL scheme {scheme!r} is not supported: {masked(url)}")
+        parts = urlsplit(url)
+        query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        own = {k: query.pop(k) for k in list(query) if k in _OPTION_NAMES}
+        given = {
+            "timeout": timeout, "prefix": prefix, "breaker_cooldown": breaker_cooldown,
+            "batch_window": batch_window, "require_at_start": require_at_start,
+            "on_failure": on_failure, "local_cache": local_cache, "lease_ttl": lease_ttl,
+        }  # fmt: skip
+        opts = {k: v for k, v in given.items() if v is not None}
+        for name, text in own.items():
+            opts.setdefault(name, _OPTION_NAMES[name](name, text, url))
+        self.timeout = float(opts.get("timeout", 0.02))
+        if not 0 < self.timeout <= 60:
+            raise InvalidParameter(f"timeout must be seconds in (0, 60], got {self.timeout!r}")
+        self.prefix = str(opts.get("prefix", "limiter:")).encode()
+        if b"{" in self.prefix or b"}" in self.prefix:
+            raise InvalidParameter(f"prefix must not contain braces, got {self.prefix!r}")
+        self.defaults = RuleOptions(
+            on_failure=opts.get("on_failure", "closed"),
+            local_cache=opts.get("local_cache", True),
+            lease_ttl=opts.get("lease_ttl", 60.0),
+        )
+        self.breaker = Breaker(float(opts.get("breaker_cooldown", 0.2)))
+        self.combiner = Combiner(self._flush, float(opts.get("batch_window", 0.0)))
+        self.lease_ids = itertools.count()
+        self.lease_prefix = os.urandom(6).hex().encode() + b"-"
+        self.cluster = scheme.endswith("+cluster")
+        self.connect_args = (scheme, parts._replace(query=urlencode(query)).geturl(), redis_options)
+        self.transport: Any = None  # connected on first use when Redis was away at start
+        try:
+            self.transport = self._connect(*self.connect_args)
+            if opts.get("require_at_start", True):
+                self._ping_at_start()
+        except (RedisError, RedisClusterException, OSError, Unavailable) as exc:
+            if opts.get("require_at_start", True):
+                raise ConfigError(f"Redis backend {masked(url)} is unreachable: {exc}") from exc
+            self.breaker.failure()
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"bad Redis URL {masked(url)}: {exc}") from exc
+
+    def _connect(self, scheme: str, url: str, options: dict) -> Any:
+        common = {
+            "socket_timeout": self.timeout,
+            "socket_connect_timeout": self.timeout,
+            "retry": Retry(NoBackoff(), 0),
+            "health_check_interval": 0,
+            **options,
+        }
+        parts = urlsplit(url)
+        user = unquote(parts.username) if parts.username else None
+        password = unquote(parts.password) if parts.password else None
+        query = dict(parse_qsl(parts.query))
+        tls = scheme.startswith("rediss") or _bool("ssl", query.pop("ssl", "false"), url)
+        if scheme.endswith("+cluster"):
+            nodes = [ClusterNode(h, p) for h, p in _hosts(parts.netloc, url, 6379)]
+            client = RedisCluster(
+                startup_nodes=nodes, username=user, password=password, ssl=tls, **query, **common
+            )
+            return ClusterServers(client)
+        if scheme.endswith("+sentinel"):
+            path = [p for p in parts.path.split("/") if p]
+            if not path:
+                raise ConfigError(f"Sentinel URL needs a service name: {masked(url)}")
+            db = int(path[1]) if len(path) > 1 else 0
+            sentinel_kwargs = {"socket_timeout": self.timeout}
+            if "sentinel_password" in query:
+                sentinel_kwargs["password"] = query.pop("sentinel_password")
+            sentinel = Sentinel(
+                _hosts(parts.netloc, url, 26379), sentinel_kwargs=sentinel_kwargs, **common
+            )
+            master = sentinel.master_for(
+                path[0], username=user, password=password, db=db, ssl=tls, **query, **common
+            )
+            return SingleServer(master)
+        return SingleServer(redis.Redis.from_url(url, **common))
+
+    def _transport(self) -> Any:
+        if self.transport is None:
+            try:
+                self.transport = self._connect(*self.connect_args)
+            except (RedisError, RedisClusterException, OSError) as exc:
+                raise Unavailable(f"{type(exc).__name__}: {exc}") from exc
+        return self.transport
+
+    def ping(self) -> None:
+        """Raise ``Unavailable`` unless every Redis node answers (one round trip)."""
+        if isinstance(self._transport(), ClusterServers):
+            self.transport.client.ping(target_nodes=RedisCluster.PRIMARIES)
+            return
+        cmd = Command(None, [b"PING"], 0, [])
+        self._transport().execute([cmd])
+        if isinstance(cmd.reply, Exception):
+            raise Unavailable(str(cmd.reply))
+
+    def _ping_at_start(self) -> None:
+        """A few tries: a busy machine may miss one short timeout; a dead server fails fast."""
+        for attempt in range(3):
+            try:
+                self.ping()
+                return
+            except (Unavailable, RedisError) as exc:
+                if attempt == 2 or "refused" in str(exc).lower():
+                    raise
+
+    def bind(self, spec: Spec) -> RedisBound:
+        return RedisBound(self, spec, self.defaults)
+
+    def rule(self, **options: Any) -> RedisRule:
+        """A Backend with its own failure mode / cache / lease TTL over this connection."""
+        unknown = set(options) - set(RuleOptions.__dataclass_fields__)
+        if unknown:
+            raise InvalidParameter(f"unknown rule option(s) {sorted(unknown)}; known: "
+                                   f"{sorted(RuleOptions.__dataclass_fields__)}")  # fmt: skip
+        return RedisRule(self, replace(self.defaults, **options))
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def _commands(self, calls: list[Call]) -> list[Command]:
+        """One script run per (algorithm, slot) for up to MAX_KEYS_PER_SCRIPT requests."""
+        groups: dict[tuple[Any, int], list[Call]] = {}
+        for call in calls:
+            groups.setdefault((call.group, call.slot), []).append(call)
+        commands = []
+        for (group, slot), members in groups.items():
+            if not isinstance(group, Codec):
+                commands.extend(Command(c.group, list(c.args), slot, [c]) for c in members)
+                continue
+            for i in range(0, len(members), MAX_KEYS_PER_SCRIPT):
+                commands.append(_script_run(group, members[i : i + MAX_KEYS_PER_SCRIPT]))
+        return commands
+
+    def _flush(self, calls: list[Call]) -> None:
+        call = calls[0]
+        if len(calls) == 1 and isinstance(call.group, Codec):  # the sequential caller's path
+            commands = [_script_run(call.group, calls)]
+        else:
+            commands = self._commands(calls)
+        try:
+            self._transport().execute(commands)
+        except Unavailable as exc:
+            self.breaker.failure()
+            for call in calls:
+                call.error = exc
+            return
+        self.breaker.success()
+        for cmd in commands:
+            reply = cmd.reply
+            if isinstance(reply, Exception):
+                for call in cmd.calls:
+                    call.error = reply
+            elif cmd.script is None or not isinstance(cmd.calls[0].group, Codec):
+                cmd.calls[0].result = reply
+            else:
+                offset = 1
+                for call in cmd.calls:
+                    call.result = (reply, offset)
+                    offset += call.width
+
+    def run(self, calls: list[Call]) -> None:
+        """Decide ``calls`` in one (shared) round trip; errors are left on the calls."""
+        self.combiner.run(calls)
+
+    async def run_async(self, calls: list[Call]) -> None:
+        await self.combiner.submit(calls, asyncio.get_running_loop())
+
+
+def _script_run(codec: Codec, calls: list[Call]) -> Command:
+    """One EVALSHA deciding every call in ``calls`` (same algorithm, same slot)."""
+    nkeys = codec.keys_per_request * len(calls)
+    count, head = codec.packed_head(nkeys)
+    n = count + nkeys + codec.args_per_request * len(calls)
+    keys = b"".join([c.keys for c in calls])
+    args = b"".join([c.args for c in calls])
+    packed = b"*%d\r\n%s%s%s%s" % (n, head, keys, codec.packed_shared, args)
+    return Command(codec.script, [], calls[0].slot, calls, packed)
+
+
+class RedisRule:
+    """A RedisBackend seen with other per-rule options (same connection and batching)."""
+
+    def __init__(self, backend: RedisBackend, options: RuleOptions) -> None:
+        self.backend = backend
+        self.options = options
+
+    def _ping_at_start(self) -> None:
+        """A few tries: a busy machine may miss one short timeout; a dead server fails fast."""
+        for attempt in range(3):
+            try:
+                self.ping()
+                return
+            except (Unavailable, RedisError) as exc:
+                if attempt == 2 or "refused" in str(exc).lower():
+                    raise
+
+    def bind(self, spec: Spec) -> RedisBound:
+        return RedisBound(self.backend, spec, self.options)
+
+
+def local_kernel(spec: Spec) -> Any:
+    """The in-process limiter equivalent to ``spec``, for the ``local`` failure mode."""
+    import limiter
+
+    alg, limit = spec.algorithm, spec.limit
+    if alg == "token_bucket":
+        return limiter.TokenBucket(1e9 / spec.interval_ns, limit)
+    if alg == "leaky_bucket":
+        return limiter.LeakyBucket(1e9 / spec.interval_ns, limit)
+    if alg == "leaky_shaper":
+        return limiter.LeakyShaper(1e9 / spec.interval_ns, limit, max_wait=spec.max_wait_ns / 1e9)
+    if alg == "fixed_window":
+        return limiter.FixedWindow(limit, spec.period_ns / 1e9)
+    if alg == "sliding_window":
+        return limiter.SlidingWindow(limit, spec.period_ns / 1e9)
+    return limiter.ConcurrencyLimit(limit)
+
+
+class RedisBound:
+    """One algorithm with fixed parameters, deciding for any key through Redis.
+
+    The contract the kernels rely on: ``acquire``/``acquire_async`` -> Decision,
+    ``acquire_batch`` -> list of Decisions, ``reset``; for concurrency
+    ``acquire_lease``/``acquire_lease_async`` -> (Decision, lease or None),
+    ``release(key, cost, lease)`` and ``in_flight``. Redis faults never raise: they
+    become the rule's failure mode.
+    """
+
+    def __init__(self, backend: RedisBackend, spec: Spec, options: RuleOptions) -> None:
+        self.backend = backend
+        self.spec = spec
+        self.options = options
+        self.codec = codec_for(spec, backend.prefix, int(options.lease_ttl * 1e6))
+        self.limit = spec.limit
+        self.cluster = backend.cluster
+        rate = spec.algorithm != "concurrency"
+        self.cache = OverLimitCache() if options.local_cache and rate else None
+        self.local = local_kernel(spec) if options.on_failure == "local" else None
+        self.key_cache: dict[str, tuple[tuple[bytes, ...], int]] = {}
+        self.failures = 0
+        self.last_error: BaseException | None = None
+        self.last_server_time_ns = 0  # server clock at the last decision (for tests and logs)
+
+    def _keys(self, key: str) -> tuple[tuple[bytes, ...], int, bytes]:
+        """Redis keys, cluster slot and RESP-encoded keys of a user key (memoised)."""
+        found = self.key_cache.get(key)
+        if found is None:
+            if len(self.key_cache) >= KEY_CACHE_SIZE:
+                self.key_cache.clear()
+            keys = self.codec.keys(hash_tag(key))
+            slot = key_slot(keys[0]) if self.cluster else 0
+            found = self.key_cache[key] = (keys, slot, bulk(keys))
+        return found
+
+    def _call(self, key: str, cost: int, lease: bytes = b"") -> Call:
+        """A script request; ``keys``/``args`` travel RESP-encoded, ready to concatenate."""
+        codec = self.codec
+        _, slot, packed_keys = self._keys(key)
+        return Call(codec, packed_keys, codec.packed_args(cost, lease), codec.reply_width, slot)
+
+    def _fail(self, key: str, cost: int, exc: BaseException) -> Decision:
+        if not isinstance(exc, REDIS_FAULTS):
+            raise exc
+        self.failures += 1
+        self.last_error = exc
+        mode = self.options.on_failure
+        if mode == "local":
+            return self.local.acquire(key, cost)
+        if mode == "open":
+            return decision(True, self.limit, self.limit, 0)
+        return decision(False, self.limit, 0, 0, int(self.backend.breaker.cooldown * 1e9))
+
+    def _decode(self, key: str, cost: int, call: Call, sent_ns: int) -> Decision:
+        if call.error is not None:
+            return self._fail(key, cost, call.error)
+        reply, offset = call.result
+        self.last_server_time_ns = reply[0] * 1000
+        d = self.codec.decode(reply[0], reply, offset, cost)
+        if not d.allowed and self.cache is not None:
+            self.cache.put(key, cost, sent_ns, d)
+        return d
+
+    def acquire(self, key: str, cost: int) -> Decision:
+        if self.cache is not None:
+            hit = self.cache.get(key, cost)
+            if hit is not None:
+                return hit
+        if not self.backend.breaker.allow():
+            return self._fail(key, cost, Unavailable("circuit breaker open"))
+        call = self._call(key, cost)
+        sent = monotonic_ns()
+        self.backend.run([call])
+        return self._decode(key, cost, call, sent)
+
+    async def acquire_async(self, key: str, cost: int) -> Decision:
+        if self.cache is not None:
+            hit = self.cache.get(key, cost)
+            if hit is not None:
+                return hit
+        if not self.backend.breaker.allow():
+            return self._fail(key, cost, Unavailable("circuit breaker open"))
+        call = self._call(key, cost)
+        sent = monotonic_ns()
+        await self.backend.run_async([call])
+        return self._decode(key, cost, call, sent)
+
+    def acquire_batch(self, keys: Any, costs: Any = None) -> list[Decision]:
+        n = len(keys)
+        cost_list = [1] * n if costs is None else [int(c) for c in costs]
+        out: list[Any] = [None] * n
+        todo = []
+        for i in range(n):
+            hit = self.cache.get(keys[i], cost_list[i]) if self.cache is not None else None
+            if hit is not None:
+                out[i] = hit
+            else:
+                todo.append(i)
+        if todo:
+            if not self.backend.breaker.allow():
+                exc = Unavailable("circuit breaker open")
+                for i in todo:
+                    out[i] = self._fail(keys[i], cost_list[i], exc)
+                return out
+            calls = [self._call(keys[i], cost_list[i]) for i in todo]
+            sent = monotonic_ns()
+            self.backend.run(calls)
+            for i, call in zip(todo, calls, strict=True):
+                out[i] = self._decode(keys[i], cost_list[i], call, sent)
+        return out
+
+    def reset(self, key: str) -> None:
+        """Forget ``key``'s shared state (best effort when Redis is down)."""
+        if self.cache is not None:
+            self.cache.discard(key)
+        if self.local is not None:
+            self.local.reset(key)
+        keys, slot, _ = self._keys(key)
+        call = Call(None, (), (b"DEL", *keys), 0, slot)
+        if self.backend.breaker.allow():
+            self.backend.run([call])
+
+    # Concurrency: leases live in Redis until released or expired.
+
+    def _lease_id(self) -> bytes:
+        return self.backend.lease_prefix + b"%d" % next(self.backend.lease_ids)
+
+    def _lease_result(self, key: str, cost: int, call: Call, lease: bytes) -> tuple[Decision, Any]:
+        if call.error is not None:
+            return self._fail_lease(key, cost, call.error)
+        d = self._decode(key, cost, call, 0)
+        return d, (lease if d.allowed else None)
+
+    def _fail_lease(self, key: str, cost: int, exc: BaseException) -> tuple[Decision, Any]:
+        d = self._fail(key, cost, exc)
+        # A local permit is its own lease: releasing it gives the slot back locally.
+        return d, (d if self.local is not None and d.allowed else None)
+
+    def acquire_lease(self, key: str, cost: int) -> tuple[Decision, Any]:
+        if not self.backend.breaker.allow():
+            return self._fail_lease(key, cost, Unavailable("circuit breaker open"))
+        lease = self._lease_id()
+        call = self._call(key, cost, lease)
+        self.backend.run([call])
+        return self._lease_result(key, cost, call, lease)
+
+    async def acquire_lease_async(self, key: str, cost: int) -> tuple[Decision, Any]:
+        if not self.backend.breaker.allow():
+            return self._fail_lease(key, cost, Unavailable("circuit breaker open"))
+        lease = self._lease_id()
+        call = self._call(key, cost, lease)
+        await self.backend.run_async([call])
+        return self._lease_result(key, cost, call, lease)
+
+    def release(self, key: str, cost: int, lease: Any) -> None:
+        """Give a lease back (without waiting); a lost release only means the lease expires."""
+        if lease is None:
+            return
+        if not isinstance(lease, bytes):
+            lease.release()  # a permit from the local fallback
+            return
+        keys, slot, _ = self._keys(key)
+        args = (b"EVALSHA", LEASE_RELEASE.sha, 2, *keys, cost, lease)
+        if self.backend.breaker.allow():
+            # Posted, not awaited: it precedes this thread's next request in the queue, and a
+            # Permit's finaliser may run anywhere, even inside a round trip of this thread.
+            self.backend.combiner.post([Call(LEASE_RELEASE, (), args, 0, slot)])
+
+    def in_flight(self, key: str) -> int:
+        """Units held under ``key`` by live leases (0 when Redis cannot be asked)."""
+        call = self._call(key, 0, b"")
+        if not self.backend.breaker.allow():
+            return 0
+        self.backend.run([call])
+        if call.error is not None:
+            return 0
+        reply, offset = call.result
+        return reply[offset + 1]
+
+
+_OPTION_NAMES = {
+    "timeout": _float,
+    "prefix": lambda name, text, url: text,
+    "breaker_cooldown": _float,
+    "batch_window": _float,
+    "require_at_start": _bool,
+    "on_failure": lambda name, text, url: text,
+    "local_cache": _bool,
+    "lease_ttl": _float,
+}
+
+_registry: dict[str, RedisBackend] = {}
+_registry_lock = threading.Lock()
+
+
+def shared_backend(url: str) -> RedisBackend:
+    """One backend (connection, batching, breaker) per distinct URL in this process."""
+    backend = _registry.get(url)
+    if backend is None:
+        with _registry_lock:
+            backend = _registry.get(url)
+            if backend is None:
+                backend = _registry[url] = RedisBackend(url)
+    return backend

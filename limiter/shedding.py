@@ -1,0 +1,427 @@
+"""Who gets cut: the heaviest clients of a throttling rule, abnormal clients, throttled rules.
+
+A flood from one client must not starve the well-behaved ones, so while a rule is
+under pressure any client whose share of the rule's recent traffic exceeds a cap is
+refused first. Clients with an abnormal burst or 4xx ratio are blocked outright for a
+cool-down. Which rules throttle, and which clients send most, is readable as a top-N
+for operators and autoscalers.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from limiter._core import HeavyHitters
+from limiter.errors import ConfigError, InvalidParameter
+
+__all__ = [
+    "AbnormalAccess",
+    "ClientShedder",
+    "SheddingConfig",
+    "ThrottleWatch",
+    "TopClients",
+]
+
+Clock = Callable[[], int]
+# Where per-rule state goes once ``max_rules`` distinct names have been seen.
+OTHER = "_other"
+Listener = Callable[[str, dict[str, Any]], None]
+
+
+def _number(name: str, value: object, *, minimum: float = 0.0, maximum: float = 1e12) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not (minimum <= value <= maximum)
+    ):
+        raise InvalidParameter(
+            f"{name} must be a number in [{minimum:g}, {maximum:g}], got {value!r}"
+        )
+    return float(value)
+
+
+class ClientShedder:
+    """One rule's top-client cut: refuse clients above ``max_share`` while under pressure.
+
+    Every request is counted in a Space-Saving sketch over ``window`` seconds, so the
+    share reflects what a client asks for, not what it was granted: a flooding client
+    stays cut for as long as it floods. ``min_requests`` avoids judging a near-empty
+    window. ``max_share`` 1.0 (the default) only counts, for the top-N, and never cuts.
+    """
+
+    def __init__(
+        self,
+        max_share: float = 1.0,
+        *,
+        capacity: int = 64,
+        window: float = 10.0,
+        buckets: int = 5,
+        min_requests: int = 20,
+        clock: Clock | None = None,
+    ) -> None:
+        self.max_share = _number("max_share", max_share, minimum=1e-6, maximum=1.0)
+        self.min_requests = int(_number("min_requests", min_requests))
+        self.sketch = HeavyHitters(capacity, window, buckets, clock=clock)
+        self.shed = 0
+
+    def check(self, client: str, cost: int = 1, *, pressure: bool = False) -> bool:
+        """Count the request; False when it should be cut (pressure and a share over the cap)."""
+        estimate = self.sketch.offer(client, cost)
+        if not pressure:
+            return True
+        total = self.sketch.total()
+        if total >= self.min_requests and estimate > self.max_share * total:
+            self.shed += 1
+            return False
+        return True
+
+    def top(self, n: int = 10) -> list[dict[str, Any]]:
+        total = self.sketch.total()
+        return [
+            {"client": k, "count": c, "error": e, "share": c / total if total else 0.0}
+            for k, c, e in self.sketch.top(n)
+        ]
+
+
+class TopClients:
+    """A ``ClientShedder`` per rule, created on first use.
+
+    Rule names come from config, but requests can name ad-hoc limits too, so past
+    ``max_rules`` new names share one ``OTHER`` shedder instead of growing memory.
+    """
+
+    def __init__(
+        self, factory: Callable[[], ClientShedder] | None = None, max_rules: int = 1000
+    ) -> None:
+        self.factory = factory or ClientShedder
+        self.max_rules = max_rules
+        self._rules: dict[str, ClientShedder] = {}
+        self._lock = threading.Lock()
+
+    def __getitem__(self, rule: str) -> ClientShedder:
+        s = self._rules.get(rule)
+        if s is None:
+            with self._lock:
+                if rule not in self._rules and len(self._rules) >= self.max_rules:
+                    rule = OTHER
+                s = self._rules.get(rule)
+                if s is None:
+                    s = self._rules[rule] = self.factory()
+        return s
+
+    def check(self, rule: str, client: str, cost: int = 1, *, pressure: bool = False) -> bool:
+        """``ClientShedder.check`` for ``rule``'s shedder."""
+        return self[rule].check(client, cost, pressure=pressure)
+
+    def rules(self) -> list[str]:
+        return sorted(self._rules)
+
+    def top(self, rule: str | None = None, n: int = 10) -> list[dict[str, Any]]:
+        """Heaviest clients of ``rule``, or across all rules (merged by count) when None."""
+        if rule is not None:
+            s = self._rules.get(rule)
+            return [] if s is None else [{"rule": rule, **row} for row in s.top(n)]
+        rows = [{"rule": r, **row} for r, s in list(self._rules.items()) for row in s.top(n)]
+        rows.sort(key=lambda row: (-row["count"], row["rule"], row["client"]))
+        return rows[: max(0, n)]
+
+
+class AbnormalAccess:
+    """Blocks a client for ``cooldown`` seconds after an abnormal burst or 4xx ratio.
+
+    Burst: more than ``burst`` requests within ``burst_window`` seconds. Errors: at
+    least ``min_responses`` reported responses in ``error_window`` seconds of which a
+    ratio of ``error_ratio`` or more were 4xx. ``on_block(event, fields)`` is called
+    once per block (e.g. to raise an alert).
+    """
+
+    def __init__(
+        self,
+        *,
+        burst: int = 1000,
+        burst_window: float = 1.0,
+        error_ratio: float = 0.5,
+        min_responses: int = 20,
+        error_window: float = 60.0,
+        cooldown: float = 60.0,
+        capacity: int = 256,
+        max_blocked: int = 100_000,
+        clock: Clock | None = None,
+        on_block: Listener | None = None,
+    ) -> None:
+        self.burst = int(_number("burst", burst, minimum=1))
+        self.error_ratio = _number("error_ratio", error_ratio, minimum=1e-6, maximum=1.0)
+        self.min_responses = int(_number("min_responses", min_responses, minimum=1))
+        self.cooldown_ns = int(_number("cooldown", cooldown, minimum=1e-3) * 1e9)
+        self.max_blocked = int(_number("max_blocked", max_blocked, minimum=1))
+        self.clock = clock or time.monotonic_ns
+        self.requests = HeavyHitters(capacity, burst_window, 4, clock=self.clock)
+        self.responses = HeavyHitters(capacity, error_window, 6, clock=self.clock)
+        self.errors = HeavyHitters(capacity, error_window, 6, clock=self.clock)
+        self.on_block = on_block
+        self._blocked: dict[str, int] = {}
+        self.blocks = 0
+        self.refused = 0
+
+    def blocked_for(self, client: str) -> float:
+        """Seconds of cool-down left for ``client`` (0.0 when not blocked)."""
+        until = self._blocked.get(client)
+        if until is None:
+            return 0.0
+        left = until - self.clock()
+        if left <= 0:
+            self._blocked.pop(client, None)
+            return 0.0
+        return left / 1e9
+
+    def request(self, client: str, cost: int = 1) -> bool:
+        """Count a request; False when ``client`` is (or just became) blocked."""
+        if self.blocked_for(client) > 0:
+            self.refused += 1
+            return False
+        if self.requests.offer(client, cost) > self.burst:
+            self._block(client, "burst", count=self.requests.estimate(client))
+            self.refused += 1
+            return False
+        return True
+
+    def response(self, client: str, status: int) -> None:
+        """Report a response status for ``client`` (4xx responses count toward blocking)."""
+        seen = self.responses.offer(client)
+        if 400 <= status < 500:
+            errors = self.errors.offer(client)
+            judged = seen >= self.min_responses and errors >= self.error_ratio * seen
+            if judged and self.blocked_for(client) == 0:
+                self._block(client, "4xx", count=errors, responses=seen)
+
+    def _block(self, client: str, reason: str, **counts: int) -> None:
+        if len(self._blocked) >= self.max_blocked:
+            now = self.clock()
+            self._blocked = {c: u for c, u in self._blocked.items() if u > now}
+            if len(self._blocked) >= self.max_blocked:
+                return
+        self._blocked[client] = self.clock() + self.cooldown_ns
+        self.blocks += 1
+        if self.on_block is not None:
+            self.on_block(
+                "client_blocked",
+                {
+                    "client": client,
+                    "reason": reason,
+                    "counts": counts,
+                    "cooldown": self.cooldown_ns / 1e9,
+                },
+            )
+
+    def unblock(self, client: str) -> bool:
+        return self._blocked.pop(client, None) is not None
+
+    def blocked(self) -> list[dict[str, Any]]:
+        now = self.clock()
+        return sorted(
+            (
+                {"client": c, "seconds_left": (u - now) / 1e9}
+                for c, u in list(self._blocked.items())
+                if u > now
+            ),
+            key=lambda b: -b["seconds_left"],
+        )
+
+
+class _RuleStats:
+    __slots__ = ("over", "prev_over", "prev_total", "since", "start", "throttling", "total")
+
+    def __init__(self) -> None:
+        self.start = 0
+        self.total = self.over = self.prev_total = self.prev_over = 0
+        self.throttling = False
+        self.since = 0
+
+
+class ThrottleWatch:
+    """Which rules are throttling, with hysteresis so an alert does not flap.
+
+    A rule starts throttling when, over the sliding ``window``, at least
+    ``min_over`` requests and a ratio of ``start_ratio`` were over the limit; it stops
+    only after ``stop_after`` seconds with no over-limit answer. ``on_change(event,
+    fields)`` gets ``throttle_started`` / ``throttle_stopped``. Past ``max_rules``
+    distinct names, new ones are counted together as ``OTHER``.
+    """
+
+    def __init__(
+        self,
+        *,
+        window: float = 10.0,
+        start_ratio: float = 0.01,
+        min_over: int = 1,
+        stop_after: float = 30.0,
+        max_rules: int = 10_000,
+        clock: Clock | None = None,
+        on_change: Listener | None = None,
+    ) -> None:
+        self.window_ns = int(_number("window", window, minimum=1e-3) * 1e9)
+        self.start_ratio = _number("start_ratio", start_ratio, maximum=1.0)
+        self.min_over = int(_number("min_over", min_over, minimum=1))
+        self.stop_after_ns = int(_number("stop_after", stop_after) * 1e9)
+        self.clock = clock or time.monotonic_ns
+        self.on_change = on_change
+        self._rules: dict[str, _RuleStats] = {}
+        self._last_over: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self.max_rules = max_rules
+
+    def _roll(self, s: _RuleStats, now: int) -> float:
+        start = now - now % self.window_ns
+        if start != s.start:
+            adjacent = start - s.start == self.window_ns
+            s.prev_total, s.prev_over = (s.total, s.over) if adjacent else (0, 0)
+            s.total = s.over = 0
+            s.start = start
+        return 1.0 - (now - start) / self.window_ns
+
+    def record(self, rule: str, allowed: bool, hits: int = 1) -> None:
+        """Count one decision of ``rule`` (hot path: a few integer updates)."""
+        s = self._rules.get(rule)
+        if s is None:
+            with self._lock:
+                if rule not in self._rules and len(self._rules) >= self.max_rules:
+                    rule = OTHER
+                s = self._rules.setdefault(rule, _RuleStats())
+        now = self.clock()
+        weight = self._roll(s, now)
+        s.total += hits
+        if allowed:
+            if s.throttling and now - self._last_over.get(rule, 0) >= self.stop_after_ns:
+                self._stop(rule, s, now)
+            return
+        s.over += hits
+        self._last_over[rule] = now
+        if not s.throttling:
+            over = s.over + s.prev_over * weight
+            total = s.total + s.prev_total * weight
+            if over >= self.min_over and over >= self.start_ratio * total:
+                s.throttling = True
+                s.since = now
+                self._emit("throttle_started", rule, s, over=over, total=total)
+
+    def _stop(self, rule: str, s: _RuleStats, now: int) -> None:
+        s.throttling = False
+        self._emit("throttle_stopped", rule, s, duration=(now - s.since) / 1e9)
+
+    def _emit(self, event: str, rule: str, s: _RuleStats, **fields: float) -> None:
+        if self.on_change is not None:
+            counts = {k: round(v, 3) for k, v in fields.items()}
+            self.on_change(event, {"rule": rule, "counts": counts})
+
+    def tick(self) -> None:
+        """Stop rules that went quiet (no traffic means no ``record`` to notice it)."""
+        now = self.clock()
+        for rule, s in list(self._rules.items()):
+            if s.throttling and now - self._last_over.get(rule, 0) >= self.stop_after_ns:
+                self._stop(rule, s, now)
+
+    def is_throttling(self, rule: str) -> bool:
+        s = self._rules.get(rule)
+        return s is not None and s.throttling
+
+    def throttling(self) -> list[str]:
+        return sorted(r for r, s in self._rules.items() if s.throttling)
+
+    def top(self, n: int = 10) -> list[dict[str, Any]]:
+        """Rules with the most over-limit answers in the window, most first."""
+        now = self.clock()
+        rows = []
+        for rule, s in list(self._rules.items()):
+            weight = self._roll(s, now)
+            over = s.over + s.prev_over * weight
+            total = s.total + s.prev_total * weight
+            if over > 0 or s.throttling:
+                rows.append(
+                    {
+                        "rule": rule,
+                        "over_limit": round(over, 3),
+                        "total": round(total, 3),
+                        "ratio": over / total if total else 0.0,
+                        "throttling": s.throttling,
+                    }
+                )
+        rows.sort(key=lambda r: (-r["over_limit"], r["rule"]))
+        return rows[: max(0, n)]
+
+
+@dataclass(frozen=True)
+class SheddingConfig:
+    """The ``shedding:`` section: top-client cap, abnormal-access and throttle-watch settings."""
+
+    clients: Mapping[str, Any]
+    abnormal: Mapping[str, Any] | None  # None: abnormal-access blocking is off
+    throttle: Mapping[str, Any]
+
+    KEYS: ClassVar[dict[str, set[str]]] = {
+        "clients": {"max_share", "capacity", "window", "buckets", "min_requests"},
+        "abnormal": {
+            "burst",
+            "burst_window",
+            "error_ratio",
+            "min_responses",
+            "error_window",
+            "cooldown",
+            "capacity",
+            "max_blocked",
+        },
+        "throttle": {"window", "start_ratio", "min_over", "stop_after"},
+    }
+
+    @classmethod
+    def parse(cls, section: object, where: str = "shedding") -> SheddingConfig:
+        """Validate by building each part once, so errors surface at load time."""
+        section = {} if section is None else section
+        if not isinstance(section, Mapping):
+            raise ConfigError(f"{where}: must be a mapping, got {section!r:.80}")
+        for key in section:
+            if key not in cls.KEYS:
+                raise ConfigError(f"{where}: unknown key {key!r} (known: {sorted(cls.KEYS)})")
+        parts: dict[str, Mapping[str, Any]] = {}
+        for part, keys in cls.KEYS.items():
+            value = section.get(part) or {}
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{where}.{part}: must be a mapping, got {value!r:.80}")
+            for key in value:
+                if key not in keys:
+                    raise ConfigError(
+                        f"{where}.{part}: unknown key {key!r} (known: {sorted(keys)})"
+                    )
+            parts[part] = dict(value)
+        if "abnormal" not in section:
+            parts["abnormal"] = None
+        config = cls(**parts)
+        for part, build in (
+            ("clients", config.client_shedder),
+            ("abnormal", config.abnormal_access),
+            ("throttle", config.throttle_watch),
+        ):
+            try:
+                build()
+            except (InvalidParameter, TypeError) as exc:
+                raise ConfigError(f"{where}.{part}: {exc}") from None
+        return config
+
+    def client_shedder(self, clock: Clock | None = None) -> ClientShedder:
+        return ClientShedder(clock=clock, **self.clients)
+
+    def top_clients(self, clock: Clock | None = None) -> TopClients:
+        return TopClients(lambda: self.client_shedder(clock))
+
+    def abnormal_access(
+        self, clock: Clock | None = None, on_block: Listener | None = None
+    ) -> AbnormalAccess:
+        return AbnormalAccess(clock=clock, on_block=on_block, **(self.abnormal or {}))
+
+    def throttle_watch(
+        self, clock: Clock | None = None, on_change: Listener | None = None
+    ) -> ThrottleWatch:
+        return ThrottleWatch(clock=clock, on_change=on_change, **self.throttle)

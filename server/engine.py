@@ -1,0 +1,403 @@
+"""Rules bound to engine kernels: the state behind every decision the service makes.
+
+The engine holds an immutable ``Snapshot`` (config + one ``RuleState`` per rule) that a
+reload swaps in one assignment, so a decision never sees half a config. Kernels and
+counters of rules whose limit is unchanged survive a reload. All algorithm logic lives
+in the kernels (``limiter._core``); this module only routes keys and costs to them and
+keeps the per-rule statistics Prometheus reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from limiter import Decision, InvalidParameter
+from limiter.config import Config, Limit, Rule, build_limiter, window_seconds
+
+log = logging.getLogger("limiter.server")
+
+NEAR_LIMIT_RATIO = 0.8
+# Distinct label sets a detailed_metric rule may create before folding into "_other".
+MAX_DETAILED_SERIES = 1000
+# Distinct request-supplied limit overrides kept at once (LRU beyond).
+MAX_OVERRIDES = 1024
+
+
+class BadRequest(InvalidParameter):
+    """A malformed request; the message names the field (answered INVALID_ARGUMENT)."""
+
+
+@dataclass
+class Stats:
+    """Counters of one rule, named as envoyproxy/ratelimit names them."""
+
+    total_hits: int = 0
+    over_limit: int = 0
+    near_limit: int = 0
+    within_limit: int = 0
+    shadow_mode: int = 0
+    backend_errors: int = 0
+
+
+class RuleState:
+    """One rule ready to decide: its kernel, its counters and what responses echo."""
+
+    __slots__ = (
+        "concurrency",
+        "detailed",
+        "domain",
+        "failure_mode",
+        "fallback",
+        "kernel",
+        "label",
+        "limit",
+        "max_cost",
+        "name",
+        "near",
+        "ops_name",
+        "prefix",
+        "priority",
+        "remote",
+        "replaces",
+        "rule",
+        "shadow",
+        "stats",
+        "unit_enum",
+        "unlimited",
+        "window",
+    )
+
+    def __init__(self, rule: Rule, kernel: Any, stats: Stats) -> None:
+        lim = rule.limit
+        self.rule = rule
+        self.kernel = kernel
+        self.stats = stats
+        self.domain = rule.domain
+        self.name = lim.name
+        self.label = rule.label
+        self.limit = lim.requests_per_unit
+        self.unit_enum = lim.unit_enum
+        self.unlimited = lim.unlimited
+        self.shadow = rule.shadow_mode
+        self.detailed: dict[str, Stats] | None = {} if rule.detailed_metric else None
+        self.replaces = lim.replaces
+        self.failure_mode = lim.failure_mode
+        self.fallback: Any = None
+        self.window = window_seconds(lim) if not lim.unlimited else 0
+        self.near = int(self.limit * NEAR_LIMIT_RATIO)
+        self.max_cost = lim.max_cost
+        self.concurrency = lim.algorithm == "concurrency"
+        # The shared-state binding (limiter.backends) when the rule lives in Redis.
+        self.remote = getattr(kernel, "remote", None)
+        self.priority = lim.priority
+        # How the operations side (switches, shedding) names the rule: "<domain>/<label>".
+        self.ops_name = f"{rule.domain}/{rule.label}"
+        # Keys are namespaced by rule so a shared backend never mixes two rules' counters.
+        self.prefix = f"{rule.domain}\x1f{rule.id}\x1f"
+
+    def acquire(self, key: str, cost: int, hold: bool = False) -> Decision:
+        """The kernel's decision for ``key``; never raises for a well-formed request.
+
+        A concurrency rule answers with a Permit; unless ``hold``, it is released at
+        once (a stateless RLS check asks "would it fit now" and holds nothing).
+        """
+        kernel = self.kernel
+        if kernel is None or cost > self.max_cost:
+            # A zero limit, or a cost no quota can ever hold: refused until the window ends.
+            reset = self._window_left()
+            return Decision(False, self.limit, 0, reset, reset)
+        try:
+            decision = kernel.acquire(key, cost)
+        except Exception as exc:
+            decision = self._failed(key, cost, exc)
+        if not hold and type(decision) is not Decision:
+            _finish_unheld(decision)
+        return decision
+
+    async def acquire_async(self, key: str, cost: int, hold: bool = False) -> Any:
+        """``acquire`` without blocking the event loop on a shared backend.
+
+        Concurrent callers' backend calls are pipelined into shared round trips by
+        the backend. Returns a Decision, or a ``Lease`` (Decision + ``release``) for
+        a held concurrency rule.
+        """
+        remote = self.remote
+        if remote is None:
+            return self.acquire(key, cost, hold)
+        if cost > self.max_cost:
+            return self.acquire(key, cost, hold)
+        try:
+            if not self.concurrency:
+                return await remote.acquire_async(key, cost)
+            decision, lease = await remote.acquire_lease_async(key, cost)
+        except Exception as exc:
+            return self._failed(key, cost, exc)
+        if lease is None:
+            return decision
+        held = Lease(decision, remote, key, cost, lease)
+        if not hold:
+            # A stateless check holds nothing: give the slot back off the event loop.
+            asyncio.get_running_loop().run_in_executor(None, held.release)
+        return held
+
+    async def acquire_many(self, keys: list[str], costs: list[int]) -> list[Decision]:
+        """Many rate checks in one backend round trip, off the event loop (shared rules).
+
+        Costs must be within ``max_cost`` and the rule not a concurrency rule.
+        """
+        remote = self.remote
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(None, remote.acquire_batch, keys, costs)
+        except Exception as exc:
+            return [self._failed(k, c, exc) for k, c in zip(keys, costs, strict=True)]
+
+    @property
+    def backend_errors(self) -> int:
+        """Failures answered per failure_mode, here and inside the backend binding."""
+        return self.stats.backend_errors + getattr(self.remote, "failures", 0)
+
+    def _window_left(self) -> float:
+        seconds = self.rule.limit.seconds
+        return seconds - time.time() % seconds
+
+    def _failed(self, key: str, cost: int, exc: Exception) -> Decision:
+        self.stats.backend_errors += 1
+        log.warning(
+            "backend error",
+            extra={"fields": {"rule": self.label, "domain": self.domain, "error": repr(exc)}},
+        )
+        if self.failure_mode == "deny":
+            return Decision(False, self.limit, 0, 1.0, 1.0)
+        if self.failure_mode == "local":
+            if self.fallback is None:
+                self.fallback = build_limiter(self.rule.limit)
+            return self.fallback.acquire(key, cost)
+        return Decision(True, self.limit, self.limit, 0.0)
+
+    def count(
+        self, decision: Decision, hits: int, detail: str | None = None, shadow: bool = False
+    ) -> None:
+        """Add one decision to the rule's counters (and its detailed series)."""
+        for stats in self._targets(detail):
+            stats.total_hits += hits
+            if not decision.allowed:
+                stats.over_limit += hits
+                if shadow or self.shadow:
+                    stats.shadow_mode += hits
+            else:
+                stats.within_limit += hits
+                used = self.limit - decision.remaining
+                if used > self.near:
+                    stats.near_limit += min(hits, used - self.near)
+
+    def _targets(self, detail: str | None) -> tuple[Stats, ...]:
+        if detail is None or self.detailed is None:
+            return (self.stats,)
+        series = self.detailed.get(detail)
+        if series is None:
+            if len(self.detailed) >= MAX_DETAILED_SERIES:
+                detail = "_other"
+            series = self.detailed.setdefault(detail, Stats())
+        return (self.stats, series)
+
+
+def _finish_unheld(permit: Any) -> None:
+    """Free a permit nobody will hold; an adaptive one records no latency sample."""
+    ignore = getattr(permit, "ignore", None)
+    if ignore is not None:
+        ignore()
+    else:
+        permit.release()
+
+
+class Lease:
+    """A concurrency slot held in a shared backend; ``release`` gives it back once."""
+
+    remote_release = True
+
+    def __init__(self, decision: Decision, remote: Any, key: str, cost: int, lease: Any) -> None:
+        self.decision = decision
+        self.allowed = decision.allowed
+        self.remaining = decision.remaining
+        self.reset_after = decision.reset_after
+        self.retry_after = decision.retry_after
+        self._release: tuple[Any, str, int, Any] | None = (remote, key, cost, lease)
+
+    def release(self) -> None:
+        if self._release is not None:
+            remote, key, cost, lease = self._release
+            self._release = None
+            remote.release(key, cost, lease)
+
+
+@dataclass
+class Snapshot:
+    """One loaded config and the rule states built from it."""
+
+    config: Config
+    states: dict[Rule, RuleState]
+    by_name: dict[tuple[str, str], RuleState]
+    loaded_at: float = field(default_factory=time.time)
+
+
+class Engine:
+    """Config → kernels, hot-swappable; the single place the degradation level is read.
+
+    ``backend`` is a ``limiter.backends`` URL (None = in-process). ``level_source`` is
+    any object with ``level() -> int`` (issue 6's degradation controller plugs in here);
+    without one the level is 0.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        backend: str | None = None,
+        max_keys: int = 1_000_000,
+        level_source: Any = None,
+        permit_ttl: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.backend = backend
+        self.max_keys = max_keys
+        self.level_source = level_source
+        self.permit_ttl = permit_ttl
+        self.clock = clock
+        self.unknown_domain = 0
+        self.overrides: dict[tuple[str, int, int], RuleState] = {}
+        self.permits: dict[str, tuple[Any, float]] = {}
+        self.permits_expired = 0
+        # The operations side (issue 6: switches, shedding), set by limiter.server.admin;
+        # per check: ops.before(...) -> Verdict | None, then ops.after(...).
+        self.ops: Any = None
+        self.relimited: dict[tuple[int, int], RuleState] = {}
+        self.snapshot = self._build(config, None)
+
+    def level(self) -> int:
+        """Current degradation level: 0 = normal (computed here and only here)."""
+        source = self.level_source
+        return 0 if source is None else int(source.level())
+
+    def reload(self, config: Config) -> None:
+        """Swap in ``config``; kernels and counters of unchanged rules carry over."""
+        self.snapshot = self._build(config, self.snapshot)
+        self.relimited.clear()
+
+    def _build(self, config: Config, old: Snapshot | None) -> Snapshot:
+        previous: dict[tuple[str, str], RuleState] = {}
+        if old is not None:
+            previous = {(s.domain, s.rule.id): s for s in old.states.values()}
+        states: dict[Rule, RuleState] = {}
+        for rule in config.rules:
+            prior = previous.get((rule.domain, rule.id))
+            if prior is not None and prior.rule.limit.fingerprint() == rule.limit.fingerprint():
+                kernel = prior.kernel
+            else:
+                kernel = build_limiter(
+                    rule.limit, backend=self._backend(rule.limit), max_keys=self.max_keys
+                )
+            stats = prior.stats if prior is not None else Stats()
+            state = RuleState(rule, kernel, stats)
+            if prior is not None and prior.detailed is not None and state.detailed is not None:
+                state.detailed = prior.detailed
+            states[rule] = state
+        by_name: dict[tuple[str, str], RuleState] = {}
+        for domain in config.domains.values():
+            for rule in domain.rules:
+                by_name[(domain.name, rule.id)] = states[rule]
+            for name, rule in domain.by_name.items():
+                by_name[(domain.name, name)] = states[rule]
+        return Snapshot(config, states, by_name)
+
+    def verdict(
+        self, state: RuleState, client: str, hits: int, criticality: str
+    ) -> tuple[Decision | None, RuleState, bool]:
+        """Ask the operations side about one check before the kernel.
+
+        Returns (forced decision or None, the state to ask, shadow): a switch may force
+        the answer, put the rule in shadow mode, or override its limit.
+        """
+        verdict = self.ops.before(state.ops_name, client, hits, state.limit, criticality)
+        if verdict is None:
+            return None, state, state.shadow
+        if verdict.decision is not None:
+            return verdict.decision, state, False
+        if verdict.limit is not None and verdict.limit != state.limit:
+            state = self.with_limit(state, verdict.limit)
+        return None, state, state.shadow or verdict.shadow
+
+    def with_limit(self, state: RuleState, limit: int) -> RuleState:
+        """``state``'s rule under an operator's limit override (same counters and keys)."""
+        key = (id(state.rule), limit)
+        found = self.relimited.get(key)
+        if found is None or found.rule.limit.fingerprint()[0] != state.rule.limit.algorithm:
+            new_limit = replace(state.rule.limit, requests_per_unit=max(int(limit), 0))
+            rule = replace(state.rule, limit=new_limit)
+            kernel = build_limiter(
+                new_limit, backend=self._backend(new_limit), max_keys=self.max_keys
+            )
+            found = RuleState(rule, kernel, state.stats)
+            if len(self.relimited) >= MAX_OVERRIDES:
+                self.relimited.pop(next(iter(self.relimited)))
+            self.relimited[key] = found
+        return found
+
+    def _backend(self, limit: Limit) -> Any:
+        """The rule's backend: the shared one seen with this rule's failure mode."""
+        if self.backend is None or self.backend == "memory://" or limit.algorithm == "adaptive":
+            return None
+        from limiter.backends import REDIS_SCHEMES
+
+        if self.backend.split("://", 1)[0] not in REDIS_SCHEMES:
+            return self.backend  # limiter.backends explains what is wrong with it
+        from limiter.backends.redis import shared_backend
+
+        on_failure = {"allow": "open", "deny": "closed", "local": "local"}[limit.failure_mode]
+        return shared_backend(self.backend).rule(on_failure=on_failure, lease_ttl=self.permit_ttl)
+
+    def override(self, domain: str, requests_per_unit: int, unit: int) -> RuleState:
+        """A fixed-window rule for a limit the request supplies (RLS ``limit`` field)."""
+        from limiter.config import UNIT_BY_ENUM
+
+        key = (domain, requests_per_unit, unit)
+        state = self.overrides.pop(key, None)
+        if state is None:
+            limit = Limit(requests_per_unit, UNIT_BY_ENUM[unit])
+            rule = Rule(domain, (("_override", f"{requests_per_unit}/{limit.unit}"),), limit)
+            kernel = build_limiter(limit, backend=self._backend(limit), max_keys=self.max_keys)
+            state = RuleState(rule, kernel, Stats())
+            if len(self.overrides) >= MAX_OVERRIDES:
+                self.overrides.pop(next(iter(self.overrides)))
+        self.overrides[key] = state
+        return state
+
+    def hold(self, permit: Any) -> str:
+        """Keep a concurrency permit until ``release`` (or ``permit_ttl``); returns its id."""
+        token = secrets.token_hex(12)
+        self.permits[token] = (permit, self.clock() + self.permit_ttl)
+        return token
+
+    def take(self, token: str) -> Any:
+        """Stop tracking a held permit and return it (None if unknown or expired)."""
+        entry = self.permits.pop(token, None)
+        return None if entry is None else entry[0]
+
+    def expire_permits(self) -> int:
+        """Release permits whose holder never called Release (a crashed client)."""
+        now = self.clock()
+        stale = [t for t, (_, deadline) in self.permits.items() if deadline <= now]
+        for token in stale:
+            self.permits.pop(token)[0].release()
+        self.permits_expired += len(stale)
+        return len(stale)
+
+    def all_states(self) -> list[RuleState]:
+        """Every state with its own counters (operator-relimited ones share their rule's)."""
+        return [*self.snapshot.states.values(), *self.overrides.values()]

@@ -1,0 +1,253 @@
+"""The native ``limiter.v1.Limiter`` API: batched Decide, Release, Observe.
+
+Checks name a rule by ``domain`` + rule name (or descriptor path id) and carry the
+caller's partition ``key``; over-limit is an answer (``allowed=false``), not an RPC
+error. Only a malformed request (bad priority, oversized key, too many checks) is
+INVALID_ARGUMENT.
+
+Hook for queued admission (issue 9): pass ``admission=`` an object with::
+
+    async def admit(state: RuleState, key: str, cost: int, *, priority: int,
+                    tenant: str, max_wait: float) -> tuple[Decision, float]
+
+It is called only for a refused check whose ``max_wait`` > 0; it holds the caller
+until the rule admits it or the wait runs out, and returns the final decision and
+the seconds waited (a wait that expires is answered ``QUEUE_TIMEOUT``). Without one,
+every check is answered at once (``waited`` = 0).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from typing import Any
+
+import grpc
+from limiter.server import v1
+from limiter.server.engine import BadRequest, Engine, RuleState
+from limiter.server.metrics import Metrics
+
+from limiter import Decision
+
+Result = v1.Result
+MAX_CHECKS = 4096
+MAX_KEY_CHARS = 4096
+MAX_UINT32 = 2**32 - 1
+PRIORITIES = frozenset(v1.Priority.values())
+# limiter.v1 Observation.Outcome -> the adaptive kernel's outcome (an error counts as a drop).
+OUTCOMES = {0: "ok", 1: "ok", 2: "dropped", 3: "dropped", 4: "ignored"}
+# limiter.v1 Priority -> criticality tier name (0, unspecified: the rule's own priority)
+PRIORITY_NAMES = {1: "critical_plus", 2: "critical", 3: "sheddable_plus", 4: "sheddable"}
+
+
+# A check waiting for I/O: (index, check, state, key, cost, shadow).
+Work = tuple[int, Any, RuleState, str, int, bool]
+UNKNOWN = {"allowed": True, "code": Result.UNKNOWN_RULE}
+UNLIMITED = {"allowed": True, "code": Result.OK, "remaining": MAX_UINT32}
+
+
+def _answer(
+    engine: Engine,
+    state: RuleState,
+    decision: Any,
+    waited: float = 0.0,
+    failed: bool = False,
+    shadow: bool = False,
+) -> dict[str, Any]:
+    """A Result's fields for one decided check (a held permit gets its token here)."""
+    allowed = decision.allowed
+    shadow = shadow or state.shadow
+    if failed:
+        code = Result.BACKEND_ERROR  # answered per the rule's failure_mode
+    elif allowed or shadow:
+        code = Result.OK
+    elif waited > 0:
+        code = Result.QUEUE_TIMEOUT
+    else:
+        code = Result.OVER_LIMIT
+    answer = {
+        "allowed": allowed or shadow,
+        "code": code,
+        "limit": getattr(decision, "limit", state.limit),
+        "remaining": max(decision.remaining, 0),
+        "reset_after": decision.reset_after,
+    }
+    if not allowed:
+        answer["retry_after"] = decision.retry_after
+    if waited:
+        answer["waited"] = waited
+    if allowed and type(decision) is not Decision:
+        answer["permit"] = engine.hold(decision)
+    return answer
+
+
+# Checks of one shared-backend rule in one call from which on they go as one batch.
+BATCH_MIN = 8
+
+
+async def _decide_remote(work: list[Work]) -> dict[int, Any]:
+    """Decide shared-backend checks together: the backend pipelines them into one trip.
+
+    Many checks of one rate rule go as one ``acquire_batch`` (cheapest per check);
+    the rest concurrently through ``acquire_async``. Keyed by the check's index.
+    """
+    groups: dict[int, list[Work]] = {}
+    single = []
+    for w in work:
+        state, cost = w[2], w[4]
+        if state.concurrency or cost > state.max_cost:
+            single.append(w)
+        else:
+            groups.setdefault(id(state), []).append(w)
+    batches = []
+    for members in groups.values():
+        if len(members) >= BATCH_MIN:
+            batches.append(members)
+        else:
+            single.extend(members)
+    jobs = [m[0][2].acquire_many([x[3] for x in m], [x[4] for x in m]) for m in batches]
+    jobs += [w[2].acquire_async(w[3], w[4], True) for w in single]
+    answers = await asyncio.gather(*jobs)
+    decided: dict[int, Any] = {}
+    for members, batch in zip(batches, answers, strict=False):
+        for w, d in zip(members, batch, strict=True):
+            decided[w[0]] = d
+    for w, d in zip(single, answers[len(batches) :], strict=True):
+        decided[w[0]] = d
+    return decided
+
+
+class LimiterService:
+    """The limiter.v1 servicer (grpc.aio)."""
+
+    def __init__(self, engine: Engine, metrics: Metrics, admission: Any = None) -> None:
+        self.engine = engine
+        self.metrics = metrics
+        self.admission = admission
+        self._latency = metrics.latency.labels("native")
+
+    async def Decide(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        start = time.perf_counter()
+        try:
+            response = await self.decide(request)
+        except BadRequest as exc:
+            self.metrics.invalid_requests.labels("native").inc()
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        self._latency.observe(time.perf_counter() - start)
+        return response
+
+    async def decide(self, request: Any) -> Any:
+        checks = request.checks
+        if len(checks) > MAX_CHECKS:
+            raise BadRequest(f"checks: {len(checks)} checks, at most {MAX_CHECKS} allowed")
+        for i, check in enumerate(checks):
+            if check.priority not in PRIORITIES:
+                raise BadRequest(f"checks[{i}].priority: {check.priority} is not a Priority")
+            if len(check.key) > MAX_KEY_CHARS:
+                raise BadRequest(f"checks[{i}].key: {len(check.key)} characters, at most 4096")
+            wait = check.max_wait
+            if not (0.0 <= wait <= 3600.0):  # also refuses NaN
+                raise BadRequest(f"checks[{i}].max_wait: must be in [0, 3600] s, got {wait!r}")
+        engine = self.engine
+        level = engine.level()
+        by_name = engine.snapshot.by_name
+        admission = self.admission
+        ops = engine.ops
+        answers: list[dict[str, Any]] = []
+        # Checks that must wait for I/O: (index, check, state, key, cost, shadow).
+        work: list[Work] = []
+        for check in checks:
+            state = by_name.get((check.domain, check.rule))
+            if state is None:
+                answers.append(UNKNOWN)
+                continue
+            if state.unlimited:
+                answers.append(UNLIMITED)
+                continue
+            cost = check.cost or 1
+            shadow = state.shadow
+            if ops is not None:
+                tier = PRIORITY_NAMES.get(check.priority) or state.priority
+                forced, state, shadow = engine.verdict(state, check.key, cost, tier)
+                if forced is not None:
+                    state.count(forced, cost)
+                    ops.after(state.ops_name, forced.allowed, cost)
+                    answers.append(_answer(engine, state, forced))
+                    continue
+            if state.remote is None and (admission is None or not check.max_wait):
+                decision = state.acquire(state.prefix + check.key, cost, True)
+                state.count(decision, cost, None, shadow)
+                if ops is not None:
+                    ops.after(state.ops_name, decision.allowed or shadow, cost)
+                answers.append(_answer(engine, state, decision, shadow=shadow))
+            else:
+                answers.append(UNKNOWN)  # replaced below
+                key = state.prefix + check.key
+                work.append((len(answers) - 1, check, state, key, cost, shadow))
+        if work:
+            await self._decide_waiting(work, answers)
+        response = v1.DecideResponse(level=level)
+        add = response.results.add
+        for answer in answers:
+            add(level=level, **answer)
+        return response
+
+    async def _decide_waiting(self, work: list[Work], answers: list[dict[str, Any]]) -> None:
+        """Shared-backend checks (together) and checks that may be held for admission."""
+        remote = [w for w in work if w[2].remote is not None]
+        errors = {id(w[2]): w[2].backend_errors for w in remote}
+        decided = await _decide_remote(remote) if remote else {}
+        for index, check, state, key, cost, shadow in work:
+            decision = decided.get(index)
+            if decision is None:
+                decision = state.acquire(key, cost, True)
+            waited = 0.0
+            if not decision.allowed and check.max_wait > 0 and self.admission is not None:
+                decision, waited = await self.admission.admit(
+                    state,
+                    key,
+                    cost,
+                    priority=check.priority,
+                    tenant=check.tenant,
+                    max_wait=check.max_wait,
+                )
+            state.count(decision, cost, None, shadow)
+            ops = self.engine.ops
+            if ops is not None:
+                ops.after(state.ops_name, decision.allowed or shadow, cost)
+            failed = id(state) in errors and state.backend_errors != errors[id(state)]
+            answers[index] = _answer(self.engine, state, decision, waited, failed, shadow)
+
+    async def Release(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        released = 0
+        loop = asyncio.get_running_loop()
+        for token in request.permits:
+            held = self.engine.take(token)
+            if held is None:
+                continue
+            if getattr(held, "remote_release", False):
+                await loop.run_in_executor(None, held.release)  # a backend round trip
+            else:
+                held.release()
+            released += 1
+        return v1.ReleaseResponse(released=released)
+
+    async def Observe(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """Deliver latency/outcome samples to rules whose kernel learns from them."""
+        by_name = self.engine.snapshot.by_name
+        accepted = 0
+        for i, obs in enumerate(request.observations):
+            latency = obs.latency
+            if not (math.isfinite(latency) and latency >= 0):
+                self.metrics.invalid_requests.labels("native").inc()
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"observations[{i}].latency: must be a finite number >= 0, got {latency!r}",
+                )
+            state = by_name.get((obs.domain, obs.rule))
+            record = getattr(state.kernel, "record", None) if state is not None else None
+            if record is not None:
+                record(latency, outcome=OUTCOMES.get(obs.outcome, "ok"))
+                accepted += 1
+        return v1.ObserveResponse(accepted=accepted)

@@ -1,0 +1,321 @@
+"""AdaptiveLimit, the control law, driven tick by tick on an explicit clock."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from limiter._core import AdaptiveLimit
+from limiter.errors import InvalidParameter
+
+S = 1_000_000_000
+TARGET = 0.1
+FAST, SLOW = 0.01, 0.5  # latencies well under / over the target
+
+
+class Driver:
+    """One evaluation interval per tick: decisions, completed calls, evaluation."""
+
+    def __init__(self, **kwargs: object) -> None:
+        opts = {"target_latency": TARGET, "percentile": 0.9, "mode": "concurrency",
+                "initial_limit": 100, "max_limit": 10_000, "interval": 1.0,
+                "min_samples": 10, "window_samples": 10, "additive": 0.01,
+                "rearm_after": 0}  # fmt: skip
+        opts.update(kwargs)
+        self.lim = AdaptiveLimit(**opts)
+        self.t = 10 * S
+        self.lim.evaluate(now=self.t)  # starts the first interval
+
+    def tick(self, latency: float, *, saturated: bool = True, n: int = 50,
+             dropped: int = 0) -> float:  # fmt: skip
+        lim = self.lim
+        if saturated:
+            lim.on_decision(True, in_flight=math.ceil(lim.limit), now=self.t + 1)
+            lim.on_decision(False, now=self.t + 2)
+        else:
+            lim.on_decision(True, in_flight=1, now=self.t + 1)
+        # Every call is admitted after the interval began (after any cut).
+        done = self.t + int(latency * S) + 10
+        for i in range(n):
+            lim.record(latency, now=done + i)
+        for i in range(dropped):
+            lim.record(latency, ok=False, now=done + 100 + i)
+        self.t += S
+        lim.evaluate(now=self.t)
+        return lim.limit
+
+
+def test_cut_sequence_halves_then_quarters_then_eighths() -> None:
+    d = Driver()
+    cuts = []
+    for _ in range(3):
+        before = d.lim.limit
+        after = d.tick(SLOW)
+        cuts.append(1 - after / before)
+        while d.lim.state["phase"] == "slow_start":  # climb back to where it was cut
+            d.tick(FAST)
+        assert d.lim.limit == pytest.approx(before)
+    assert cuts == pytest.approx([1 / 2, 1 / 4, 1 / 8])
+    assert d.lim.cuts == 3
+
+
+def test_cut_fraction_bottoms_out_at_min_cut() -> None:
+    d = Driver(min_cut=1 / 16)
+    fractions = []
+    for _ in range(6):
+        before = d.lim.limit
+        fractions.append(1 - d.tick(SLOW) / before)
+        while d.lim.state["phase"] == "slow_start":
+            d.tick(FAST)
+    assert fractions == pytest.approx([1 / 2, 1 / 4, 1 / 8, 1 / 16, 1 / 16, 1 / 16])
+
+
+def test_slow_start_up_to_the_cut_level_then_additive() -> None:
+    d = Driver(growth=1.5, additive=0.01)
+    assert d.tick(SLOW) == 50
+    assert d.tick(FAST) == 75  # exponential
+    assert d.tick(FAST) == 100  # capped at the level it was cut from
+    assert d.lim.state["phase"] == "additive"
+    assert d.tick(FAST) == pytest.approx(101)  # + 1% of that level per interval
+    assert d.tick(FAST) == pytest.approx(102)
+    assert d.tick(FAST) == pytest.approx(103)
+
+
+def test_open_ended_slow_start_grows_exponentially() -> None:
+    d = Driver(initial_limit=10, growth=2.0)
+    assert [d.tick(FAST) for _ in range(4)] == [20, 40, 80, 160]
+
+
+def test_no_growth_while_not_the_bottleneck() -> None:
+    d = Driver(initial_limit=10)
+    for _ in range(20):
+        assert d.tick(FAST, saturated=False) == 10
+    # Refusals alone are not enough: less than half the limit was in use.
+    for _ in range(5):
+        d.lim.on_decision(False, now=d.t + 1)
+        d.lim.on_decision(True, in_flight=3, now=d.t + 2)
+        for i in range(50):
+            d.lim.record(FAST, now=d.t + S // 2 + i)
+        d.t += S
+        d.lim.evaluate(now=d.t)
+        assert d.lim.limit == 10
+
+
+def test_rate_mode_saturation_counts_admissions_per_second() -> None:
+    d = Driver(mode="rate", initial_limit=100, growth=2.0)
+    # 50 admissions in a 1 s interval = half the rate limit: just saturated.
+    for i in range(50):
+        d.lim.on_decision(True, now=d.t + i)
+    d.lim.on_decision(False, now=d.t + 60)
+    for i in range(50):
+        d.lim.record(FAST, now=d.t + S // 2 + i)
+    d.t += S
+    d.lim.evaluate(now=d.t)
+    assert d.lim.limit == 200
+    assert d.tick(FAST, saturated=False) == 200  # 1 admission in 1 s: not saturated
+
+
+def test_bounded_by_min_and_max() -> None:
+    d = Driver(initial_limit=8, min_limit=5, max_limit=40, growth=2.0)
+    for _ in range(10):
+        assert 5 <= d.tick(SLOW) <= 40
+    assert d.lim.limit == 5
+    for _ in range(30):
+        assert 5 <= d.tick(FAST) <= 40
+    assert d.lim.limit == 40
+
+
+def test_consecutive_overload_cuts_harder() -> None:
+    """A cut that did not help means conditions changed: 1/8 escalates to 1/4, 1/2."""
+    d = Driver()
+    for _ in range(2):
+        d.tick(SLOW)
+        while d.lim.state["phase"] == "slow_start":
+            d.tick(FAST)
+    assert d.lim.next_cut == 1 / 8
+    fractions = []
+    for _ in range(3):
+        before = d.lim.limit
+        fractions.append(1 - d.tick(SLOW) / before)
+    assert fractions == pytest.approx([1 / 8, 1 / 4, 1 / 2])
+
+
+def test_rearms_after_climbing_past_the_previous_peak() -> None:
+    d = Driver(additive=0.05, rearm_after=0)
+    for _ in range(3):
+        d.tick(SLOW)
+        while d.lim.state["phase"] == "slow_start":
+            d.tick(FAST)
+    assert d.lim.next_cut == 1 / 16
+    peak = d.lim.state["ceiling"]
+    while d.lim.state["phase"] == "additive":
+        d.tick(FAST)
+    assert d.lim.limit > peak * 1.2
+    assert d.lim.next_cut == 1 / 2
+    before = d.lim.limit
+    assert d.tick(SLOW) == pytest.approx(before / 2)  # a real drop meets a big cut
+
+
+def test_rearms_after_a_sustained_healthy_period() -> None:
+    d = Driver(horizon=5.0)
+    d.tick(SLOW)
+    d.tick(FAST, saturated=False)
+    d.tick(SLOW)
+    assert d.lim.next_cut == 1 / 8
+    for _ in range(4):
+        d.tick(FAST, saturated=False)
+    assert d.lim.next_cut == 1 / 8
+    for _ in range(2):
+        d.tick(FAST, saturated=False)
+    assert d.lim.next_cut == 1 / 2
+
+
+def test_overload_right_after_a_half_cut_halves_again() -> None:
+    d = Driver()
+    assert d.tick(SLOW) == 50
+    assert d.tick(SLOW) == 25
+    assert d.lim.next_cut == 1 / 4
+
+
+def test_rearms_after_healthy_growth_at_full_use() -> None:
+    d = Driver(additive=0.001, rearm_after=3)
+    d.tick(SLOW)
+    d.tick(FAST)
+    d.tick(FAST)
+    assert d.lim.state["phase"] == "additive"
+    d.tick(FAST)
+    d.tick(FAST)
+    assert d.lim.state["phase"] == "additive"
+    d.tick(FAST)
+    assert d.lim.state["phase"] == "slow_start"
+    assert d.lim.next_cut == 1 / 2
+
+
+def test_drops_count_as_overload() -> None:
+    d = Driver()
+    assert d.tick(FAST, n=40, dropped=10) == 50  # 20% dropped > 10% allowed at P90
+    d2 = Driver()
+    assert d2.tick(FAST, n=100, dropped=5) > 50  # 5% dropped: P90 still fast
+
+
+def test_ignored_calls_are_not_samples() -> None:
+    d = Driver()
+    for i in range(50):
+        d.lim.record(SLOW, outcome="ignored", now=d.t + i)
+    d.t += S
+    d.lim.evaluate(now=d.t)
+    assert d.lim.limit == 100
+    assert d.lim.evaluations == 0  # no evidence yet
+
+
+def test_calls_admitted_before_a_cut_are_not_evidence() -> None:
+    d = Driver()
+    d.tick(SLOW)
+    cut_at = d.t
+    d.lim.on_decision(True, in_flight=50, now=cut_at + 1)
+    d.lim.on_decision(False, now=cut_at + 2)
+    # The backlog admitted before the cut completes slowly afterwards: ignored.
+    for i in range(50):
+        d.lim.record(0.9, now=cut_at + S // 2 + i)
+    for i in range(50):
+        d.lim.record(FAST, now=cut_at + S // 2 + 100 + i)
+    d.t += S
+    d.lim.evaluate(now=d.t)
+    assert d.lim.cuts == 1
+    assert d.lim.limit == 75
+
+
+def test_holds_then_eases_near_the_target() -> None:
+    d = Driver(headroom=0.3)
+    d.tick(SLOW)
+    d.tick(FAST)
+    d.tick(FAST)
+    level = d.lim.limit
+    assert d.tick(0.075) == level  # hold band (0.7, 0.85] x target
+    assert d.tick(0.09) == pytest.approx(level * 0.99)  # ease band: one additive step
+    assert d.lim.cuts == 1
+
+
+def test_waits_for_enough_samples() -> None:
+    d = Driver(min_samples=30)
+    assert d.tick(SLOW, n=20) == 100
+    assert d.lim.evaluations == 0
+    assert d.tick(SLOW, n=20) == 50  # 40 samples now
+
+
+def test_percentile_and_summary_are_observable() -> None:
+    d = Driver()
+    assert math.isnan(d.lim.current_percentile)
+    d.tick(0.02)
+    assert d.lim.current_percentile == pytest.approx(0.02)
+    s = d.lim.summary(now=d.t - 1)
+    assert s["values"].shape == s["weights"].shape
+    assert s["target_latency"] == TARGET
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([FAST, 0.075, 0.09, SLOW]), st.booleans()),
+                min_size=1, max_size=40))  # fmt: skip
+def test_limit_stays_bounded_and_grows_only_when_saturated(
+    steps: list[tuple[float, bool]],
+) -> None:
+    d = Driver(initial_limit=20, min_limit=3, max_limit=500)
+    for latency, saturated in steps:
+        before = d.lim.limit
+        after = d.tick(latency, saturated=saturated)
+        assert 3 <= after <= 500
+        if after > before:
+            assert saturated and latency == FAST
+        if latency == SLOW:
+            assert after < before or before == 3
+        if before > 3 and after < before and latency != SLOW:
+            assert after == pytest.approx(before * 0.99)  # only an ease, never a cut
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"target_latency": 0}, "target_latency"),
+        ({"target_latency": float("inf")}, "target_latency"),
+        ({"target_latency": "100ms"}, "target_latency"),
+        ({"percentile": 1.0}, "percentile"),
+        ({"percentile": 0}, "percentile"),
+        ({"mode": "qps"}, "mode"),
+        ({"min_limit": -1}, "min_limit"),
+        ({"max_limit": float("nan")}, "max_limit"),
+        ({"min_limit": 10, "max_limit": 5}, "min_limit"),
+        ({"initial_limit": 0}, "initial_limit"),
+        ({"initial_limit": 1e6, "max_limit": 100}, "initial_limit"),
+        ({"interval": 0}, "interval"),
+        ({"horizon": 0.1, "interval": 1.0}, "horizon"),
+        ({"growth": 1.0}, "growth"),
+        ({"additive": 1.5}, "additive"),
+        ({"headroom": -0.1}, "headroom"),
+        ({"min_cut": 0.75}, "min_cut"),
+        ({"rearm_after": -1}, "rearm_after"),
+        ({"min_samples": 0}, "min_samples"),
+        ({"window_samples": True}, "window_samples"),
+        ({"samples": 0}, "size"),
+        ({"clock": "now"}, "clock"),
+    ],
+)
+def test_bad_parameters(kwargs: dict, field: str) -> None:
+    with pytest.raises(InvalidParameter, match=field):
+        AdaptiveLimit(**kwargs)
+
+
+def test_bad_records() -> None:
+    lim = AdaptiveLimit()
+    with pytest.raises(InvalidParameter, match="latency"):
+        lim.record(float("nan"), now=0)
+    with pytest.raises(InvalidParameter, match="latency"):
+        lim.record(-0.1, now=0)
+    with pytest.raises(InvalidParameter, match="ok"):
+        lim.record(0.1, ok="yes", now=0)
+    with pytest.raises(InvalidParameter, match="outcome"):
+        lim.record(0.1, outcome="timeout", now=0)
+    with pytest.raises(InvalidParameter, match="in_flight"):
+        lim.on_decision(True, in_flight=-1, now=0)

@@ -1,0 +1,174 @@
+"""AdaptiveLimiter: enforcement (rate pacing, in-flight count) and permits that measure."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import math
+
+import pytest
+
+from limiter import Decision, RateLimited
+from limiter._core import AdaptiveLimit, AdaptiveLimiter, AdaptivePermit
+from limiter.errors import InvalidParameter
+
+S = 1_000_000_000
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100 * S
+
+    def __call__(self) -> int:
+        return self.t
+
+
+def test_rate_mode_paces_at_the_current_limit() -> None:
+    clock = Clock()
+    lim = AdaptiveLimiter(mode="rate", initial_limit=10, clock=clock)
+    first = lim.acquire("k")
+    assert isinstance(first, Decision) and first.allowed and first.limit == 10
+    first.release()
+    second = lim.acquire("k")
+    assert not second.allowed
+    assert second.retry_after == pytest.approx(0.1, abs=1e-6)
+    clock.t += S // 10
+    assert lim.acquire("other-key").allowed  # one limit guards the whole backend
+
+
+def test_rate_mode_refuses_a_backlog_the_backend_is_not_draining() -> None:
+    clock = Clock()
+    # 1000/s with a 100 ms target: at most 1000 x 0.1 x 0.3 = 30 calls in flight.
+    lim = AdaptiveLimiter(mode="rate", initial_limit=1000, clock=clock)
+    held = []
+    for _ in range(30):
+        clock.t += S // 1000
+        held.append(lim.acquire())
+        assert held[-1].allowed
+    clock.t += S // 1000
+    refused = lim.acquire()
+    assert not refused.allowed and refused.retry_after > 0  # pacing alone would admit it
+    held.pop().release()
+    assert lim.acquire().allowed
+    uncapped = AdaptiveLimiter(mode="rate", initial_limit=1000, clock=clock, queue_cap=0)
+    for _ in range(40):
+        clock.t += S // 1000
+        held.append(uncapped.acquire())
+        assert held[-1].allowed
+
+
+def test_concurrency_mode_counts_calls_in_flight() -> None:
+    lim = AdaptiveLimiter(mode="concurrency", initial_limit=2, clock=Clock())
+    a, b = lim.acquire(), lim.acquire()
+    assert a.allowed and b.allowed and lim.in_flight == 2
+    c = lim.acquire()
+    assert not c.allowed and c.remaining == 0 and c.retry_after > 0
+    a.release()
+    a.release()  # idempotent
+    assert lim.in_flight == 1
+    assert lim.acquire().allowed
+
+
+def test_permit_measures_and_records_its_call() -> None:
+    clock = Clock()
+    lim = AdaptiveLimiter(mode="concurrency", initial_limit=5, clock=clock)
+    with lim.acquire("k") as permit:
+        assert isinstance(permit, AdaptivePermit)
+        clock.t += 42_000_000
+    assert permit.released and lim.in_flight == 0
+    values, _ = lim.summary()["values"], None
+    assert list(values) == [pytest.approx(0.042)]
+
+
+def test_exit_outcomes() -> None:
+    clock = Clock()
+    lim = AdaptiveLimiter(mode="concurrency", initial_limit=5, clock=clock)
+    with pytest.raises(TimeoutError), lim.acquire():
+        raise TimeoutError
+    with pytest.raises(KeyError), lim.acquire():
+        raise KeyError("unrelated to load")
+    values = list(lim.summary()["values"])
+    assert values == [math.inf]  # the timeout is a drop; the KeyError is ignored
+    assert lim.in_flight == 0
+
+
+def test_refused_permit_raises_in_with() -> None:
+    lim = AdaptiveLimiter(mode="concurrency", initial_limit=1, clock=Clock())
+    held = lim.acquire()
+    with pytest.raises(RateLimited), lim.acquire():
+        pass
+    held.release()
+
+
+def test_async_with() -> None:
+    clock = Clock()
+    lim = AdaptiveLimiter(mode="concurrency", initial_limit=1, clock=clock)
+
+    async def call() -> None:
+        async with lim.acquire("k"):
+            clock.t += 5_000_000
+            await asyncio.sleep(0)
+
+    asyncio.run(call())
+    assert lim.in_flight == 0
+    assert list(lim.summary()["values"]) == [pytest.approx(0.005)]
+
+
+def test_forgotten_permit_frees_its_slot_without_a_sample() -> None:
+    lim = AdaptiveLimiter(mode="concurrency", initial_limit=1, clock=Clock())
+    lim.acquire()
+    gc.collect()
+    assert lim.in_flight == 0
+    assert len(lim.summary()["values"]) == 0
+
+
+def test_record_feeds_the_controller_and_limit_adapts() -> None:
+    clock = Clock()
+    lim = AdaptiveLimiter(target_latency=0.1, percentile=0.9, mode="concurrency",
+                          initial_limit=40, clock=clock, interval=1.0)  # fmt: skip
+    for _ in range(3):
+        for _ in range(45):
+            assert lim.acquire().allowed
+        lim.acquire()  # refused: saturated
+        for _ in range(100):
+            lim.record(0.3)
+        clock.t += S
+        lim.record(0.3)  # the interval is over: evaluate
+    assert lim.current_limit < 40
+    assert lim.current_percentile == pytest.approx(0.3)
+
+
+def test_shared_limit_model() -> None:
+    model = AdaptiveLimit(mode="concurrency", initial_limit=3)
+    lim = AdaptiveLimiter(limit_model=model, clock=Clock())
+    assert lim.controller is model and lim.mode == "concurrency"
+    assert lim.current_limit == 3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"backend": "redis://127.0.0.1:1/0"}, "backend"),
+        ({"burst": 0}, "burst"),
+        ({"queue_cap": -1}, "queue_cap"),
+        ({"limit_model": object()}, "limit_model"),
+        ({"mode": "tokens"}, "mode"),
+        ({"clock": 3}, "clock"),
+        ({"interval": -1}, "interval"),
+    ],
+)
+def test_bad_parameters(kwargs: dict, field: str) -> None:
+    with pytest.raises(InvalidParameter, match=field):
+        AdaptiveLimiter(**kwargs)
+
+
+def test_bad_calls() -> None:
+    lim = AdaptiveLimiter(clock=Clock())
+    with pytest.raises(InvalidParameter, match="key"):
+        lim.acquire(123)
+    with pytest.raises(InvalidParameter, match="cost"):
+        lim.acquire("k", cost=0)
+    with pytest.raises(InvalidParameter, match="latency"):
+        lim.record(float("inf"))
+    with pytest.raises(InvalidParameter, match="ok"):
+        lim.record(0.1, ok=None)

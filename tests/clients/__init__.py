@@ -1,0 +1,1 @@
+"""Tests of limiter.clients: SDK, interceptors, middleware, decorators (real servers)."""

@@ -1,0 +1,115 @@
+"""Client-side adaptive throttling: the SRE formula, with an injected clock and dice."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from limiter.clients import AdaptiveThrottle
+
+from limiter import InvalidParameter
+
+S = 1_000_000_000
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0
+
+    def __call__(self) -> int:
+        return self.now
+
+
+def test_healthy_service_is_never_throttled():
+    clock = Clock()
+    throttle = AdaptiveThrottle(clock=clock, random=lambda: 0.0)  # the most eager dice
+    for _ in range(1000):
+        assert throttle.allow_request()
+        throttle.accepted()
+        clock.now += S // 100
+    assert throttle.reject_probability() == 0.0
+
+
+def test_probability_follows_the_formula():
+    clock = Clock()
+    throttle = AdaptiveThrottle(k=2.0, clock=clock, random=lambda: 0.99)
+    for i in range(100):
+        throttle.allow_request()
+        if i < 30:
+            throttle.accepted()
+    assert throttle.counts == (100, 30)
+    assert throttle.reject_probability() == pytest.approx((100 - 2 * 30) / 101)
+    # K = 1 is stricter: the service only ever sees what it accepts.
+    strict = AdaptiveThrottle(k=1.0, clock=clock)
+    for i in range(100):
+        strict.allow_request()
+        if i < 30:
+            strict.accepted()
+    assert strict.reject_probability() == pytest.approx(70 / 101)
+
+
+def test_rejects_by_the_dice_and_counts_local_rejections():
+    clock = Clock()
+    dice = iter([0.5, 0.95])
+    throttle = AdaptiveThrottle(clock=clock, random=lambda: next(dice))
+    for _ in range(9):  # a dead service: nothing accepted; p = 9/10 before the next call
+        throttle._requests[throttle._slot()] += 1
+    assert throttle.reject_probability() == pytest.approx(0.9)
+    assert throttle.allow_request() is False  # 0.5 < 0.9: refused locally
+    assert throttle.allow_request() is True  # 0.95 >= p: probes the service
+    assert throttle.counts == (11, 0)  # local rejections count as requests
+
+
+def test_window_slides_and_forgets():
+    clock = Clock()
+    throttle = AdaptiveThrottle(window=10.0, buckets=10, clock=clock, random=lambda: 0.0)
+    for _ in range(50):
+        throttle.allow_request()
+    assert throttle.reject_probability() > 0.9
+    clock.now += 5 * S
+    for _ in range(50):
+        throttle.allow_request()
+        throttle.accepted()
+    assert throttle.counts == (100, 50)
+    assert throttle.reject_probability() == 0.0  # 100 - 2*50 <= 0
+    clock.now += 6 * S  # the first 50 failures left the window
+    assert throttle.counts == (50, 50)
+    clock.now += 10 * S
+    assert throttle.counts == (0, 0)
+
+
+def test_recovers_when_the_service_answers_again():
+    clock = Clock()
+    dice = random.Random(7)
+    throttle = AdaptiveThrottle(window=2.0, buckets=4, clock=clock, random=dice.random)
+    for _ in range(100):
+        throttle.allow_request()
+        clock.now += S // 100
+    assert throttle.reject_probability() > 0.98
+    sent = 0
+    # Service back: rare probes get answered and each answer raises the odds of the next,
+    # so accepts grow exponentially (time constant window / K) until nothing is refused.
+    for _ in range(1500):
+        if throttle.allow_request():
+            throttle.accepted()
+            sent += 1
+        clock.now += S // 100
+    assert throttle.reject_probability() == 0.0
+    assert sent > 500
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"k": 0.5}, "k"),
+        ({"k": "2"}, "k"),
+        ({"window": 0}, "window"),
+        ({"window": float("nan")}, "window"),
+        ({"buckets": 0}, "buckets"),
+        ({"buckets": 2.5}, "buckets"),
+        ({"clock": 5}, "clock"),
+    ],
+)
+def test_bad_parameters_are_named(kwargs, field):
+    with pytest.raises(InvalidParameter, match=field):
+        AdaptiveThrottle(**kwargs)

@@ -1,0 +1,146 @@
+"""Top-client shedding, abnormal-access blocking and the throttled-rules watch."""
+
+from __future__ import annotations
+
+import pytest
+
+from limiter.errors import ConfigError, InvalidParameter
+from limiter.shedding import AbnormalAccess, ClientShedder, SheddingConfig, ThrottleWatch
+
+
+def test_flooding_client_is_cut_first_and_others_pass(clock):
+    shedder = ClientShedder(max_share=0.2, window=10.0, min_requests=20, clock=clock)
+    passed = {"flood": 0, "good": 0}
+    asked = {"flood": 0, "good": 0}
+    for i in range(2000):
+        client = "flood" if i % 10 else f"good{i % 7}"
+        name = "flood" if client == "flood" else "good"
+        asked[name] += 1
+        passed[name] += shedder.check(client, pressure=True)
+        if i % 200 == 0:
+            clock.advance(0.5)
+    assert passed["good"] == asked["good"]  # nobody well-behaved is cut
+    assert passed["flood"] < 25  # the flood (90% share) is cut once the window has volume
+    assert shedder.top(1)[0]["client"] == "flood"
+    assert shedder.top(1)[0]["share"] == pytest.approx(0.9, abs=0.02)
+
+
+def test_no_cut_without_pressure(clock):
+    shedder = ClientShedder(max_share=0.1, clock=clock)
+    assert all(shedder.check("only", pressure=False) for _ in range(100))
+    assert not shedder.check("only", pressure=True)
+    assert shedder.shed == 1
+
+
+def test_burst_blocks_for_cooldown_and_alerts(clock):
+    events = []
+    guard = AbnormalAccess(
+        burst=50,
+        burst_window=1.0,
+        cooldown=30,
+        clock=clock,
+        on_block=lambda e, f: events.append((e, f)),
+    )
+    results = [guard.request("bot") for _ in range(60)]
+    assert results.count(True) == 50 and results[50] is False
+    assert guard.request("human")
+    assert events[0][0] == "client_blocked" and events[0][1]["client"] == "bot"
+    assert events[0][1]["reason"] == "burst"
+    assert len(events) == 1  # one alert per block
+    clock.advance(29)
+    assert not guard.request("bot") and guard.blocked_for("bot") == pytest.approx(1.0)
+    assert guard.blocked()[0]["client"] == "bot"
+    clock.advance(1.5)
+    assert guard.request("bot")  # cool-down over, burst window long gone
+    assert guard.blocks == 1
+
+
+def test_4xx_ratio_blocks(clock):
+    events = []
+    guard = AbnormalAccess(
+        error_ratio=0.5, min_responses=10, clock=clock, on_block=lambda e, f: events.append(f)
+    )
+    for _ in range(20):
+        guard.response("fine", 200)
+        guard.response("fine", 404 if _ % 5 == 0 else 200)
+    for status in [200, 404, 403, 401, 404, 404, 404, 200, 404, 429]:
+        guard.response("scanner", status)
+    assert guard.blocked_for("fine") == 0
+    assert guard.blocked_for("scanner") > 0 and not guard.request("scanner")
+    assert events[0]["reason"] == "4xx" and events[0]["client"] == "scanner"
+    assert guard.unblock("scanner") and guard.request("scanner")
+
+
+def test_throttle_watch_hysteresis(clock):
+    events = []
+    watch = ThrottleWatch(
+        window=10,
+        start_ratio=0.05,
+        min_over=3,
+        stop_after=30,
+        clock=clock,
+        on_change=lambda e, f: events.append((e, f["rule"])),
+    )
+    for _ in range(100):
+        watch.record("api", True)
+    watch.record("api", False)
+    watch.record("api", False)
+    assert events == []  # 2 over-limit: below min_over
+    for _ in range(5):
+        watch.record("api", False)
+    assert events == [("throttle_started", "api")]
+    assert watch.throttling() == ["api"]
+    for _ in range(20):  # flapping allow/deny does not restart or stop it
+        clock.advance(1)
+        watch.record("api", True)
+        watch.record("api", False)
+    assert events == [("throttle_started", "api")]
+    clock.advance(29)
+    watch.record("api", True)
+    assert len(events) == 1
+    clock.advance(2)
+    watch.tick()  # quiet: no traffic, the housekeeper notices
+    assert events[-1] == ("throttle_stopped", "api") and watch.throttling() == []
+    top = watch.top()
+    assert top == [] or top[0]["rule"] == "api"
+
+
+def test_top_throttled_rules(clock):
+    watch = ThrottleWatch(clock=clock)
+    for rule, over in (("a", 5), ("b", 50), ("c", 0)):
+        for _ in range(100):
+            watch.record(rule, True)
+        for _ in range(over):
+            watch.record(rule, False)
+    top = watch.top(5)
+    assert [r["rule"] for r in top] == ["b", "a"]
+    assert top[0]["over_limit"] == 50 and top[0]["throttling"]
+
+
+def test_config():
+    cfg = SheddingConfig.parse({"clients": {"max_share": 0.3}, "abnormal": {"burst": 10}})
+    assert cfg.client_shedder().max_share == 0.3
+    assert cfg.abnormal_access().burst == 10
+    with pytest.raises(ConfigError, match=r"shedding\.clients: max_share"):
+        SheddingConfig.parse({"clients": {"max_share": 2}})
+    with pytest.raises(ConfigError, match="unknown key 'bogus'"):
+        SheddingConfig.parse({"abnormal": {"bogus": 1}})
+    with pytest.raises(ConfigError, match="unknown key"):
+        SheddingConfig.parse({"nope": {}})
+    with pytest.raises(ConfigError, match="mapping"):
+        SheddingConfig.parse([1])
+    with pytest.raises(InvalidParameter, match="max_share"):
+        ClientShedder(max_share="big")
+
+
+def test_per_rule_state_is_bounded(clock):
+    from limiter.shedding import OTHER, TopClients
+
+    watch = ThrottleWatch(clock=clock, max_rules=3)
+    tops = TopClients(max_rules=3)
+    for i in range(10):
+        watch.record(f"adhoc{i}", False)
+        tops.check(f"adhoc{i}", "c")
+    assert len(watch._rules) == 4 and OTHER in watch._rules
+    assert tops.rules() == ["_other", "adhoc0", "adhoc1", "adhoc2"]
+    assert tops.top(OTHER)[0]["count"] == 7

@@ -1,0 +1,40 @@
+"""Every way to reach Redis by URL: AUTH, TLS (rediss://) and Sentinel (redis+sentinel://)."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+import limiter
+from limiter.backends.redis import RedisBackend
+from tests.redis.conftest import SentinelProcess
+from tests.support import RedisServer, free_port
+
+
+def test_auth_and_tls(tls_files: dict[str, str]) -> None:
+    port = free_port()
+    tls = ["--port", "0", "--tls-port", str(port), "--tls-cert-file", tls_files["server.crt"],
+           "--tls-key-file", tls_files["server.key"], "--tls-ca-cert-file", tls_files["ca.crt"],
+           "--tls-auth-clients", "no", "--requirepass", "s3cret"]  # fmt: skip
+    with RedisServer(*tls, port=port):
+        url = f"rediss://:s3cret@127.0.0.1:{port}/0?ssl_ca_certs={tls_files['ca.crt']}"
+        fw = limiter.FixedWindow(2, 3600.0, backend=RedisBackend(url, timeout=1.0))
+        assert [fw.acquire("k").allowed for _ in range(3)] == [True, True, False]
+        with pytest.raises(limiter.ConfigError, match=r":\*\*\*@") as info:
+            RedisBackend(url.replace("s3cret", "wrong"), timeout=1.0)
+        assert "wrong" not in str(info.value)
+        with pytest.raises(limiter.ConfigError, match="unreachable"):
+            RedisBackend(f"redis://:s3cret@127.0.0.1:{port}/0", timeout=0.2)  # TLS port, no TLS
+
+
+def test_sentinel_finds_the_master(own_redis: RedisServer, sentinel: SentinelProcess) -> None:
+    url = f"redis+sentinel://127.0.0.1:{sentinel.port}/mymaster/0"
+    tb = limiter.TokenBucket(0.001, 3, backend=RedisBackend(url, timeout=1.0))
+    assert [tb.acquire("k").allowed for _ in range(4)] == [True, True, True, False]
+    assert redis.Redis(port=own_redis.port).dbsize() == 1
+
+
+def test_hiredis_parses_replies() -> None:
+    from redis.utils import HIREDIS_AVAILABLE
+
+    assert HIREDIS_AVAILABLE

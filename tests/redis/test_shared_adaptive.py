@@ -1,0 +1,69 @@
+"""Replicas of an adaptive limiter converge on one limit through Redis."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+import limiter
+from limiter.backends.redis import RedisBackend
+from limiter.backends.shared_adaptive import SharedAdaptiveLimiter
+
+KNOBS = dict(target_latency=0.1, percentile=0.9, initial_limit=400, interval=0.05, burst=0.05,
+             sync_interval=0.01)  # fmt: skip
+
+
+def _replicas(url: str, n: int = 3) -> list[SharedAdaptiveLimiter]:
+    return [SharedAdaptiveLimiter(RedisBackend(url, timeout=1.0), "api", **KNOBS) for _ in range(n)]
+
+
+def test_replicas_converge_on_one_limit_fed_by_all(redis_url: str) -> None:
+    replicas = _replicas(redis_url)
+    for _ in range(12):  # every replica is slow: the one cluster-wide limit comes down
+        for r in replicas:
+            for _ in range(10):
+                r.record(0.5)
+            r.sync()
+        time.sleep(0.06)
+    for r in replicas:
+        r.sync()
+    assert sum(r.leader for r in replicas) == 1
+    limits = {r.current_limit for r in replicas}
+    assert len(limits) == 1 and limits.pop() < 400
+
+
+def test_samples_of_non_leaders_count(redis_url: str) -> None:
+    leader, *others = _replicas(redis_url)
+    leader.sync()  # first to sync takes the lease
+    assert leader.leader
+    for _ in range(8):  # only non-leaders see slow calls; the leader must still cut
+        for r in others:
+            for _ in range(10):
+                r.record(0.5, ok=False)
+            r.sync()
+        time.sleep(0.06)
+        leader.sync()
+    assert leader.current_limit < 400
+
+
+def test_admissions_are_paced_cluster_wide(redis_url: str) -> None:
+    a, b = _replicas(redis_url, 2)
+    start = time.monotonic()
+    admitted = sum(r.acquire().allowed for _ in range(200) for r in (a, b))
+    elapsed = time.monotonic() - start
+    # One GCRA at 400/s with 0.05 s of burst (20) for both replicas together.
+    assert 20 <= admitted <= 20 + 400 * elapsed + 1
+
+
+def test_bad_input(redis_url: str) -> None:
+    backend = RedisBackend(redis_url)
+    with pytest.raises(limiter.InvalidParameter, match="name"):
+        SharedAdaptiveLimiter(backend, "")
+    with pytest.raises(limiter.InvalidParameter, match="sync_interval"):
+        SharedAdaptiveLimiter(backend, "x", sync_interval=0)
+    s = SharedAdaptiveLimiter(backend, "x")
+    with pytest.raises(limiter.InvalidParameter, match="latency"):
+        s.record(-1)
+    with pytest.raises(limiter.InvalidParameter, match="cost"):
+        s.acquire("", 0)

@@ -1,0 +1,133 @@
+"""The service on the Redis backend: shared limits across processes and workers, failure modes."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from envoy.service.ratelimit.v3 import rls_pb2
+from limiter.server import v1
+
+from tests.service.conftest import ServiceProcess, request, rls_stub, wait_until
+from tests.support import RedisServer
+
+OK = rls_pb2.RateLimitResponse.OK
+OVER = rls_pb2.RateLimitResponse.OVER_LIMIT
+CONFIG = """
+domain: shared
+descriptors:
+  - key: user
+    rate_limit: {unit: hour, requests_per_unit: 6, name: per-user}
+  - key: open
+    rate_limit: {unit: hour, requests_per_unit: 1, name: fail-open, failure_mode: allow}
+  - key: closed
+    rate_limit: {unit: hour, requests_per_unit: 1000, name: fail-closed, failure_mode: deny}
+  - key: inflight
+    rate_limit: {requests_per_unit: 2, algorithm: concurrency, name: inflight}
+  - key: tb
+    rate_limit: {unit: second, requests_per_unit: 1, algorithm: token_bucket, burst: 2, name: tb}
+"""
+
+
+def code(target: str, **entries: str) -> int:
+    with grpc.insecure_channel(target) as channel:
+        return (
+            rls_stub(channel).ShouldRateLimit(request("shared", entries), timeout=10).overall_code
+        )
+
+
+def test_two_service_processes_share_limits(tmp_path: Path, redis_url: str) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(CONFIG)
+    a = ServiceProcess(path, "--redis", redis_url).start()
+    b = ServiceProcess(path, "--redis", redis_url).start()
+    try:
+        codes = [code(s.target, user="u1") for s in (a, b) * 4]
+        assert codes == [OK] * 6 + [OVER] * 2
+        assert [code(s.target, tb="k") for s in (a, b, a)] == [OK, OK, OVER]
+        # Concurrency permits are leases in Redis: held across processes until released.
+        with grpc.insecure_channel(a.target) as ca, grpc.insecure_channel(b.target) as cb:
+            sa, sb = v1.LimiterStub(ca), v1.LimiterStub(cb)
+            check = v1.Check(domain="shared", rule="inflight", key="job")
+            first = sa.Decide(v1.DecideRequest(checks=[check, check])).results
+            assert [r.allowed for r in first] == [True, True] and all(r.permit for r in first)
+            assert not sb.Decide(v1.DecideRequest(checks=[check])).results[0].allowed
+            assert sa.Release(v1.ReleaseRequest(permits=[first[0].permit])).released == 1
+            again = sb.Decide(v1.DecideRequest(checks=[check])).results[0]
+            assert again.allowed
+            sa.Release(v1.ReleaseRequest(permits=[first[1].permit]))
+            sb.Release(v1.ReleaseRequest(permits=[again.permit]))
+            # A big batch of one rule goes to Redis as one pipelined batch, in order.
+            batch = [v1.Check(domain="shared", rule="per-user", key="many")] * 10
+            answers = sa.Decide(v1.DecideRequest(checks=batch)).results
+            assert [r.allowed for r in answers] == [True] * 6 + [False] * 4
+            assert [r.remaining for r in answers[:6]] == [5, 4, 3, 2, 1, 0]
+            assert not sb.Decide(v1.DecideRequest(checks=batch[:1])).results[0].allowed
+    finally:
+        assert a.stop() == 0
+        assert b.stop() == 0
+
+
+def test_workers_share_one_port_and_one_limit(tmp_path: Path, redis_url: str) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(CONFIG)
+    service = ServiceProcess(path, "--redis", redis_url, "--workers", "2").start()
+    try:
+        # Separate connections land on either worker; the limit is still 6 in total.
+        codes = [code(service.target, user="w") for _ in range(8)]
+        assert codes == [OK] * 6 + [OVER] * 2
+        assert wait_until(lambda: service.logs().count('"msg": "serving"') == 2, timeout=20)
+        pids = {line.split('"pid": ')[1].split(",")[0] for line in service.logs().splitlines()
+                if '"msg": "serving"' in line}  # fmt: skip
+        assert len(pids) == 2
+        # Any worker answers /metrics for both (published every second).
+        hits = "limiter_rule_total_hits_total"
+        assert wait_until(lambda: service.metric(hits, rule="per-user", detailed="false") == 8)
+        time.sleep(1.2)  # every worker has published since (other workers' view is <= 1 s old)
+        assert all(service.metric(hits, rule="per-user", detailed="false") == 8 for _ in range(6))
+        service.signal(signal.SIGHUP)  # forwarded to every worker
+        assert wait_until(lambda: service.logs().count('"reason": "signal"') == 2, timeout=10)
+    finally:
+        assert service.stop() == 0
+
+
+@pytest.mark.timeout(60)
+def test_redis_down_follows_each_rules_failure_mode(tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(CONFIG)
+    with RedisServer() as redis:
+        service = ServiceProcess(path, "--redis", redis.url).start()
+        try:
+            assert code(service.target, open="a") == OK
+            assert code(service.target, open="a") == OVER
+            redis.kill()
+            started = time.monotonic()
+            assert code(service.target, open="b") == OK  # allow: fail open
+            assert code(service.target, closed="b") == OVER  # deny: fail closed
+            assert time.monotonic() - started < 5
+            assert service.metric("limiter_backend_errors_total", rule="fail-open") >= 1
+            assert service.http("GET", "/healthcheck")[0] == 200
+            redis.start()
+            assert wait_until(lambda: code(service.target, closed="c") == OK, timeout=10)
+        finally:
+            assert service.stop() == 0
+
+
+def test_unreachable_redis_at_start_is_a_clear_error(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.support import free_port
+
+    path = tmp_path / "rules.yaml"
+    path.write_text(CONFIG)
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    run = subprocess.run(
+        [sys.executable, "-m", "limiter.server.cli", "serve", "--config", str(path), "--redis",
+         url, "--grpc-port", str(free_port()), "--http-port", str(free_port())],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert run.returncode == 1 and "unreachable" in run.stderr, run.stderr
