@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 
 import grpc
 import pytest
-from limiter.server import rls, v1
+from limiter.server import v1
 
 from tests.ops.test_propagation import admin_call, until
 from tests.service.conftest import ServiceProcess
 
 TOKEN = "service-switch-token-0123456789"
-WIRED = "ops.before" in inspect.getsource(rls)
-
-pytestmark = pytest.mark.skipif(
-    not WIRED, reason="the service does not consult Ops.before yet (wiring in the issue 6 report)"
-)
 
 RULES = """\
 domain: edge
