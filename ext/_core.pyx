@@ -6,6 +6,7 @@ kernel shares the same ``Decision`` type, clock and key table without cross-modu
 C-API plumbing. Kernels do no I/O; time is integer nanoseconds from ``clock``.
 """
 
+include "clock.pxi"
 include "common.pxi"
 include "decision.pxi"
 include "keyindex.pxi"

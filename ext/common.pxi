@@ -6,7 +6,8 @@ from cpython.object cimport PyObject
 from libc.math cimport ceil, floor, isfinite, isnan
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
-from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
+from libc.string cimport memcpy
+from posix.mman cimport MADV_HUGEPAGE, madvise
 
 import numpy as np
 
@@ -28,18 +29,6 @@ cdef int64_t NS_PER_S = 1000000000
 cdef int64_t MAX_COUNT = 1 << 40
 # Longest period or horizon accepted (about 10 years).
 cdef double MAX_SECONDS = 10.0 * 366 * 86400
-
-
-cdef inline int64_t monotonic_ns() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return <int64_t>ts.tv_sec * NS_PER_S + ts.tv_nsec
-
-
-cdef inline int64_t realtime_ns() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_REALTIME, &ts)
-    return <int64_t>ts.tv_sec * NS_PER_S + ts.tv_nsec
 
 
 cdef inline int64_t read_clock(object clock, bint wall) except? -1:
@@ -88,6 +77,42 @@ cdef int64_t check_count(str name, object value, int64_t minimum, int64_t maximu
     if value < minimum or value > maximum:
         raise InvalidParameter(f"{name} must be in [{minimum}, {maximum}], got {value!r}")
     return value
+
+
+cdef size_t HUGE_PAGE = 1 << 21
+
+
+cdef extern from "stdlib.h" nogil:
+    int posix_memalign(void** memptr, size_t alignment, size_t size)
+
+
+cdef void* big_alloc(size_t n) noexcept nogil:
+    """malloc, but an array of 2 MiB or more is 2 MiB-aligned and asks for huge pages.
+
+    Why: keyed lookups land on random rows and index entries; with 4 KiB pages most of
+    them also miss the TLB once a table passes a few MiB, and huge pages remove that.
+    """
+    cdef void* p = NULL
+    if n < HUGE_PAGE:
+        return malloc(n)
+    n = (n + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1)
+    if posix_memalign(&p, HUGE_PAGE, n) != 0:
+        return NULL
+    madvise(p, n, MADV_HUGEPAGE)
+    return p
+
+
+cdef void* big_realloc(void* p, size_t old_n, size_t n) noexcept nogil:
+    """realloc for arrays made by big_alloc (copies into a fresh huge-page block)."""
+    if n < HUGE_PAGE:
+        return realloc(p, n)
+    cdef void* q = big_alloc(n)
+    if q == NULL:
+        return NULL
+    if p != NULL:
+        memcpy(q, p, old_n if old_n < n else n)
+        free(p)
+    return q
 
 
 cdef inline int64_t seconds_to_ns(double seconds) noexcept nogil:

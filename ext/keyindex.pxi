@@ -13,6 +13,10 @@ cdef extern from "Python.h":
     Py_hash_t PyObject_Hash(object obj) except? -1
 
 
+cdef extern from *:
+    void prefetch "__builtin_prefetch" (const void* p) noexcept nogil
+
+
 cdef struct IndexEntry:
     PyObject* key      # NULL = empty
     int32_t hash32     # low bits of the key's hash, to skip most string compares
@@ -53,7 +57,7 @@ cdef class KeyIndex:
     cdef int _resize(self, size_t capacity) except -1:
         cdef IndexEntry* old = self.entries
         cdef size_t old_size = self.mask + 1 if old != NULL else 0
-        cdef IndexEntry* fresh = <IndexEntry*>malloc(capacity * sizeof(IndexEntry))
+        cdef IndexEntry* fresh = <IndexEntry*>big_alloc(capacity * sizeof(IndexEntry))
         if fresh == NULL:
             raise MemoryError()
         cdef size_t i, j
@@ -86,8 +90,16 @@ cdef class KeyIndex:
 
     cdef inline int32_t get(self, object key) except -2:
         """Row of ``key`` or -1 (``key`` must be an exact str)."""
-        cdef Py_ssize_t i = self._probe(key, PyObject_Hash(key))
+        return self.get_hashed(key, PyObject_Hash(key))
+
+    cdef inline int32_t get_hashed(self, object key, Py_hash_t h) except -2:
+        """``get`` with the key's hash already known."""
+        cdef Py_ssize_t i = self._probe(key, h)
         return -1 if self.entries[i].key == NULL else self.entries[i].slot
+
+    cdef inline void prefetch(self, Py_hash_t h) noexcept:
+        """Start loading the entry a lookup of hash ``h`` probes first."""
+        prefetch(&self.entries[(<size_t>h) & self.mask])
 
     cdef int put(self, object key, int32_t slot) except -1:
         """Map ``key`` (absent) to ``slot``."""

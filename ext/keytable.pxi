@@ -1,6 +1,10 @@
 # KeyTable: bounded key -> state-row map with CLOCK eviction, and the keyed-limiter base.
 
+from cpython.sequence cimport PySequence_Fast_ITEMS
+
 cdef int64_t NEVER_IDLE = 0x7FFFFFFFFFFFFFFF
+# Requests per pass of allow_batch's prefetching loop.
+DEF BATCH_CHUNK = 32
 # Per-row header before the algorithm's state: [idle_at, flags].
 DEF HEADER = 2
 cdef int64_t LIVE = 1
@@ -30,6 +34,8 @@ cdef class KeyTable:
     cdef int32_t width, stride, capacity, used, size, max_keys, hand, free_head
     cdef bint can_evict_busy
     cdef readonly uint64_t evictions
+    # Bumped whenever a row is freed: a slot looked up earlier may now hold another key.
+    cdef uint64_t removals
 
     def __cinit__(self, int32_t width, int32_t max_keys, bint can_evict_busy=True):
         self.index = KeyIndex()
@@ -56,7 +62,9 @@ cdef class KeyTable:
         cdef int32_t cap = 64 if self.capacity == 0 else self.capacity * 2
         if cap > self.max_keys:
             cap = self.max_keys
-        cdef int64_t* rows = <int64_t*>realloc(self.rows, <size_t>cap * self.stride * sizeof(int64_t))
+        cdef size_t row_bytes = <size_t>self.stride * sizeof(int64_t)
+        cdef int64_t* rows = <int64_t*>big_realloc(
+            self.rows, <size_t>self.capacity * row_bytes, <size_t>cap * row_bytes)
         if rows == NULL:
             raise MemoryError()
         self.rows = rows
@@ -64,7 +72,8 @@ cdef class KeyTable:
         if nxt == NULL:
             raise MemoryError()
         self.free_next = nxt
-        cdef PyObject** sk = <PyObject**>realloc(self.slot_keys, <size_t>cap * sizeof(PyObject*))
+        cdef PyObject** sk = <PyObject**>big_realloc(
+            self.slot_keys, <size_t>self.capacity * sizeof(PyObject*), <size_t>cap * sizeof(PyObject*))
         if sk == NULL:
             raise MemoryError()
         self.slot_keys = sk
@@ -90,9 +99,16 @@ cdef class KeyTable:
         """Row of ``key``, created fresh if absent; marks it recently used."""
         cdef int32_t slot = self.index.get(key)
         if slot >= 0:
-            self.rows[<Py_ssize_t>slot * self.stride + 1] = LIVE | REFERENCED
+            self.touch(slot)
             return slot
         return self._insert(key, now)
+
+    cdef inline void touch(self, int32_t slot) noexcept:
+        """Mark ``slot`` recently used (CLOCK's reference bit)."""
+        self.rows[<Py_ssize_t>slot * self.stride + 1] = LIVE | REFERENCED
+
+    cdef inline void prefetch_row(self, int32_t slot) noexcept:
+        prefetch(self.rows + <Py_ssize_t>slot * self.stride)
 
     cdef int32_t _sweep(self, int64_t now, bint full) except -2:
         """Advance the clock hand; reclaim idle rows, and pick a victim when ``full``."""
@@ -143,6 +159,7 @@ cdef class KeyTable:
         return slot
 
     cdef int remove(self, int32_t slot) except -1:
+        self.removals += 1
         self.index.delete(<object>self.slot_keys[slot])
         self.slot_keys[slot] = NULL
         self._base(slot)[1] = 0
@@ -152,6 +169,7 @@ cdef class KeyTable:
         return 0
 
     def clear(self):
+        self.removals += 1
         self.index.clear()
         self.used = self.size = self.hand = 0
         self.free_head = -1
@@ -247,6 +265,13 @@ cdef class KeyedLimiter:
 cdef class RateKernel(KeyedLimiter):
     """A keyed limiter answering per request: ``acquire``, ``allow``, ``allow_batch``."""
 
+    cdef int _decide(self, object key, int64_t cost, int64_t now, Outcome* out) except -1:
+        return self._decide_row(self.table.get(key, now), cost, now, out)
+
+    cdef int _decide_row(self, int32_t slot, int64_t cost, int64_t now, Outcome* out) except -1:
+        """The algorithm on ``key``'s row (subclasses)."""
+        raise NotImplementedError
+
     def acquire(self, key="", cost=1):
         """Take ``cost`` units for ``key`` if they are available; returns a Decision."""
         cdef int64_t c = cost_arg(cost, self.max_cost)
@@ -299,19 +324,54 @@ cdef class RateKernel(KeyedLimiter):
                 raise InvalidParameter(
                     f"costs must be in [1, {self.max_cost}], got min {arr.min()} max {arr.max()}")
             cv = arr.astype(np.int64, copy=False)
-        seq = keys if isinstance(keys, (list, tuple)) else list(keys)
+        # The keys as a C array of object pointers, without copying a list or array.
+        cdef PyObject** items
+        if isinstance(keys, cnp.ndarray) and keys.ndim == 1 and keys.dtype == object:
+            seq = np.ascontiguousarray(keys)
+            items = <PyObject**>cnp.PyArray_DATA(seq)
+        else:
+            seq = keys if isinstance(keys, (list, tuple)) else list(keys)
+            items = PySequence_Fast_ITEMS(seq)
+        if len(seq) != n:
+            raise InvalidParameter(f"keys changed length while read: {n} then {len(seq)}")
         for i in range(n):
-            if type(seq[i]) is not str:
+            if type(<object>items[i]) is not str:
                 seq = [check_key(k) for k in seq]
+                items = PySequence_Fast_ITEMS(seq)
                 break
         if self.remote is not None:
             return np.fromiter(
-                (d.allowed for d in self.remote.acquire_batch(seq, None if not has_costs else cv)),
+                (d.allowed for d in self.remote.acquire_batch(
+                    list(seq), None if not has_costs else cv)),
                 dtype=np.bool_, count=n)
         cdef int64_t now = self._now()
-        for i in range(n):
-            if has_costs:
-                c = cv[i]
-            self._decide(seq[i], c, now, &o)
-            out[i] = o.allowed
+        cdef Py_hash_t hashes[BATCH_CHUNK]
+        cdef int32_t slots[BATCH_CHUNK]
+        cdef Py_ssize_t start, m, j
+        cdef uint64_t removals
+        cdef KeyTable table = self.table
+        # In chunks, three passes so the cache misses of many keys overlap instead of
+        # queueing one after another: hash every key (touching its str) and prefetch
+        # its index entry; look the keys up and prefetch their rows; then decide in
+        # order. A lookup stays valid until a row is freed (a new key's insertion may
+        # reclaim idle rows), after which the chunk's rest takes the plain path.
+        for start in range(0, n, BATCH_CHUNK):
+            m = min(BATCH_CHUNK, n - start)
+            for j in range(m):
+                hashes[j] = PyObject_Hash(<object>items[start + j])
+                table.index.prefetch(hashes[j])
+            for j in range(m):
+                slots[j] = table.index.get_hashed(<object>items[start + j], hashes[j])
+                if slots[j] >= 0:
+                    table.prefetch_row(slots[j])
+            removals = table.removals
+            for j in range(m):
+                if has_costs:
+                    c = cv[start + j]
+                if slots[j] >= 0 and table.removals == removals:
+                    table.touch(slots[j])
+                    self._decide_row(slots[j], c, now, &o)
+                else:
+                    self._decide(<object>items[start + j], c, now, &o)
+                out[start + j] = o.allowed
         return out.view(np.bool_)

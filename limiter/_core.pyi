@@ -8,6 +8,15 @@ import numpy.typing as npt
 
 Clock = Callable[[], int]
 
+def clock_ns() -> int:
+    """The kernels' default monotonic clock (CLOCK_MONOTONIC's base), int ns."""
+
+def wall_clock_ns() -> int:
+    """The kernels' wall clock (CLOCK_REALTIME's base), int ns."""
+
+def clock_source() -> str:
+    """``"tsc"`` or ``"clock_gettime"``: how the default clock is read."""
+
 class Decision:
     allowed: bool
     limit: int

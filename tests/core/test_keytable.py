@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from limiter import FixedWindow, SlidingWindow, TokenBucket
 from tests.core.clock import ManualClock
@@ -74,3 +76,38 @@ def test_batch_validates_everything_before_deciding():
     with pytest.raises(ValueError, match="costs"):
         tb.allow_batch(["a"], np.array([1, 1]))
     assert tb.allow("a", cost=2)  # nothing was consumed by the refused batches
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    kind=st.sampled_from(["token", "fixed", "sliding"]),
+    steps=st.lists(
+        st.tuples(
+            st.lists(st.integers(0, 40), min_size=1, max_size=80),  # key ids of one batch
+            st.integers(0, 3_000),  # ms the clock moves after the batch
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+    max_keys=st.integers(1, 24),
+    as_array=st.booleans(),
+)
+def test_batch_equals_sequential_with_eviction_and_reclaim(kind, steps, max_keys, as_array):
+    """The prefetching batch path must answer exactly like one call per key, also when
+    new keys evict or reclaim rows in the middle of a chunk (slots change hands)."""
+    clock = ManualClock()
+
+    def make():
+        if kind == "token":
+            return TokenBucket(rate=2.0, burst=3, max_keys=max_keys, clock=clock)
+        if kind == "fixed":
+            return FixedWindow(limit=3, period=1.0, max_keys=max_keys, clock=clock)
+        return SlidingWindow(limit=3, period=1.0, max_keys=max_keys, clock=clock)
+
+    batched, single = make(), make()
+    for ids, ms in steps:
+        keys = [f"key-{i}" for i in ids]
+        arg = np.array(keys, dtype=object) if as_array else keys
+        assert batched.allow_batch(arg).tolist() == [single.allow(k) for k in keys]
+        assert len(batched) == len(single) and batched.evictions == single.evictions
+        clock.advance(ms / 1000)
