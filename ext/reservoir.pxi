@@ -21,6 +21,65 @@ cdef int compare_weighted(const void* a, const void* b) noexcept nogil:
     return (x > y) - (x < y)
 
 
+cdef double weighted_select(WeightedValue* a, Py_ssize_t n, double goal) noexcept nogil:
+    """Smallest value v whose total weight of values <= v reaches ``goal`` (n > 0).
+
+    The answer a sort-and-scan gives, in expected linear time: quickselect with a
+    three-way partition, descending into the side that holds the goal. Reorders
+    ``a``. Falls back to sorting the remaining range if pivots keep being poor.
+    """
+    cdef Py_ssize_t lo = 0, hi = n, lt, gt, i, rounds = 0
+    cdef double below = 0.0, wl, we, x, y, z, acc
+    cdef double pivot = a[0].value
+    cdef WeightedValue tmp
+    while lo < hi:
+        rounds += 1
+        if rounds > 64:
+            qsort(a + lo, hi - lo, sizeof(WeightedValue), compare_weighted)
+            acc = below
+            for i in range(lo, hi):
+                acc += a[i].weight
+                if acc >= goal:
+                    return a[i].value
+            return a[hi - 1].value
+        x = a[lo].value
+        y = a[lo + (hi - lo) // 2].value
+        z = a[hi - 1].value
+        pivot = max(min(x, y), min(max(x, y), z))  # median of three
+        # Dutch flag: [lo, lt) < pivot, [lt, i) == pivot, [gt, hi) > pivot.
+        lt = lo
+        i = lo
+        gt = hi
+        wl = 0.0
+        we = 0.0
+        while i < gt:
+            if a[i].value < pivot:
+                wl += a[i].weight
+                tmp = a[i]
+                a[i] = a[lt]
+                a[lt] = tmp
+                lt += 1
+                i += 1
+            elif a[i].value > pivot:
+                gt -= 1
+                tmp = a[i]
+                a[i] = a[gt]
+                a[gt] = tmp
+            else:
+                we += a[i].weight
+                i += 1
+        if below + wl >= goal and lt > lo:
+            hi = lt
+        elif below + wl + we >= goal:
+            return pivot
+        else:
+            below += wl + we
+            lo = gt
+    # Only rounding gets here (the goal exceeded the range's summed weight): the last
+    # pivot is the largest value of the range that holds the answer.
+    return pivot
+
+
 cdef inline uint64_t xorshift64star(uint64_t* state) noexcept nogil:
     cdef uint64_t x = state[0]
     x ^= x >> 12
@@ -152,8 +211,9 @@ cdef class Reservoir:
                 self.values[<Py_ssize_t>s * self.size + j] = value
         self.offered[s] = n + 1
 
-    cdef Py_ssize_t _gather(self, int64_t now, double* total, int64_t enough=0) noexcept:
-        """Live samples (value, weight) into scratch, sorted; returns how many.
+    cdef Py_ssize_t _gather(self, int64_t now, double* total, int64_t enough=0,
+                            bint sort=True) noexcept:
+        """Live samples (value, weight) into scratch (sorted if asked); returns how many.
 
         Newest sub-windows first; with ``enough`` > 0, stops once that many values
         were offered to the sub-windows taken (the freshest adequate sample).
@@ -177,7 +237,7 @@ cdef class Reservoir:
                 self.scratch[m].weight = w
                 m += 1
             total[0] += self.offered[s]
-        if m > 1:
+        if sort and m > 1:
             qsort(self.scratch, m, sizeof(WeightedValue), compare_weighted)
         return m
 
@@ -194,10 +254,10 @@ cdef class Reservoir:
     cdef double _quantile(self, double p, int64_t now, int64_t enough=0) noexcept:
         """The p-quantile at ``now``, NaN when the horizon holds no value."""
         cdef double total
-        cdef Py_ssize_t m = self._gather(now, &total, enough)
+        cdef Py_ssize_t m = self._gather(now, &total, enough, False)
         if m == 0:
             return NAN
-        return self._pick(m, total, p)
+        return weighted_select(self.scratch, m, p * total)
 
     cdef int64_t _count(self, int64_t now) noexcept:
         cdef int64_t idx = now // self.sub_ns, total = 0

@@ -175,3 +175,27 @@ def test_bad_calls() -> None:
         r.quantile(0.5, now=-1)
     with pytest.raises(InvalidParameter, match="weights"):
         weighted_quantile([1.0], [-1.0], 0.5)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    windows=st.lists(
+        st.tuples(st.lists(st.integers(0, 6), min_size=0, max_size=6), st.integers(1, 5)),
+        min_size=1,
+        max_size=5,
+    ),
+    p=st.floats(0.01, 0.99),
+)
+def test_quantile_selection_equals_sort_and_scan(windows, p):
+    """quantile() selects in linear time; it must answer what sorting the weighted
+    sample and scanning it does (ties and unequal weights included). Sub-windows of
+    4 kept values offered 4*k values weigh exactly k, so the sums are exact."""
+    r = Reservoir(size=4, horizon=10.0, subwindows=10, seed=3)
+    for w, (values, k) in enumerate(windows):
+        now = w * 1_000_000_000
+        for _ in range(k):
+            for v in [*values, 0, 1, 2, 3][:4]:
+                r.add(float(v), now=now)
+    now = (len(windows) - 1) * 1_000_000_000
+    values, weights = r.snapshot(now=now)
+    assert r.quantile(p, now=now) == weighted_quantile(values, weights, p)
