@@ -9,7 +9,6 @@ C-API plumbing. Kernels do no I/O; time is integer nanoseconds from ``clock``.
 include "clock.pxi"
 include "common.pxi"
 include "decision.pxi"
-include "keyindex.pxi"
 include "keytable.pxi"
 include "gcra.pxi"
 include "windows.pxi"

@@ -102,19 +102,6 @@ cdef void* big_alloc(size_t n) noexcept nogil:
     return p
 
 
-cdef void* big_realloc(void* p, size_t old_n, size_t n) noexcept nogil:
-    """realloc for arrays made by big_alloc (copies into a fresh huge-page block)."""
-    if n < HUGE_PAGE:
-        return realloc(p, n)
-    cdef void* q = big_alloc(n)
-    if q == NULL:
-        return NULL
-    if p != NULL:
-        memcpy(q, p, old_n if old_n < n else n)
-        free(p)
-    return q
-
-
 cdef inline int64_t seconds_to_ns(double seconds) noexcept nogil:
     return <int64_t>ceil(seconds * NS_PER_S)
 

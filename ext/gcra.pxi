@@ -30,6 +30,7 @@ cdef class _Gcra(RateKernel):
         spec = Spec(algorithm, limit=self.burst, interval_ns=self.interval, max_wait_ns=max_wait_ns)
         self._setup(1, max_keys, clock, False, backend, spec)
 
+    @cython.cdivision(True)  # operands are never negative and divisors never zero
     cdef int _decide_row(self, int32_t slot, int64_t cost, int64_t now, Outcome* out) except -1:
         cdef int64_t* row = self.table.row(slot)
         cdef int64_t tat = row[0] if row[0] > now else now
@@ -110,6 +111,7 @@ cdef class LeakyShaper(_Gcra):
         # ever pass is what a full bucket can schedule within max_wait.
         self.max_cost = min(MAX_COUNT, self.max_wait_ns // self.interval + self.burst)
 
+    @cython.cdivision(True)  # operands are never negative and divisors never zero
     cdef int _decide_row(self, int32_t slot, int64_t cost, int64_t now, Outcome* out) except -1:
         cdef int64_t* row = self.table.row(slot)
         cdef int64_t tat = row[0] if row[0] > now else now

@@ -1,178 +1,255 @@
-# KeyTable: bounded key -> state-row map with CLOCK eviction, and the keyed-limiter base.
+# KeyTable: a bounded map from str key to a row of int64 state, with CLOCK eviction.
+#
+# Why not a dict of objects: a flood of distinct keys must not exhaust memory, and a
+# Python object per key costs far more than the few integers an algorithm needs.
+# Why rows inside the hash table: a cold key's lookup and its state then share one
+# entry (32 bytes for a token bucket), so a decision on a key out of cache waits for
+# one memory load after the key's own hash, not for an index entry and then a row.
 
+from cpython.ref cimport Py_DECREF, Py_INCREF
 from cpython.sequence cimport PySequence_Fast_ITEMS
+from libc.string cimport memset
+
+
+cdef extern from "Python.h":
+    ctypedef Py_ssize_t Py_hash_t
+    Py_hash_t PyObject_Hash(object obj) except? -1
+
+
+cdef extern from *:
+    void prefetch "__builtin_prefetch" (const void* p) noexcept nogil
+
 
 cdef int64_t NEVER_IDLE = 0x7FFFFFFFFFFFFFFF
+# Entry words: [key pointer (0 = empty entry), low 32 bits of the key's hash with
+# the CLOCK reference bit above them, idle_at, the algorithm's state...].
+DEF HEADER = 3
+cdef int64_t REFERENCED = (<int64_t>1) << 32
+# Largest max_keys: the table's capacity (a power of two, at least twice the keys
+# held) must stay addressable by an int32 position.
+cdef int64_t MAX_KEYS = 1 << 30
+# Live entries a full sweep looks past its eviction candidate for an idle row.
+DEF IDLE_LOOKAHEAD = 64
 # Requests per pass of allow_batch's prefetching loop.
 DEF BATCH_CHUNK = 32
-# Per-row header before the algorithm's state: [idle_at, flags].
-DEF HEADER = 2
-cdef int64_t LIVE = 1
-cdef int64_t REFERENCED = 2
 
 
+@cython.final
 cdef class KeyTable:
-    """Bounded map from key to a fixed-width row of int64 state.
+    """Open addressing (linear probing, load <= 1/2, backward-shift deletion) whose
+    entries hold the key, its hash, ``idle_at`` and a fixed-width row of state.
 
-    Why: a flood of distinct keys must not exhaust memory, and a Python object per
-    key would cost far more than the few integers an algorithm needs. Rows live in
-    one C array and a KeyIndex maps key -> row number. A row of zeros is a fresh key.
-    Each row records ``idle_at``, the time after which its state is equivalent to a
-    fresh key: such rows are reclaimed lazily without changing any answer.
+    A row of zeros is a fresh key. ``idle_at`` is the time after which a row's state
+    equals a fresh key's: such rows are reclaimed lazily without changing any answer.
+    When ``max_keys`` are held a victim is chosen by CLOCK (second chance), the
+    constant-time approximation of LRU: a hit only sets a bit in the entry it already
+    touched. An evicted key starts fresh if it returns (counted in ``evictions``),
+    unless ``can_evict_busy`` is false, in which case the new key gets no row (-1).
 
-    When the table is full a victim is chosen by CLOCK (second chance), the
-    classic constant-time approximation of LRU: a hit only sets a flag in the row it
-    already touches, instead of relinking list neighbours scattered over memory.
-    An evicted key starts fresh if it returns (counted in ``evictions``), unless
-    ``can_evict_busy`` is false, in which case the new key gets no row (-1).
+    Positions are valid until the next insertion or removal (entries move when the
+    table grows or a deletion shifts a probe run back); ``moves`` counts those events.
     """
 
-    cdef KeyIndex index
-    cdef PyObject** slot_keys  # borrowed from index, which owns the references
-    cdef int64_t* rows
-    cdef int32_t* free_next
-    cdef int32_t width, stride, capacity, used, size, max_keys, hand, free_head
+    cdef int64_t* entries
+    cdef size_t mask
+    cdef int32_t width, stride, size, max_keys
+    cdef size_t hand
     cdef bint can_evict_busy
     cdef readonly uint64_t evictions
-    # Bumped whenever a row is freed: a slot looked up earlier may now hold another key.
-    cdef uint64_t removals
+    cdef uint64_t moves
 
     def __cinit__(self, int32_t width, int32_t max_keys, bint can_evict_busy=True):
-        self.index = KeyIndex()
         self.width = width
         self.stride = width + HEADER
         self.max_keys = max_keys
         self.can_evict_busy = can_evict_busy
-        self.capacity = self.used = self.size = self.hand = 0
-        self.free_head = -1
-        self.rows = NULL
-        self.free_next = NULL
-        self.slot_keys = NULL
-        self._grow()
+        self.size = 0
+        self.hand = 0
+        self.entries = NULL
+        self.mask = 0
+        self._resize(16)
 
     def __dealloc__(self):
-        free(self.rows)
-        free(self.free_next)
-        free(self.slot_keys)
+        self._release_keys()
+        free(self.entries)
 
     def __len__(self):
         return self.size
 
-    cdef int _grow(self) except -1:
-        cdef int32_t cap = 64 if self.capacity == 0 else self.capacity * 2
-        if cap > self.max_keys:
-            cap = self.max_keys
-        cdef size_t row_bytes = <size_t>self.stride * sizeof(int64_t)
-        cdef int64_t* rows = <int64_t*>big_realloc(
-            self.rows, <size_t>self.capacity * row_bytes, <size_t>cap * row_bytes)
-        if rows == NULL:
+    cdef inline int64_t* _at(self, size_t i) noexcept:
+        return self.entries + <Py_ssize_t>i * self.stride
+
+    cdef void _release_keys(self) noexcept:
+        cdef size_t i
+        cdef int64_t* e
+        if self.entries == NULL:
+            return
+        for i in range(self.mask + 1):
+            e = self._at(i)
+            if e[0] != 0:
+                Py_DECREF(<object><PyObject*><size_t>e[0])
+                e[0] = 0
+
+    cdef int _resize(self, size_t capacity) except -1:
+        cdef int64_t* old = self.entries
+        cdef size_t old_capacity = self.mask + 1 if old != NULL else 0
+        cdef size_t entry_bytes = <size_t>self.stride * sizeof(int64_t)
+        cdef int64_t* fresh = <int64_t*>big_alloc(capacity * entry_bytes)
+        if fresh == NULL:
             raise MemoryError()
-        self.rows = rows
-        cdef int32_t* nxt = <int32_t*>realloc(self.free_next, <size_t>cap * sizeof(int32_t))
-        if nxt == NULL:
-            raise MemoryError()
-        self.free_next = nxt
-        cdef PyObject** sk = <PyObject**>big_realloc(
-            self.slot_keys, <size_t>self.capacity * sizeof(PyObject*), <size_t>cap * sizeof(PyObject*))
-        if sk == NULL:
-            raise MemoryError()
-        self.slot_keys = sk
-        self.capacity = cap
+        memset(fresh, 0, capacity * entry_bytes)
+        cdef size_t i, j, mask = capacity - 1
+        cdef int64_t* e
+        for i in range(old_capacity):
+            e = old + <Py_ssize_t>i * self.stride
+            if e[0] != 0:
+                j = (<uint32_t>e[1]) & mask
+                while fresh[<Py_ssize_t>j * self.stride] != 0:
+                    j = (j + 1) & mask
+                memcpy(fresh + <Py_ssize_t>j * self.stride, e, entry_bytes)
+        free(old)
+        self.entries = fresh
+        self.mask = mask
+        self.hand = 0
+        self.moves += 1
         return 0
 
-    cdef inline int64_t* _base(self, int32_t slot) noexcept:
-        return self.rows + <Py_ssize_t>slot * self.stride
+    cdef inline int32_t lookup(self, object key, Py_hash_t h) except -2:
+        """Position of ``key`` (an exact str with hash ``h``) or -1."""
+        cdef size_t i = (<uint32_t>h) & self.mask
+        cdef int64_t* e
+        while True:
+            e = self._at(i)
+            if e[0] == 0:
+                return -1
+            if e[0] == <int64_t><size_t><PyObject*>key:
+                return <int32_t>i
+            if <uint32_t>e[1] == <uint32_t>h and (
+                    (<str><PyObject*><size_t>e[0]) == (<str>key)):
+                return <int32_t>i
+            i = (i + 1) & self.mask
 
-    cdef inline int64_t* row(self, int32_t slot) noexcept:
-        """The algorithm's state for ``slot``."""
-        return self.rows + <Py_ssize_t>slot * self.stride + HEADER
-
-    cdef inline void set_idle(self, int32_t slot, int64_t idle_at) noexcept:
-        """From ``idle_at`` on, the row equals a fresh key and may be reclaimed."""
-        self.rows[<Py_ssize_t>slot * self.stride] = idle_at
+    cdef inline void prefetch_home(self, Py_hash_t h) noexcept:
+        """Start loading the entry a lookup of hash ``h`` probes first."""
+        prefetch(self._at((<uint32_t>h) & self.mask))
 
     cdef inline int32_t find(self, object key) except -2:
-        """Row of ``key`` or -1."""
-        return self.index.get(key)
+        """Position of ``key`` or -1."""
+        return self.lookup(key, PyObject_Hash(key))
 
     cdef inline int32_t get(self, object key, int64_t now) except -2:
-        """Row of ``key``, created fresh if absent; marks it recently used."""
-        cdef int32_t slot = self.index.get(key)
-        if slot >= 0:
-            self.touch(slot)
-            return slot
-        return self._insert(key, now)
+        """Position of ``key``, created fresh if absent; marks it recently used."""
+        cdef Py_hash_t h = PyObject_Hash(key)
+        cdef int32_t pos = self.lookup(key, h)
+        if pos >= 0:
+            self.touch(pos)
+            return pos
+        return self._insert(key, h, now)
 
-    cdef inline void touch(self, int32_t slot) noexcept:
-        """Mark ``slot`` recently used (CLOCK's reference bit)."""
-        self.rows[<Py_ssize_t>slot * self.stride + 1] = LIVE | REFERENCED
+    cdef inline void touch(self, int32_t pos) noexcept:
+        """Mark ``pos`` recently used (CLOCK's reference bit)."""
+        self._at(pos)[1] |= REFERENCED
 
-    cdef inline void prefetch_row(self, int32_t slot) noexcept:
-        prefetch(self.rows + <Py_ssize_t>slot * self.stride)
+    cdef inline int64_t* row(self, int32_t pos) noexcept:
+        """The algorithm's state at ``pos``."""
+        return self._at(pos) + HEADER
 
-    cdef int32_t _sweep(self, int64_t now, bint full) except -2:
-        """Advance the clock hand; reclaim idle rows, and pick a victim when ``full``."""
-        cdef int32_t steps = 2 if not full else 2 * self.used + 1
-        cdef int32_t s
-        cdef int64_t* base
-        while steps > 0 and self.used > 0:
+    cdef inline void set_idle(self, int32_t pos, int64_t idle_at) noexcept:
+        """From ``idle_at`` on, the row equals a fresh key and may be reclaimed."""
+        self._at(pos)[2] = idle_at
+
+    cdef bint _sweep(self, int64_t now, bint full) except -1:
+        """Advance the clock hand over a few live entries, reclaiming idle rows; when
+        ``full``, go on until one row is freed (returns whether one was).
+
+        A busy row is evicted only if no idle row turns up within IDLE_LOOKAHEAD
+        further entries: the hand's order is the table's, not the keys' age, so a
+        quiet key is often just ahead of the busy candidate.
+        """
+        cdef size_t steps = 64 if not full else 2 * (self.mask + 1) + 1
+        # Reclaim harder once the table is at its bound, before anything is evicted.
+        cdef size_t visits = 8 if self.size >= self.max_keys else 2
+        cdef size_t s, victim = 0, ahead = 0, live = 0
+        cdef bint have_victim = False
+        cdef int64_t* e
+        while steps > 0 and self.size > 0:
             steps -= 1
             s = self.hand
-            self.hand = s + 1 if s + 1 < self.used else 0
-            base = self._base(s)
-            if not (base[1] & LIVE):
+            self.hand = (s + 1) & self.mask
+            e = self._at(s)
+            if e[0] == 0:
                 continue
-            if base[0] <= now:
-                self.remove(s)
+            live += 1
+            if not full and live > visits:
+                self.hand = s  # look at it next time
+                break
+            if e[2] <= now:
+                self.remove(<int32_t>s)
                 if full:
-                    return s
-            elif base[1] & REFERENCED:
-                base[1] = LIVE
+                    return True
+            elif have_victim:
+                ahead += 1
+                if ahead >= IDLE_LOOKAHEAD:
+                    break
+            elif e[1] & REFERENCED:
+                e[1] &= ~REFERENCED
             elif full and self.can_evict_busy:
-                self.remove(s)
-                self.evictions += 1
-                return s
-        return -1
+                have_victim = True
+                victim = s
+        if have_victim:
+            self.hand = victim
+            self.remove(<int32_t>victim)
+            self.evictions += 1
+            return True
+        return False
 
-    cdef int32_t _insert(self, object key, int64_t now) except -2:
-        cdef int32_t slot, i
+    cdef int32_t _insert(self, object key, Py_hash_t h, int64_t now) except -2:
         self._sweep(now, False)
         if self.size >= self.max_keys:
             # Rows that never go idle (in-flight counts) cannot be evicted: refuse at once.
-            if not self.can_evict_busy or self._sweep(now, True) < 0:
+            if not self.can_evict_busy or not self._sweep(now, True):
                 return -1
-        if self.free_head >= 0:
-            slot = self.free_head
-            self.free_head = self.free_next[slot]
-        else:
-            slot = self.used
-            if slot >= self.capacity:
-                self._grow()
-            self.used += 1
-        self.slot_keys[slot] = <PyObject*>key
-        cdef int64_t* base = self._base(slot)
-        for i in range(self.stride):
-            base[i] = 0
-        base[1] = LIVE | REFERENCED
-        self.index.put(key, slot)
+        if (<size_t>self.size + 1) * 2 > self.mask + 1:
+            self._resize((self.mask + 1) * 2)
+        cdef size_t i = (<uint32_t>h) & self.mask
+        cdef int64_t* e = self._at(i)
+        while e[0] != 0:
+            i = (i + 1) & self.mask
+            e = self._at(i)
+        Py_INCREF(key)
+        e[0] = <int64_t><size_t><PyObject*>key
+        e[1] = <int64_t><uint32_t>h | REFERENCED
         self.size += 1
-        return slot
+        return <int32_t>i
 
-    cdef int remove(self, int32_t slot) except -1:
-        self.removals += 1
-        self.index.delete(<object>self.slot_keys[slot])
-        self.slot_keys[slot] = NULL
-        self._base(slot)[1] = 0
-        self.free_next[slot] = self.free_head
-        self.free_head = slot
+    cdef int remove(self, int32_t pos) except -1:
+        """Free ``pos``, shifting later entries of its probe run back (no tombstones)."""
+        cdef size_t entry_bytes = <size_t>self.stride * sizeof(int64_t)
+        cdef PyObject* gone = <PyObject*><size_t>self._at(pos)[0]
+        cdef size_t hole = pos, j = pos, home
+        cdef int64_t* e
+        while True:
+            j = (j + 1) & self.mask
+            e = self._at(j)
+            if e[0] == 0:
+                break
+            home = (<uint32_t>e[1]) & self.mask
+            # Move j into the hole unless its home lies cyclically in (hole, j].
+            if (hole <= j and (home <= hole or home > j)) or (hole > j and home <= hole and home > j):
+                memcpy(self._at(hole), e, entry_bytes)
+                hole = j
+        memset(self._at(hole), 0, entry_bytes)
         self.size -= 1
+        self.moves += 1
+        Py_DECREF(<object>gone)
         return 0
 
     def clear(self):
-        self.removals += 1
-        self.index.clear()
-        self.used = self.size = self.hand = 0
-        self.free_head = -1
+        self._release_keys()
+        memset(self.entries, 0, (self.mask + 1) * <size_t>self.stride * sizeof(int64_t))
+        self.size = 0
+        self.hand = 0
+        self.moves += 1
 
 
 cdef inline object check_key(object key):
@@ -225,7 +302,7 @@ cdef class KeyedLimiter:
 
     cdef _setup(self, int32_t width, object max_keys, object clock, bint wall, object backend,
                 object spec, bint can_evict_busy=True):
-        cdef int64_t mk = check_count("max_keys", max_keys, 1, 0x7FFFFFFF)
+        cdef int64_t mk = check_count("max_keys", max_keys, 1, MAX_KEYS)
         self.table = KeyTable(width, mk, can_evict_busy)
         self.clock = check_clock(clock)
         self.wall = wall
@@ -348,27 +425,25 @@ cdef class RateKernel(KeyedLimiter):
         cdef Py_hash_t hashes[BATCH_CHUNK]
         cdef int32_t slots[BATCH_CHUNK]
         cdef Py_ssize_t start, m, j
-        cdef uint64_t removals
+        cdef uint64_t moves
         cdef KeyTable table = self.table
-        # In chunks, three passes so the cache misses of many keys overlap instead of
-        # queueing one after another: hash every key (touching its str) and prefetch
-        # its index entry; look the keys up and prefetch their rows; then decide in
-        # order. A lookup stays valid until a row is freed (a new key's insertion may
-        # reclaim idle rows), after which the chunk's rest takes the plain path.
+        # In chunks, so the cache misses of many keys overlap instead of queueing one
+        # after another: hash every key (touching its str) and prefetch its entry;
+        # look the keys up; then decide in order. A position stays valid until an
+        # entry moves (a new key's insertion may grow the table or reclaim idle rows),
+        # after which the rest of the chunk takes the plain path.
         for start in range(0, n, BATCH_CHUNK):
             m = min(BATCH_CHUNK, n - start)
             for j in range(m):
                 hashes[j] = PyObject_Hash(<object>items[start + j])
-                table.index.prefetch(hashes[j])
+                table.prefetch_home(hashes[j])
             for j in range(m):
-                slots[j] = table.index.get_hashed(<object>items[start + j], hashes[j])
-                if slots[j] >= 0:
-                    table.prefetch_row(slots[j])
-            removals = table.removals
+                slots[j] = table.lookup(<object>items[start + j], hashes[j])
+            moves = table.moves
             for j in range(m):
                 if has_costs:
                     c = cv[start + j]
-                if slots[j] >= 0 and table.removals == removals:
+                if slots[j] >= 0 and table.moves == moves:
                     table.touch(slots[j])
                     self._decide_row(slots[j], c, now, &o)
                 else:

@@ -30,6 +30,7 @@ cdef class FixedWindow(_Window):
     def __init__(self, limit, period, *, clock=None, max_keys=1_000_000, backend=None):
         self._setup_window("fixed_window", limit, period, clock, max_keys, backend, 2)
 
+    @cython.cdivision(True)  # operands are never negative and divisors never zero
     cdef int _decide_row(self, int32_t slot, int64_t cost, int64_t now, Outcome* out) except -1:
         cdef int64_t* row = self.table.row(slot)
         cdef int64_t start = now - now % self.period_ns
@@ -67,6 +68,7 @@ cdef class SlidingWindow(_Window):
     def __init__(self, limit, period, *, clock=None, max_keys=1_000_000, backend=None):
         self._setup_window("sliding_window", limit, period, clock, max_keys, backend, 3)
 
+    @cython.cdivision(True)  # operands are never negative and divisors never zero
     cdef int _decide_row(self, int32_t slot, int64_t cost, int64_t now, Outcome* out) except -1:
         cdef int64_t* row = self.table.row(slot)
         cdef int64_t P = self.period_ns
