@@ -70,13 +70,21 @@ class Ticket:
     """One admitted request: ends exactly once, whichever of completion, error or
     cancellation comes first (gRPC may report cancellation from another thread)."""
 
-    __slots__ = ("_once", "decision", "level", "started")
+    __slots__ = ("_once", "_tokens", "decision", "level", "started")
 
     def __init__(self, decision: Any, level: int) -> None:
         self.decision = decision
         self.level = level
         self.started = time.perf_counter()
         self._once = [True]
+
+    def __enter__(self) -> Ticket:
+        """Inside ``with ticket:``, ``current_decision()`` / ``current_level()`` are its own."""
+        self._tokens = bind(self.decision, self.level)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        unbind(self._tokens)
 
     def claim(self) -> bool:
         try:

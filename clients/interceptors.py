@@ -23,6 +23,7 @@ from typing import Any
 import grpc
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from limiter.clients.gate import Gate, Ticket, bind, unbind
+from limiter.clients.keys import value_of
 
 from limiter.errors import InvalidParameter
 
@@ -77,14 +78,7 @@ def by_peer(call: CallInfo) -> str:
 
 def by_metadata(name: str, default: str = "") -> KeyFunc:
     """Key by an invocation metadata value, e.g. ``by_metadata("x-tenant")``."""
-    if not isinstance(name, str) or not name:
-        raise InvalidParameter(f"metadata name must be a non-empty str, got {name!r}")
-
-    def key(call: CallInfo) -> str:
-        value = call.metadata(name)
-        return default if value is None else value
-
-    return key
+    return value_of(CallInfo.metadata, name, default, "metadata")
 
 
 def grpc_outcome(code: grpc.StatusCode | None) -> bool | None:
@@ -126,17 +120,61 @@ def rejection_message(decision: Any) -> str:
     return f"rate limited; retry after {decision.retry_after:.3f}s"
 
 
-class _Options:
-    """What both interceptors are configured with."""
+_END = object()  # the end of a handler's responses
+
+
+class _Finishing:
+    """Ends ``ticket`` with the RPC's classified outcome however the handler exits: its
+    status (set by the handler or its abort), UNKNOWN if it raised, nothing if it was
+    cancelled (not an Exception: a cancellation says nothing about the backend). With
+    ``bind``, the handler runs with the ticket's level and decision bound throughout."""
+
+    __slots__ = ("bind", "classify", "close", "context", "ticket", "tokens")
+
+    def __init__(
+        self,
+        interceptor: _Interceptor,
+        ticket: Ticket,
+        context: Any,
+        close: Callable[[Ticket, bool | None], None],
+        bind: bool,
+    ) -> None:
+        self.classify = interceptor.classify
+        self.ticket = ticket
+        self.context = context
+        self.close = close
+        self.bind = bind
+
+    def __enter__(self) -> None:
+        if self.bind:
+            self.tokens = bind(self.ticket.decision, self.ticket.level)
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> bool:
+        if self.bind:
+            unbind(self.tokens)
+        ok = None
+        if kind is None:
+            ok = self.classify(self.context.code())
+        elif issubclass(kind, Exception):
+            code = self.context.code()
+            ok = self.classify(code if code is not None else grpc.StatusCode.UNKNOWN)
+        self.close(self.ticket, ok)
+        return False
+
+
+class _Interceptor:
+    """What both interceptors share (sans-I/O): options, which RPCs to gate, the key
+    and cost of one, its refusal and its outcome. The subclasses only wait."""
 
     def __init__(
         self,
         limiter: object,
-        key: KeyFunc,
-        cost: int | Callable[[CallInfo], int],
-        methods: Iterable[str] | None,
-        classify: Callable[[grpc.StatusCode | None], bool | None],
-        gate_options: dict[str, Any],
+        *,
+        key: KeyFunc = by_method,
+        cost: int | Callable[[CallInfo], int] = 1,
+        methods: Iterable[str] | None = None,
+        classify: Callable[[grpc.StatusCode | None], bool | None] = grpc_outcome,
+        **gate_options: Any,
     ) -> None:
         if not callable(key):
             raise InvalidParameter(f"key must be a key function (CallInfo -> str), got {key!r:.80}")
@@ -155,43 +193,49 @@ class _Options:
         self.classify = classify
         self._wrapped: dict[str, tuple[Any, Any]] = {}
 
-    def applies(self, method: str) -> bool:
-        return self.methods is None or method in self.methods
-
-    def request(self, method: str, context: Any) -> tuple[str, int]:
+    def _request(self, method: str, context: Any) -> tuple[str, int]:
         call = CallInfo(method, context)
         cost = self.cost(call) if callable(self.cost) else self.cost
         return self.key(call), cost
 
-    def outcome(self, context: Any, default: grpc.StatusCode | None = None) -> bool | None:
-        """The finished RPC's status (set by the handler or its abort), classified."""
-        code = context.code()
-        return self.classify(code if code is not None else default)
+    def _refusal(self, decision: Any, key: str) -> tuple[grpc.StatusCode, str, tuple]:
+        """How a refused RPC ends: code, message and trailers."""
+        return (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            rejection_message(decision),
+            rejection_metadata(decision, key, self.gate),
+        )
 
-    def wrap(self, method: str, handler: Any, unary: Callable, stream: Callable) -> Any:
+    def _guard(self, method: str, handler: Any) -> Any:
         """The guarded handler, built once per method and cached."""
+        if handler is None or (self.methods is not None and method not in self.methods):
+            return handler
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
         if handler.unary_unary:
-            make, behavior, guard = grpc.unary_unary_rpc_method_handler, handler.unary_unary, unary
+            make, behavior, guard = (
+                grpc.unary_unary_rpc_method_handler,
+                handler.unary_unary,
+                self._unary,
+            )
         elif handler.unary_stream:
             make, behavior, guard = (
                 grpc.unary_stream_rpc_method_handler,
                 handler.unary_stream,
-                stream,
+                self._stream,
             )
         elif handler.stream_unary:
             make, behavior, guard = (
                 grpc.stream_unary_rpc_method_handler,
                 handler.stream_unary,
-                unary,
+                self._unary,
             )
         else:
             make, behavior, guard = (
                 grpc.stream_stream_rpc_method_handler,
                 handler.stream_stream,
-                stream,
+                self._stream,
             )
         wrapped = make(
             guard(method, behavior),
@@ -201,8 +245,12 @@ class _Options:
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
+    # The subclasses' shells: (method, behavior) -> guarded behavior.
+    _unary: Callable[[str, Callable], Callable]
+    _stream: Callable[[str, Callable], Callable]
 
-class RateLimitInterceptor(grpc.ServerInterceptor):
+
+class RateLimitInterceptor(_Interceptor, grpc.ServerInterceptor):
     """For ``grpc.server(..., interceptors=[RateLimitInterceptor(limiter)])``.
 
     ``key`` maps a ``CallInfo`` to the limiter key (default: the method name; see
@@ -212,98 +260,51 @@ class RateLimitInterceptor(grpc.ServerInterceptor):
     Other keyword arguments go to ``Gate`` (``feedback``, ``level``, ``policy``, ...).
     """
 
-    def __init__(
-        self,
-        limiter: object,
-        *,
-        key: KeyFunc = by_method,
-        cost: int | Callable[[CallInfo], int] = 1,
-        methods: Iterable[str] | None = None,
-        classify: Callable[[grpc.StatusCode | None], bool | None] = grpc_outcome,
-        **gate_options: Any,
-    ) -> None:
-        self.options = _Options(limiter, key, cost, methods, classify, gate_options)
-        if self.options.gate.is_async:
+    def __init__(self, limiter: object, **options: Any) -> None:
+        super().__init__(limiter, **options)
+        if self.gate.is_async:
             raise TypeError("grpc.server needs a synchronous limiter; use AioRateLimitInterceptor")
 
     def intercept_service(self, continuation: Callable, handler_call_details: Any) -> Any:
-        handler = continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or not self.options.applies(method):
-            return handler
-        return self.options.wrap(method, handler, self._unary, self._stream)
+        return self._guard(handler_call_details.method, continuation(handler_call_details))
 
     def _admit(self, method: str, context: Any) -> Ticket:
-        options = self.options
-        key, cost = options.request(method, context)
-        decision = options.gate.acquire(key, cost)
+        key, cost = self._request(method, context)
+        decision = self.gate.acquire(key, cost)
         if not decision.allowed:
-            context.abort_with_status(
-                _Status(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    rejection_message(decision),
-                    rejection_metadata(decision, key, options.gate),
-                )
-            )
+            context.abort_with_status(_Status(*self._refusal(decision, key)))
         if decision.wait > 0:
             time.sleep(decision.wait)
-        ticket = options.gate.open(decision)
+        ticket = self.gate.open(decision)
         # Fires on cancellation too, while the handler thread may still be running.
-        context.add_callback(functools.partial(options.gate.close, ticket, None))
+        context.add_callback(functools.partial(self.gate.close, ticket, None))
         return ticket
 
     def _unary(self, method: str, behavior: Callable) -> Callable:
-        options = self.options
-
         def guarded(request: Any, context: Any) -> Any:
             ticket = self._admit(method, context)
-            tokens = bind(ticket.decision, ticket.level)
-            ok = None
-            try:
-                response = behavior(request, context)
-                ok = options.outcome(context)
-                return response
-            except Exception:
-                ok = options.outcome(context, grpc.StatusCode.UNKNOWN)
-                raise
-            finally:
-                unbind(tokens)
-                options.gate.close(ticket, ok)
+            with _Finishing(self, ticket, context, self.gate.close, bind=True):
+                return behavior(request, context)
 
         return guarded
 
     def _stream(self, method: str, behavior: Callable) -> Callable:
-        options = self.options
-
         def guarded(request: Any, context: Any) -> Any:
             ticket = self._admit(method, context)
-            ok = None
-            try:
-                tokens = bind(ticket.decision, ticket.level)
-                try:
+            with _Finishing(self, ticket, context, self.gate.close, bind=False):
+                with ticket:
                     responses = iter(behavior(request, context))
-                finally:
-                    unbind(tokens)
                 while True:
-                    tokens = bind(ticket.decision, ticket.level)
-                    try:
-                        item = next(responses)
-                    except StopIteration:
+                    with ticket:
+                        item = next(responses, _END)
+                    if item is _END:
                         break
-                    finally:
-                        unbind(tokens)
                     yield item
-                ok = options.outcome(context)
-            except Exception:
-                ok = options.outcome(context, grpc.StatusCode.UNKNOWN)
-                raise
-            finally:
-                options.gate.close(ticket, ok)
 
         return guarded
 
 
-class AioRateLimitInterceptor(grpc.aio.ServerInterceptor):
+class AioRateLimitInterceptor(_Interceptor, grpc.aio.ServerInterceptor):
     """For ``grpc.aio.server(interceptors=[AioRateLimitInterceptor(limiter)])``.
 
     Same options as ``RateLimitInterceptor``; the limiter may also be an asyncio SDK
@@ -311,86 +312,43 @@ class AioRateLimitInterceptor(grpc.aio.ServerInterceptor):
     Handlers must be coroutines or async generators.
     """
 
-    def __init__(
-        self,
-        limiter: object,
-        *,
-        key: KeyFunc = by_method,
-        cost: int | Callable[[CallInfo], int] = 1,
-        methods: Iterable[str] | None = None,
-        classify: Callable[[grpc.StatusCode | None], bool | None] = grpc_outcome,
-        **gate_options: Any,
-    ) -> None:
-        self.options = _Options(limiter, key, cost, methods, classify, gate_options)
-
     async def intercept_service(self, continuation: Callable, handler_call_details: Any) -> Any:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or not self.options.applies(method):
-            return handler
-        return self.options.wrap(method, handler, self._unary, self._stream)
+        return self._guard(handler_call_details.method, await continuation(handler_call_details))
 
     async def _admit(self, method: str, context: Any) -> Ticket:
-        options = self.options
-        key, cost = options.request(method, context)
-        gate = options.gate
+        key, cost = self._request(method, context)
+        gate = self.gate
         decision = gate.acquire(key, cost) if gate.inline else await gate.acquire_async(key, cost)
         if not decision.allowed:
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                rejection_message(decision),
-                rejection_metadata(decision, key, options.gate),
-            )
+            await context.abort(*self._refusal(decision, key))
         if decision.wait > 0:
             await asyncio.sleep(decision.wait)
-        return options.gate.open(decision)
+        return gate.open(decision)
 
     def _unary(self, method: str, behavior: Callable) -> Callable:
         if not inspect.iscoroutinefunction(behavior):
             raise TypeError(f"{method}: grpc.aio handlers must be coroutine functions")
-        options = self.options
 
         async def guarded(request: Any, context: Any) -> Any:
             ticket = await self._admit(method, context)
-            tokens = bind(ticket.decision, ticket.level)
-            ok = None
-            try:
-                response = await behavior(request, context)
-                ok = options.outcome(context)
-                return response
-            except Exception:  # CancelledError passes by: a cancellation says nothing
-                ok = options.outcome(context, grpc.StatusCode.UNKNOWN)
-                raise
-            finally:
-                unbind(tokens)
-                options.gate.close_soon(ticket, ok)
+            with _Finishing(self, ticket, context, self.gate.close_soon, bind=True):
+                return await behavior(request, context)
 
         return guarded
 
     def _stream(self, method: str, behavior: Callable) -> Callable:
         if not inspect.isasyncgenfunction(behavior):
             return self._unary(method, behavior)  # writes with context.write()
-        options = self.options
 
         async def guarded(request: Any, context: Any) -> Any:
             ticket = await self._admit(method, context)
-            ok = None
-            try:
+            with _Finishing(self, ticket, context, self.gate.close_soon, bind=False):
                 responses = behavior(request, context)
                 while True:
-                    tokens = bind(ticket.decision, ticket.level)
-                    try:
-                        item = await responses.__anext__()
-                    except StopAsyncIteration:
+                    with ticket:
+                        item = await anext(responses, _END)
+                    if item is _END:
                         break
-                    finally:
-                        unbind(tokens)
                     yield item
-                ok = options.outcome(context)
-            except Exception:
-                ok = options.outcome(context, grpc.StatusCode.UNKNOWN)
-                raise
-            finally:
-                options.gate.close_soon(ticket, ok)
 
         return guarded

@@ -112,14 +112,22 @@ def client_ip(
 
 def header(name: str, default: str = "") -> KeyFunc:
     """Key by a request header's value, e.g. ``header("X-Api-Key")``."""
-    if not isinstance(name, str) or not name:
-        raise InvalidParameter(f"header name must be a non-empty str, got {name!r}")
+    return value_of(RequestInfo.header, name, default, "header")
 
-    def by_header(request: RequestInfo) -> str:
-        value = request.header(name)
+
+def value_of(
+    read: Callable[[Any, str], str | None], name: str, default: str, what: str
+) -> Callable[[Any], str]:
+    """A key function returning ``read(request, name)``, or ``default`` when absent
+    (for HTTP headers and gRPC metadata alike)."""
+    if not isinstance(name, str) or not name:
+        raise InvalidParameter(f"{what} name must be a non-empty str, got {name!r}")
+
+    def by_value(request: Any) -> str:
+        value = read(request, name)
         return default if value is None else value
 
-    return by_header
+    return by_value
 
 
 def route(*, method: bool = True) -> KeyFunc:

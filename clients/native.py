@@ -11,20 +11,19 @@ Over-limit answers are data; RPC failures go to the failure mode.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
+from operator import attrgetter
 from typing import Any
 
 import grpc
+from limiter.clients.connection import AioConnection, Connection
 from limiter.clients.fallback import ClientDecision
-from limiter.clients.policy import CallPolicy, aio_channel, channel
+from limiter.clients.policy import Call, CallPolicy
 from limiter.clients.throttle import AdaptiveThrottle
 from limiter.server import v1
 
 from limiter.errors import InvalidParameter
-
-log = logging.getLogger("limiter.clients")
 
 INT64_MAX = 2**63 - 1
 PRIORITIES = dict(v1.Priority.items())
@@ -67,18 +66,28 @@ def priority_value(priority: object) -> int:
     raise InvalidParameter(f"priority must be one of {names}, got {priority!r:.80}")
 
 
+def _side_call(what: str, rpc: Any, request: Any, answer: Callable[[Any], int]) -> Call:
+    """Release and Observe are off the decision path: never throttled, more time than a
+    decision, and a failure is logged and counted as nothing done (0), never raised."""
+    return Call(None, what, rpc, request, SIDE_TIMEOUT, answer, lambda _: 0)
+
+
 class _NativeBase:
+    """The sans-I/O part of both clients: options, checks, calls and their answers."""
+
     def __init__(
         self,
+        target: str | grpc.Channel | grpc.aio.Channel,
         domain: str,
         *,
-        rule: str,
-        timeout: float,
-        failure_mode: object,
-        throttle: AdaptiveThrottle | bool | None,
-        priority: object,
-        tenant: str,
-        observe_batch: int,
+        rule: str = "",
+        timeout: float = 0.020,
+        failure_mode: object = "allow",
+        throttle: AdaptiveThrottle | bool | None = True,
+        priority: object = None,
+        tenant: str = "",
+        observe_batch: int = 64,
+        observe_interval: float = 0.1,
     ) -> None:
         for name, value in (("domain", domain), ("rule", rule), ("tenant", tenant)):
             if not isinstance(value, str):
@@ -94,8 +103,11 @@ class _NativeBase:
         self.priority = priority_value(priority)
         self.tenant = tenant
         self.observe_batch = observe_batch
+        self.observe_interval = observe_interval
         self.policy = CallPolicy(timeout, failure_mode, throttle)
         self._observations: list[Any] = []
+        self._open(target)  # the I/O shell's
+        self.stub = v1.LimiterStub(self.channel)
 
     def check(
         self,
@@ -140,10 +152,29 @@ class _NativeBase:
             raise InvalidParameter("decide_batch needs at least one check")
         return out
 
-    def _deadline(self, checks: list[Any]) -> float:
-        return self.policy.timeout + max(c.max_wait for c in checks)
+    def _decide_call(self, checks: list[Any], release: Callable[[str], Any]) -> Call:
+        """``Decide`` for ``checks``; admitted permits are given back through ``release``."""
 
-    def _decision(self, result: Any, level: int, release: Callable[[str], None]) -> ClientDecision:
+        def answer(response: Any) -> list[ClientDecision]:
+            return [self._decision(r, response.level, release) for r in response.results]
+
+        def fallback(throttled: bool) -> list[ClientDecision]:
+            return [
+                self.policy.fallback_for(f"{c.domain}|{c.rule}|{c.key}", c.cost or 1, throttled)
+                for c in checks
+            ]
+
+        return Call(
+            self.policy,
+            "Decide",
+            self.stub.Decide,
+            v1.DecideRequest(checks=checks),
+            self.policy.timeout + max(c.max_wait for c in checks),
+            answer,
+            fallback,
+        )
+
+    def _decision(self, result: Any, level: int, release: Callable[[str], Any]) -> ClientDecision:
         cls = RemotePermit if result.permit else ClientDecision
         decision = cls(
             result.allowed,
@@ -158,11 +189,15 @@ class _NativeBase:
             decision._release = release
         return decision
 
-    def _fallback(self, checks: list[Any], throttled: bool) -> list[ClientDecision]:
-        return [
-            self.policy.fallback_for(f"{c.domain}|{c.rule}|{c.key}", c.cost or 1, throttled)
-            for c in checks
-        ]
+    def _release_call(self, permits: tuple[str, ...]) -> Call:
+        what = f"Release of {len(permits)} permit(s)"
+        request = v1.ReleaseRequest(permits=permits)
+        return _side_call(what, self.stub.Release, request, attrgetter("released"))
+
+    def _observe_call(self, batch: list[Any]) -> Call:
+        what = f"Observe of {len(batch)} observation(s)"
+        request = v1.ObserveRequest(observations=batch)
+        return _side_call(what, self.stub.Observe, request, attrgetter("accepted"))
 
     def _observation(self, latency: float, ok: bool, key: str, rule: str | None) -> Any:
         if isinstance(latency, bool) or not isinstance(latency, int | float) or not latency >= 0:
@@ -175,48 +210,17 @@ class _NativeBase:
             outcome=SUCCESS if ok else DROPPED,
         )
 
+    def _take_observations(self) -> list[Any]:
+        batch, self._observations = self._observations, []
+        return batch
 
-class LimiterClient(_NativeBase):
+
+class LimiterClient(_NativeBase, Connection):
     """Blocking client of ``limiter.v1``; thread-safe, one channel for its lifetime.
 
     ``acquire(key, cost)`` makes it usable wherever a limiter is (decorators,
     middleware, interceptors); ``record(latency_s, ok=)`` feeds adaptive rules.
     """
-
-    blocking = True  # acquire() does network I/O: async callers run it in a thread
-
-    def __init__(
-        self,
-        target: str | grpc.Channel,
-        domain: str,
-        *,
-        rule: str = "",
-        timeout: float = 0.020,
-        failure_mode: object = "allow",
-        throttle: AdaptiveThrottle | bool | None = True,
-        priority: object = None,
-        tenant: str = "",
-        observe_batch: int = 64,
-        observe_interval: float = 0.1,
-    ) -> None:
-        super().__init__(
-            domain,
-            rule=rule,
-            timeout=timeout,
-            failure_mode=failure_mode,
-            throttle=throttle,
-            priority=priority,
-            tenant=tenant,
-            observe_batch=observe_batch,
-        )
-        self._owned = isinstance(target, str)
-        self.channel = channel(target) if self._owned else target
-        self.stub = v1.LimiterStub(self.channel)
-        self.observe_interval = observe_interval
-        self._oldest = 0.0
-
-    def wait_ready(self, timeout: float = 5.0) -> None:
-        grpc.channel_ready_future(self.channel).result(timeout=timeout)
 
     def decide(self, key: str = "", cost: int = 1, **options: Any) -> ClientDecision:
         return self._decide([self.check(key, cost, **options)])[0]
@@ -229,27 +233,11 @@ class LimiterClient(_NativeBase):
         return self._decide(self._checks(checks))
 
     def _decide(self, checks: list[Any]) -> list[ClientDecision]:
-        if not self.policy.admit():
-            return self._fallback(checks, throttled=True)
-        try:
-            response = self.stub.Decide(
-                v1.DecideRequest(checks=checks), timeout=self._deadline(checks)
-            )
-        except grpc.RpcError as error:
-            self.policy.failed(error, "Decide")
-            return self._fallback(checks, throttled=False)
-        self.policy.answered()
-        return [self._decision(r, response.level, self.release) for r in response.results]
+        return self.call(self._decide_call(checks, self.release))
 
     def release(self, *permits: str) -> int:
         """Give permits back now; returns how many the service found (0 on failure)."""
-        try:
-            return self.stub.Release(
-                v1.ReleaseRequest(permits=permits), timeout=SIDE_TIMEOUT
-            ).released
-        except grpc.RpcError as error:
-            log.warning("Release of %d permit(s) failed: %s", len(permits), error.code())
-            return 0
+        return self.call(self._release_call(permits))
 
     def record(
         self, latency_s: float, ok: bool = True, *, key: str = "", rule: str | None = None
@@ -269,35 +257,21 @@ class LimiterClient(_NativeBase):
 
     def flush(self) -> int:
         """Send buffered observations now; returns how many the service accepted."""
-        batch, self._observations = self._observations, []
-        if not batch:
-            return 0
-        try:
-            return self.stub.Observe(
-                v1.ObserveRequest(observations=batch), timeout=SIDE_TIMEOUT
-            ).accepted
-        except grpc.RpcError as error:
-            log.warning("Observe of %d observation(s) failed: %s", len(batch), error.code())
-            return 0
+        batch = self._take_observations()
+        return self.call(self._observe_call(batch)) if batch else 0
 
     def close(self) -> None:
         self.flush()
-        if self._owned:
-            self.channel.close()
-
-    def __enter__(self) -> LimiterClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        super().close()
 
 
-class AsyncLimiterClient(_NativeBase):
+class AsyncLimiterClient(_NativeBase, AioConnection):
     """asyncio client of ``limiter.v1``; create and use it inside one event loop.
 
     Every ``decide``/``acquire`` awaited in the same loop turn shares one ``Decide``
     RPC (up to ``max_batch`` checks). Releases and observations are sent by
-    background tasks; ``flush()`` / ``close()`` wait for them.
+    background tasks; ``flush()`` / ``close()`` wait for them. Other options as
+    for ``LimiterClient``.
     """
 
     def __init__(
@@ -305,40 +279,25 @@ class AsyncLimiterClient(_NativeBase):
         target: str | grpc.aio.Channel,
         domain: str,
         *,
-        rule: str = "",
-        timeout: float = 0.020,
-        failure_mode: object = "allow",
-        throttle: AdaptiveThrottle | bool | None = True,
-        priority: object = None,
-        tenant: str = "",
         max_batch: int = 512,
         observe_batch: int = 256,
         observe_interval: float = 0.05,
+        **options: Any,
     ) -> None:
-        super().__init__(
-            domain,
-            rule=rule,
-            timeout=timeout,
-            failure_mode=failure_mode,
-            throttle=throttle,
-            priority=priority,
-            tenant=tenant,
-            observe_batch=observe_batch,
-        )
         if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
             raise InvalidParameter(f"max_batch must be an integer >= 1, got {max_batch!r}")
-        self._owned = isinstance(target, str)
-        self.channel = aio_channel(target) if self._owned else target
-        self.stub = v1.LimiterStub(self.channel)
+        super().__init__(
+            target,
+            domain,
+            observe_batch=observe_batch,
+            observe_interval=observe_interval,
+            **options,
+        )
         self.max_batch = max_batch
-        self.observe_interval = observe_interval
         self._pending: list[tuple[Any, asyncio.Future]] = []
         self._permits: list[str] = []
         self._tasks: set[asyncio.Task] = set()
         self._observe_timer: asyncio.TimerHandle | None = None
-
-    async def wait_ready(self, timeout: float = 5.0) -> None:
-        await asyncio.wait_for(self.channel.channel_ready(), timeout)
 
     async def decide(self, key: str = "", cost: int = 1, **options: Any) -> ClientDecision:
         return await self._enqueue(self.check(key, cost, **options))
@@ -379,17 +338,7 @@ class AsyncLimiterClient(_NativeBase):
                 decision.release()
 
     async def _decide(self, checks: list[Any]) -> list[ClientDecision]:
-        if not self.policy.admit():
-            return self._fallback(checks, throttled=True)
-        try:
-            response = await self.stub.Decide(
-                v1.DecideRequest(checks=checks), timeout=self._deadline(checks)
-            )
-        except grpc.RpcError as error:
-            self.policy.failed(error, "Decide")
-            return self._fallback(checks, throttled=False)
-        self.policy.answered()
-        return [self._decision(r, response.level, self._release_later) for r in response.results]
+        return await self.call(self._decide_call(checks, self._release_later))
 
     def _release_later(self, permit: str) -> None:
         self._permits.append(permit)
@@ -402,12 +351,7 @@ class AsyncLimiterClient(_NativeBase):
             self._spawn(self.release(*permits))
 
     async def release(self, *permits: str) -> int:
-        try:
-            request = v1.ReleaseRequest(permits=permits)
-            return (await self.stub.Release(request, timeout=SIDE_TIMEOUT)).released
-        except grpc.RpcError as error:
-            log.warning("Release of %d permit(s) failed: %s", len(permits), error.code())
-            return 0
+        return await self.call(self._release_call(permits))
 
     def record(
         self, latency_s: float, ok: bool = True, *, key: str = "", rule: str | None = None
@@ -424,17 +368,9 @@ class AsyncLimiterClient(_NativeBase):
         if self._observe_timer is not None:
             self._observe_timer.cancel()
             self._observe_timer = None
-        batch, self._observations = self._observations, []
+        batch = self._take_observations()
         if batch:
-            self._spawn(self._observe(batch))
-
-    async def _observe(self, batch: list[Any]) -> int:
-        try:
-            request = v1.ObserveRequest(observations=batch)
-            return (await self.stub.Observe(request, timeout=SIDE_TIMEOUT)).accepted
-        except grpc.RpcError as error:
-            log.warning("Observe of %d observation(s) failed: %s", len(batch), error.code())
-            return 0
+            self._spawn(self.call(self._observe_call(batch)))
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
@@ -451,11 +387,4 @@ class AsyncLimiterClient(_NativeBase):
 
     async def close(self) -> None:
         await self.flush()
-        if self._owned:
-            await self.channel.close()
-
-    async def __aenter__(self) -> AsyncLimiterClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+        await super().close()

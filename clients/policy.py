@@ -1,14 +1,19 @@
 """How an SDK client calls the decision service: deadline, throttling, failure mode.
 
-Sans-I/O: the sync and asyncio clients share this and differ only in how they
-await the RPC. A decision that cannot arrive within the deadline is worth less
-than a local guess, so every call has a short deadline (20 ms by default, as
-Envoy's rate-limit filter) and a failure mode decides when the service does not.
+Sans-I/O: a ``Call`` describes one RPC and what to answer whatever becomes of it;
+the blocking and asyncio shells in ``connection`` only make it, so both clients
+behave the same by construction. A decision that cannot arrive within the deadline
+is worth less than a local guess, so every call has a short deadline (20 ms by
+default, as Envoy's rate-limit filter) and a failure mode decides when the service
+does not.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from limiter.clients.fallback import ClientDecision, Fallback
@@ -17,15 +22,6 @@ from limiter.clients.throttle import AdaptiveThrottle
 from limiter.errors import InvalidParameter
 
 log = logging.getLogger("limiter.clients")
-
-# Quick reconnects: after the service restarts, decisions should come from it again
-# within about a second, not after gRPC's default backoff of up to two minutes.
-CHANNEL_OPTIONS = (
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-    ("grpc.keepalive_time_ms", 30_000),
-)
 
 # Codes that mean "the service did not answer": they fall back and count against it.
 # Anything else (INVALID_ARGUMENT, ...) is a bug in the request and is raised.
@@ -88,10 +84,38 @@ class CallPolicy:
         return self.fallback.decide(key, cost, "throttled" if throttled else "fallback")
 
 
-def channel(target: str, options: tuple = ()) -> grpc.Channel:
-    """A plain-text channel to ``target`` (``host:port``), reused for every call."""
-    return grpc.insecure_channel(target, options=CHANNEL_OPTIONS + tuple(options))
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One RPC described without making it: the request, its deadline, and what to
+    answer when the service answers, fails, or is not asked (throttled).
 
+    With a ``policy`` the call is on the decision path: throttled, classified on
+    failure, answered by the failure mode. Without one it is a side call (Release,
+    Observe): always sent, and a failure is logged, never raised.
+    """
 
-def aio_channel(target: str, options: tuple = ()) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS + tuple(options))
+    policy: CallPolicy | None
+    what: str
+    rpc: Callable[..., Any]
+    request: Any
+    timeout: float
+    answer: Callable[[Any], Any]  # response -> answer
+    fallback: Callable[[bool], Any]  # throttled -> answer without the service
+
+    def admit(self) -> bool:
+        return self.policy is None or self.policy.admit()
+
+    def throttled(self) -> Any:
+        return self.fallback(True)
+
+    def answered(self, response: Any) -> Any:
+        if self.policy is not None:
+            self.policy.answered()
+        return self.answer(response)
+
+    def failed(self, error: grpc.RpcError) -> Any:
+        if self.policy is None:
+            log.warning("%s failed: %s", self.what, error.code())
+        else:
+            self.policy.failed(error, self.what)
+        return self.fallback(False)

@@ -65,13 +65,16 @@ class _CallDetails(
     pass
 
 
-class _Policy:
+class _Retrying:
+    """What both interceptors share (sans-I/O): the retry policy."""
+
     def __init__(
         self,
-        max_attempts: int,
-        max_delay: float,
-        codes: Iterable[grpc.StatusCode],
-        jitter: float,
+        *,
+        max_attempts: int = 3,
+        max_delay: float = 10.0,
+        codes: Iterable[grpc.StatusCode] = RETRYABLE,
+        jitter: float = 0.1,
     ) -> None:
         if isinstance(max_attempts, bool) or not isinstance(max_attempts, int):
             raise InvalidParameter(f"max_attempts must be an integer >= 1, got {max_attempts!r}")
@@ -102,80 +105,72 @@ class _Policy:
         return delay
 
 
-def _with_timeout(details: Any, deadline: float | None) -> Any:
-    if deadline is None:
-        return details
-    remaining = max(0.0, deadline - time.monotonic())
-    if hasattr(details, "_replace"):  # grpc's own details types are namedtuples
-        return details._replace(timeout=remaining)
-    return _CallDetails(
-        details.method,
-        remaining,
-        details.metadata,
-        details.credentials,
-        getattr(details, "wait_for_ready", None),
-        getattr(details, "compression", None),
-    )
+class _Attempts:
+    """One call's attempts: the details of the next one (with what is left of the
+    deadline) and the delay before it."""
+
+    def __init__(self, retrying: _Retrying, details: Any) -> None:
+        self.retrying = retrying
+        self.first = details
+        self.deadline = None if details.timeout is None else time.monotonic() + details.timeout
+        self.attempt = 0
+
+    def next_details(self) -> Any:
+        """Details for the next attempt; call it just before making the attempt."""
+        self.attempt += 1
+        if self.attempt == 1 or self.deadline is None:
+            return self.first
+        remaining = max(0.0, self.deadline - time.monotonic())
+        if hasattr(self.first, "_replace"):  # grpc's own details types are namedtuples
+            return self.first._replace(timeout=remaining)
+        return _CallDetails(
+            self.first.method,
+            remaining,
+            self.first.metadata,
+            self.first.credentials,
+            getattr(self.first, "wait_for_ready", None),
+            getattr(self.first, "compression", None),
+        )
+
+    def delay(self, code: grpc.StatusCode, metadata: Any) -> float | None:
+        """Seconds to wait before retrying the attempt that ended so, or None: done."""
+        return self.retrying.next_delay(self.attempt, code, metadata, self.deadline)
 
 
-class PushbackRetryInterceptor(grpc.UnaryUnaryClientInterceptor):
+class PushbackRetryInterceptor(_Retrying, grpc.UnaryUnaryClientInterceptor):
     """For ``grpc.intercept_channel(channel, PushbackRetryInterceptor())``.
 
     ``max_attempts`` counts the first call; a server delay above ``max_delay`` is
     not waited for; ``jitter`` adds up to that fraction to each delay.
     """
 
-    def __init__(
-        self,
-        *,
-        max_attempts: int = 3,
-        max_delay: float = 10.0,
-        codes: Iterable[grpc.StatusCode] = RETRYABLE,
-        jitter: float = 0.1,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self.policy = _Policy(max_attempts, max_delay, codes, jitter)
+    def __init__(self, *, sleep: Callable[[float], None] = time.sleep, **options: Any) -> None:
+        super().__init__(**options)
         self.sleep = sleep
 
     def intercept_unary_unary(self, continuation: Callable, details: Any, request: Any) -> Any:
-        deadline = None if details.timeout is None else time.monotonic() + details.timeout
-        attempt = 1
+        attempts = _Attempts(self, details)
         while True:
-            call = continuation(details, request)
-            delay = self.policy.next_delay(attempt, call.code(), call.trailing_metadata(), deadline)
+            call = continuation(attempts.next_details(), request)
+            delay = attempts.delay(call.code(), call.trailing_metadata())
             if delay is None:
                 return call
             self.sleep(delay)
-            attempt += 1
-            details = _with_timeout(details, deadline)
 
 
-class AioPushbackRetryInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
+class AioPushbackRetryInterceptor(_Retrying, grpc.aio.UnaryUnaryClientInterceptor):
     """For ``grpc.aio.insecure_channel(target, interceptors=[AioPushbackRetryInterceptor()])``;
-    waits with ``asyncio.sleep``."""
-
-    def __init__(
-        self,
-        *,
-        max_attempts: int = 3,
-        max_delay: float = 10.0,
-        codes: Iterable[grpc.StatusCode] = RETRYABLE,
-        jitter: float = 0.1,
-    ) -> None:
-        self.policy = _Policy(max_attempts, max_delay, codes, jitter)
+    options as for ``PushbackRetryInterceptor``, waits with ``asyncio.sleep``."""
 
     async def intercept_unary_unary(
         self, continuation: Callable, details: Any, request: Any
     ) -> Any:
-        deadline = None if details.timeout is None else time.monotonic() + details.timeout
-        attempt = 1
+        attempts = _Attempts(self, details)
         while True:
-            call = await continuation(details, request)
+            call = await continuation(attempts.next_details(), request)
             code = await call.code()
-            metadata = await call.trailing_metadata() if code in self.policy.codes else None
-            delay = self.policy.next_delay(attempt, code, metadata, deadline)
+            metadata = await call.trailing_metadata() if code in self.codes else None
+            delay = attempts.delay(code, metadata)
             if delay is None:
                 return call
             await asyncio.sleep(delay)
-            attempt += 1
-            details = _with_timeout(details, deadline)

@@ -9,15 +9,15 @@ mode when the service does not.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import grpc
 from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+from limiter.clients.connection import AioConnection, Connection
 from limiter.clients.fallback import ClientDecision
-from limiter.clients.policy import CallPolicy, aio_channel, channel
+from limiter.clients.policy import Call, CallPolicy
 from limiter.clients.throttle import AdaptiveThrottle
 
 from limiter.errors import InvalidParameter
@@ -158,15 +158,23 @@ def summarize(allowed: bool, statuses: Sequence[Status], level: int) -> ClientDe
 
 
 class _RlsBase:
+    """The sans-I/O part of both clients: options, requests and their answers.
+
+    ``target`` is ``host:port`` or an existing channel (which the client does not
+    close). ``acquire(key, cost)`` makes a client usable wherever a limiter is
+    (decorators, middleware): it asks for the descriptor ``(descriptor_key, key)``.
+    """
+
     def __init__(
         self,
+        target: str | grpc.Channel | grpc.aio.Channel,
         domain: str,
         *,
-        timeout: float,
-        failure_mode: object,
-        throttle: AdaptiveThrottle | bool | None,
-        descriptor_key: str,
-        level_header: str,
+        timeout: float = 0.020,
+        failure_mode: object = "allow",
+        throttle: AdaptiveThrottle | bool | None = True,
+        descriptor_key: str = "key",
+        level_header: str = "x-limiter-level",
     ) -> None:
         if not isinstance(domain, str) or not domain:
             raise InvalidParameter(f"domain must be a non-empty str, got {domain!r}")
@@ -178,16 +186,31 @@ class _RlsBase:
         self.descriptor_key = descriptor_key
         self.level_header = level_header.lower()
         self.policy = CallPolicy(timeout, failure_mode, throttle)
+        self._open(target)  # the I/O shell's
+        self._should_rate_limit = rls_pb2_grpc.RateLimitServiceStub(self.channel).ShouldRateLimit
 
-    def _request(self, descriptors, hits_addend, domain) -> rls_pb2.RateLimitRequest:
-        return build_request(domain or self.domain, descriptors, hits_addend)
+    def _call(
+        self, descriptors: Iterable[Descriptor], hits_addend: int, domain: str | None
+    ) -> Call:
+        return self._request_call(build_request(domain or self.domain, descriptors, hits_addend))
 
-    def _key_request(self, key: str, cost: int) -> rls_pb2.RateLimitRequest:
+    def _key_call(self, key: str, cost: int) -> Call:
         if not isinstance(key, str):
             raise InvalidParameter(f"key must be a str, got {type(key).__name__}: {key!r:.80}")
         if isinstance(cost, bool) or not isinstance(cost, int) or cost < 1:
             raise InvalidParameter(f"cost must be an integer >= 1, got {cost!r}")
-        return build_request(self.domain, [((self.descriptor_key, key),)], cost)
+        return self._request_call(build_request(self.domain, [((self.descriptor_key, key),)], cost))
+
+    def _request_call(self, request: rls_pb2.RateLimitRequest) -> Call:
+        return Call(
+            self.policy,
+            "ShouldRateLimit",
+            self._should_rate_limit,
+            request,
+            self.policy.timeout,
+            lambda response: parse(response, self.level_header),
+            lambda throttled: self._fallback(request, throttled),
+        )
 
     def _fallback(self, request: rls_pb2.RateLimitRequest, throttled: bool) -> RlsAnswer:
         cost = request.hits_addend or 1
@@ -200,130 +223,28 @@ class _RlsBase:
         return RlsAnswer(allowed=not refused, source=decision.source, decision=decision)
 
 
-class RlsClient(_RlsBase):
-    """Blocking Envoy RLS client; thread-safe, one channel reused for every call.
-
-    ``target`` is ``host:port`` or an existing ``grpc.Channel`` (which the client
-    does not close). ``acquire(key, cost)`` makes it usable wherever a limiter is
-    (decorators, middleware): it asks for the descriptor ``(descriptor_key, key)``.
-    """
-
-    blocking = True  # acquire() does network I/O: async callers run it in a thread
-
-    def __init__(
-        self,
-        target: str | grpc.Channel,
-        domain: str,
-        *,
-        timeout: float = 0.020,
-        failure_mode: object = "allow",
-        throttle: AdaptiveThrottle | bool | None = True,
-        descriptor_key: str = "key",
-        level_header: str = "x-limiter-level",
-    ) -> None:
-        super().__init__(
-            domain,
-            timeout=timeout,
-            failure_mode=failure_mode,
-            throttle=throttle,
-            descriptor_key=descriptor_key,
-            level_header=level_header,
-        )
-        self._owned = isinstance(target, str)
-        self.channel = channel(target) if self._owned else target
-        self._call = rls_pb2_grpc.RateLimitServiceStub(self.channel).ShouldRateLimit
-
-    def wait_ready(self, timeout: float = 5.0) -> None:
-        """Block until the channel is connected (the first call then skips the handshake)."""
-        grpc.channel_ready_future(self.channel).result(timeout=timeout)
+class RlsClient(_RlsBase, Connection):
+    """Blocking Envoy RLS client; thread-safe, one channel reused for every call."""
 
     def should_rate_limit(
         self, descriptors: Iterable[Descriptor], *, hits_addend: int = 0, domain: str | None = None
     ) -> RlsAnswer:
-        return self._send(self._request(descriptors, hits_addend, domain))
+        return self.call(self._call(descriptors, hits_addend, domain))
 
     def acquire(self, key: str = "", cost: int = 1) -> ClientDecision:
-        return self._send(self._key_request(key, cost)).decision
-
-    def _send(self, request: rls_pb2.RateLimitRequest) -> RlsAnswer:
-        if not self.policy.admit():
-            return self._fallback(request, throttled=True)
-        try:
-            response = self._call(request, timeout=self.policy.timeout)
-        except grpc.RpcError as error:
-            self.policy.failed(error, "ShouldRateLimit")
-            return self._fallback(request, throttled=False)
-        self.policy.answered()
-        return parse(response, self.level_header)
-
-    def close(self) -> None:
-        if self._owned:
-            self.channel.close()
-
-    def __enter__(self) -> RlsClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        return self.call(self._key_call(key, cost)).decision
 
 
-class AsyncRlsClient(_RlsBase):
+class AsyncRlsClient(_RlsBase, AioConnection):
     """asyncio Envoy RLS client; same behaviour as ``RlsClient``, awaitable calls.
 
     Create it inside the event loop that uses it (grpc.aio channels are bound to one).
     """
 
-    def __init__(
-        self,
-        target: str | grpc.aio.Channel,
-        domain: str,
-        *,
-        timeout: float = 0.020,
-        failure_mode: object = "allow",
-        throttle: AdaptiveThrottle | bool | None = True,
-        descriptor_key: str = "key",
-        level_header: str = "x-limiter-level",
-    ) -> None:
-        super().__init__(
-            domain,
-            timeout=timeout,
-            failure_mode=failure_mode,
-            throttle=throttle,
-            descriptor_key=descriptor_key,
-            level_header=level_header,
-        )
-        self._owned = isinstance(target, str)
-        self.channel = aio_channel(target) if self._owned else target
-        self._call = rls_pb2_grpc.RateLimitServiceStub(self.channel).ShouldRateLimit
-
-    async def wait_ready(self, timeout: float = 5.0) -> None:
-        await asyncio.wait_for(self.channel.channel_ready(), timeout)
-
     async def should_rate_limit(
         self, descriptors: Iterable[Descriptor], *, hits_addend: int = 0, domain: str | None = None
     ) -> RlsAnswer:
-        return await self._send(self._request(descriptors, hits_addend, domain))
+        return await self.call(self._call(descriptors, hits_addend, domain))
 
     async def acquire(self, key: str = "", cost: int = 1) -> ClientDecision:
-        return (await self._send(self._key_request(key, cost))).decision
-
-    async def _send(self, request: rls_pb2.RateLimitRequest) -> RlsAnswer:
-        if not self.policy.admit():
-            return self._fallback(request, throttled=True)
-        try:
-            response = await self._call(request, timeout=self.policy.timeout)
-        except grpc.RpcError as error:
-            self.policy.failed(error, "ShouldRateLimit")
-            return self._fallback(request, throttled=False)
-        self.policy.answered()
-        return parse(response, self.level_header)
-
-    async def close(self) -> None:
-        if self._owned:
-            await self.channel.close()
-
-    async def __aenter__(self) -> AsyncRlsClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+        return (await self.call(self._key_call(key, cost))).decision

@@ -13,9 +13,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from limiter.clients.asgi import check_options, outcome, rejection_body
-from limiter.clients.gate import Gate, bind, unbind
-from limiter.clients.keys import KeyFunc, RequestInfo, client_ip
+from limiter.clients.gate import bind, unbind
+from limiter.clients.keys import RequestInfo
+from limiter.clients.middleware import Middleware, outcome, rejection_body
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -44,45 +44,26 @@ class _Response:
             self._end(outcome(self._state[0]) if self._state else None)
 
 
-class RateLimitMiddleware:
+class RateLimitMiddleware(Middleware):
     """Wrap ``app``: ``app.wsgi_app = RateLimitMiddleware(app.wsgi_app, limiter)``.
 
-    Options as for the ASGI middleware. The limiter is called inline: WSGI servers
+    Options as for ``Middleware``. The limiter is called inline: WSGI servers
     run each request on its own thread, so a remote limiter blocks only that one.
     """
 
-    def __init__(
-        self,
-        app: WSGIApp,
-        limiter: object,
-        *,
-        key: KeyFunc | None = None,
-        cost: int | Callable[[RequestInfo], int] = 1,
-        exempt: Iterable[str] = (),
-        headers_on_success: bool = True,
-        level_header: str | None = "x-limiter-level",
-        **gate_options: Any,
-    ) -> None:
-        key = key or client_ip()
-        exempt = check_options(key, cost, exempt, level_header)
-        self.app = app
-        self.gate = Gate(limiter, **gate_options)
+    def __init__(self, app: WSGIApp, limiter: object, **options: Any) -> None:
+        super().__init__(app, limiter, **options)
         if self.gate.is_async:
             raise TypeError("a WSGI app needs a synchronous limiter, not an asyncio client")
-        self.key = key
-        self.cost = cost
-        self.exempt = exempt
-        self.headers_on_success = headers_on_success
-        self.level_environ = (
-            "HTTP_" + level_header.upper().replace("-", "_") if level_header else None
-        )
+
+    @staticmethod
+    def _level_name(header: str) -> str:
+        return "HTTP_" + header.upper().replace("-", "_")
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         if environ.get("PATH_INFO") in self.exempt:
             return self.app(environ, start_response)
-        request = RequestInfo.from_environ(environ)
-        cost = self.cost(request) if callable(self.cost) else self.cost
-        decision = self.gate.acquire(self.key(request), cost)
+        decision = self.gate.acquire(*self._key_cost(RequestInfo.from_environ(environ)))
         if not decision.allowed:
             body = rejection_body(decision)
             start_response(
@@ -99,12 +80,12 @@ class RateLimitMiddleware:
         ticket = self.gate.open(decision)
         environ["limiter.level"] = ticket.level
         environ["limiter.decision"] = decision
-        if self.level_environ:
+        if self.level_header:
             # Only limiter may set the level header: a client's own copy is dropped.
-            environ.pop(self.level_environ, None)
+            environ.pop(self.level_header, None)
             if ticket.level:
-                environ[self.level_environ] = str(ticket.level)
-        extra = self.gate.headers(decision) if self.headers_on_success else []
+                environ[self.level_header] = str(ticket.level)
+        extra = self._success_headers(decision)
         state: list[int] = []
 
         def start(status: str, headers: list, exc_info: Any = None) -> Any:

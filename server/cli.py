@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -59,6 +60,28 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _env_option(
+    parser: argparse.ArgumentParser,
+    flag: str,
+    default: Any,
+    kind: Callable[[str], Any] | None = None,
+    *,
+    env: str | None = None,
+    help: str,
+    **options: Any,
+) -> None:
+    """A ``serve`` option that environment variable ``env`` (by default LIMITER_ and the
+    flag's name, e.g. LIMITER_GRPC_PORT) may also give."""
+    env = env or "LIMITER_" + flag.removeprefix("--").upper().replace("-", "_")
+    parser.add_argument(
+        flag,
+        type=kind,
+        default=_env(env, default, kind or str),
+        help=f"{help} [env {env}]",
+        **options,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="limiter",
@@ -74,85 +97,75 @@ def build_parser() -> argparse.ArgumentParser:
         "drained); SIGHUP or a change to the config file reloads the rules, keeping the "
         "last good config if the new one is invalid.",
     )
-    serve.add_argument(
+    option = functools.partial(_env_option, serve)
+    option(
         "--config",
-        default=_env("LIMITER_CONFIG", None),
+        None,
         help="rules file or directory of *.yaml (envoyproxy/ratelimit format plus "
-        "limiter extensions) [env LIMITER_CONFIG]",
+        "limiter extensions)",
     )
-    serve.add_argument(
+    option(
         "--redis",
+        None,
+        env="LIMITER_REDIS_URL",
         metavar="URL",
-        default=_env("LIMITER_REDIS_URL", None),
         help="share limiter state through this backend (redis://, rediss://, "
-        "redis+cluster://, redis+sentinel://); default: in-process memory "
-        "[env LIMITER_REDIS_URL]",
+        "redis+cluster://, redis+sentinel://); default: in-process memory",
     )
-    serve.add_argument(
-        "--host",
-        default=_env("LIMITER_HOST", "0.0.0.0"),
-        help="address both ports bind to (default 0.0.0.0) [env LIMITER_HOST]",
-    )
-    serve.add_argument(
+    option("--host", "0.0.0.0", help="address both ports bind to (default 0.0.0.0)")
+    option(
         "--grpc-port",
-        type=_port,
-        default=_env("LIMITER_GRPC_PORT", 8081, _port),
-        help="gRPC port: RLS v3, limiter.v1, health, reflection (default 8081) "
-        "[env LIMITER_GRPC_PORT]",
+        8081,
+        _port,
+        help="gRPC port: RLS v3, limiter.v1, health, reflection (default 8081)",
     )
-    serve.add_argument(
-        "--http-port",
-        type=_port,
-        default=_env("LIMITER_HTTP_PORT", 8080, _port),
-        help="HTTP port: /healthcheck, /metrics, /json (default 8080) [env LIMITER_HTTP_PORT]",
+    option(
+        "--http-port", 8080, _port, help="HTTP port: /healthcheck, /metrics, /json (default 8080)"
     )
-    serve.add_argument(
+    option(
         "--workers",
-        type=_positive_int,
-        default=_env("LIMITER_WORKERS", 1, _positive_int),
+        1,
+        _positive_int,
         help="processes serving the same ports (SO_REUSEPORT); more than 1 needs --redis "
-        "so they share limits (default 1) [env LIMITER_WORKERS]",
+        "so they share limits (default 1)",
     )
-    serve.add_argument(
+    option(
         "--headers",
+        "ietf",
         choices=("ietf", "legacy", "both", "none"),
-        default=_env("LIMITER_HEADERS", "ietf"),
         help="rate-limit headers in RLS responses: IETF RateLimit-Policy/RateLimit, legacy "
-        "X-RateLimit-*, both or none; Retry-After is added when over limit (default ietf) "
-        "[env LIMITER_HEADERS]",
+        "X-RateLimit-*, both or none; Retry-After is added when over limit (default ietf)",
     )
-    serve.add_argument(
+    option(
         "--drain-seconds",
-        type=_seconds,
-        default=_env("LIMITER_DRAIN_SECONDS", 5.0, _seconds),
-        help="on SIGTERM, how long in-flight RPCs may finish (default 5) "
-        "[env LIMITER_DRAIN_SECONDS]",
+        5.0,
+        _seconds,
+        help="on SIGTERM, how long in-flight RPCs may finish (default 5)",
     )
-    serve.add_argument(
+    option(
         "--reload-interval",
-        type=_seconds,
-        default=_env("LIMITER_RELOAD_INTERVAL", 1.0, _seconds),
-        help="seconds between config file change checks (default 1) [env LIMITER_RELOAD_INTERVAL]",
+        1.0,
+        _seconds,
+        help="seconds between config file change checks (default 1)",
     )
-    serve.add_argument(
+    option(
         "--max-keys",
-        type=_positive_int,
-        default=_env("LIMITER_MAX_KEYS", 1_000_000, _positive_int),
+        1_000_000,
+        _positive_int,
         help="keys tracked per rule in memory; the least recently used is evicted beyond "
-        "(default 1000000) [env LIMITER_MAX_KEYS]",
+        "(default 1000000)",
     )
-    serve.add_argument(
+    option(
         "--permit-ttl",
-        type=_seconds,
-        default=_env("LIMITER_PERMIT_TTL", 60.0, _seconds),
-        help="seconds a concurrency permit from Decide is held if Release never comes "
-        "(default 60) [env LIMITER_PERMIT_TTL]",
+        60.0,
+        _seconds,
+        help="seconds a concurrency permit from Decide is held if Release never comes (default 60)",
     )
-    serve.add_argument(
+    option(
         "--log-level",
+        "info",
         choices=("debug", "info", "warning", "error"),
-        default=_env("LIMITER_LOG_LEVEL", "info"),
-        help="JSON logs on stderr at this level (default info) [env LIMITER_LOG_LEVEL]",
+        help="JSON logs on stderr at this level (default info)",
     )
     # Set by the supervisor for its worker processes.
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)

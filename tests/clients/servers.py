@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import http.client
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import http_sf
 
 from tests.support import free_port, wait_for_port
 
@@ -84,6 +87,38 @@ def http_get(
         return response.status, {k.lower(): v for k, v in response.getheaders()}, body
     finally:
         conn.close()
+
+
+def check_refusal(
+    server: Callable[[Any], AbstractContextManager[int]],
+    app: Any,
+    policy: str,
+    quota: int,
+    window: int,
+) -> None:
+    """Served by ``server``, ``app`` (a middleware over a fixed window of ``quota``
+    requests) admits ``quota`` requests with the IETF RateLimit fields counting down,
+    then refuses with 429 (its app never runs), the policy, the reset and Retry-After."""
+    with server(app) as port:
+        answers = [http_get(port) for _ in range(quota + 1)]
+    policy_field = [(policy, {"q": quota, "w": window})]
+    for i, (status, headers, body) in enumerate(answers[:quota]):
+        assert status == 200 and headers["x-app"] == "1"
+        assert _structured(headers["ratelimit-policy"]) == policy_field
+        assert _structured(headers["ratelimit"])[0][1]["r"] == quota - 1 - i
+        assert json.loads(body)["remaining"] == quota - 1 - i
+    status, headers, body = answers[quota]
+    assert status == 429 and "x-app" not in headers
+    assert _structured(headers["ratelimit-policy"]) == policy_field
+    (name, params) = _structured(headers["ratelimit"])[0]
+    assert name == policy and params["r"] == 0 and 0 < params["t"] <= window
+    assert int(headers["retry-after"]) >= params["t"]
+    assert json.loads(body)["error"] == "rate_limited"
+
+
+def _structured(value: str) -> Any:
+    """An RFC 9651 list field, parsed."""
+    return http_sf.parse(value.encode(), tltype="list")
 
 
 class Recorder:

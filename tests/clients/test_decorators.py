@@ -19,20 +19,13 @@ from limiter import (
 )
 from limiter.decorators import acquire_waiting, limited, rate_limited
 from tests.clients.servers import frozen
+from tests.core.clock import ManualClock
 
 S = 1_000_000_000
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0
-
-    def __call__(self) -> int:
-        return self.now
-
-
 def test_sync_decorator_refuses_with_retry_after():
-    clock = Clock()
+    clock = ManualClock(0)
     bucket = TokenBucket(rate=1.0, burst=2, clock=clock)
 
     @rate_limited(bucket, key=lambda user: user)

@@ -138,6 +138,38 @@ def test_native_client_errors_and_bad_input(service):
         client.should_rate_limit([{}])
 
 
+def test_client_options_checked_and_a_borrowed_channel_left_open(service):
+    """Both flavours check the options they share before opening a channel; a channel
+    the caller passed in stays the caller's to close."""
+    for bad, match in (
+        ({"max_batch": 0}, "max_batch"),
+        ({"observe_batch": 0}, "observe_batch"),
+        ({"tenant": 7}, "tenant"),
+        ({"throttle": "yes"}, "throttle"),
+    ):
+        with pytest.raises(InvalidParameter, match=match):
+            AsyncLimiterClient(service.target, "sdk", **bad)
+    with pytest.raises(InvalidParameter, match="observe_batch"):
+        LimiterClient(service.target, "sdk", observe_batch=True)
+    with pytest.raises(TypeError, match="max_batch"):
+        LimiterClient(service.target, "sdk", max_batch=8)  # only the asyncio client batches
+    with pytest.raises(InvalidParameter, match="descriptor_key"):
+        AsyncRlsClient(service.target, "sdk", descriptor_key="")
+    channel = grpc.insecure_channel(service.target)
+    try:
+        with (
+            RlsClient(channel, "sdk", timeout=SLOW_CI) as rls,
+            LimiterClient(channel, "sdk", rule="per-key", timeout=SLOW_CI) as native,
+        ):
+            assert rls.channel is channel and native.channel is channel
+            assert rls.acquire("borrowed").source == "service"
+            assert native.acquire("borrowed").source == "service"
+        answer = RlsClient(channel, "sdk", timeout=SLOW_CI).should_rate_limit([{"key": "borrowed"}])
+        assert answer.source == "service" and answer.statuses[0].name == "per-key"
+    finally:
+        channel.close()
+
+
 def test_async_native_client_coalesces_concurrent_checks(service):
     rpcs = []
 

@@ -8,20 +8,13 @@ import pytest
 from limiter.clients import AdaptiveThrottle
 
 from limiter import InvalidParameter
+from tests.core.clock import ManualClock
 
 S = 1_000_000_000
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0
-
-    def __call__(self) -> int:
-        return self.now
-
-
 def test_healthy_service_is_never_throttled():
-    clock = Clock()
+    clock = ManualClock(0)
     throttle = AdaptiveThrottle(clock=clock, random=lambda: 0.0)  # the most eager dice
     for _ in range(1000):
         assert throttle.allow_request()
@@ -31,7 +24,7 @@ def test_healthy_service_is_never_throttled():
 
 
 def test_probability_follows_the_formula():
-    clock = Clock()
+    clock = ManualClock(0)
     throttle = AdaptiveThrottle(k=2.0, clock=clock, random=lambda: 0.99)
     for i in range(100):
         throttle.allow_request()
@@ -49,7 +42,7 @@ def test_probability_follows_the_formula():
 
 
 def test_rejects_by_the_dice_and_counts_local_rejections():
-    clock = Clock()
+    clock = ManualClock(0)
     dice = iter([0.5, 0.95])
     throttle = AdaptiveThrottle(clock=clock, random=lambda: next(dice))
     for _ in range(9):  # a dead service: nothing accepted; p = 9/10 before the next call
@@ -61,7 +54,7 @@ def test_rejects_by_the_dice_and_counts_local_rejections():
 
 
 def test_window_slides_and_forgets():
-    clock = Clock()
+    clock = ManualClock(0)
     throttle = AdaptiveThrottle(window=10.0, buckets=10, clock=clock, random=lambda: 0.0)
     for _ in range(50):
         throttle.allow_request()
@@ -79,7 +72,7 @@ def test_window_slides_and_forgets():
 
 
 def test_recovers_when_the_service_answers_again():
-    clock = Clock()
+    clock = ManualClock(0)
     dice = random.Random(7)
     throttle = AdaptiveThrottle(window=2.0, buckets=4, clock=clock, random=dice.random)
     for _ in range(100):

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import time
 
-import http_sf
 import pytest
 from limiter.clients.keys import client_ip, header
 from limiter.clients.wsgi import RateLimitMiddleware
 
 from limiter import ConcurrencyLimit, FixedWindow, InvalidParameter, TokenBucket
-from tests.clients.servers import Recorder, frozen, http_get, wait_until, wsgi_server
+from tests.clients.servers import Recorder, check_refusal, frozen, http_get, wait_until, wsgi_server
 
 
 def app(environ, start_response):
@@ -41,25 +40,9 @@ def streaming_app(environ, start_response):
         yield part
 
 
-def sf(value: str):
-    return http_sf.parse(value.encode(), tltype="list")
-
-
 def test_refuses_with_429_and_ietf_headers():
     mw = RateLimitMiddleware(app, FixedWindow(2, 30.0, clock=frozen()), policy="per-ip")
-    with wsgi_server(mw) as port:
-        answers = [http_get(port) for _ in range(3)]
-    for i, (status, headers, body) in enumerate(answers[:2]):
-        assert status == 200 and headers["x-app"] == "1"
-        assert sf(headers["ratelimit-policy"]) == [("per-ip", {"q": 2, "w": 30})]
-        assert sf(headers["ratelimit"])[0][1]["r"] == 1 - i
-        assert json.loads(body)["remaining"] == 1 - i
-    status, headers, body = answers[2]
-    assert status == 429 and "x-app" not in headers
-    (name, params) = sf(headers["ratelimit"])[0]
-    assert name == "per-ip" and params["r"] == 0 and 0 < params["t"] <= 30
-    assert int(headers["retry-after"]) >= params["t"]
-    assert json.loads(body)["error"] == "rate_limited"
+    check_refusal(wsgi_server, mw, "per-ip", 2, 30)
 
 
 def test_keys_trusted_proxy_and_header():
