@@ -89,6 +89,7 @@ cdef class ConcurrencyLimit(KeyedLimiter):
             decision, lease = self.remote.acquire_lease(key, c)
             return self._remote_permit(key, c, decision, lease)
         cdef Outcome o
+        o.detail = True
         cdef Permit p = Permit.__new__(Permit)
         self._decide(key, c, 0, &o)
         p.allowed = o.allowed

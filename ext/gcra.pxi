@@ -39,16 +39,18 @@ cdef class _Gcra(RateKernel):
         out.wait_ns = 0
         if allow_at > now:
             out.allowed = False
-            out.remaining = (self.tolerance - (tat - now)) // self.interval
-            out.reset_ns = tat - now
-            out.retry_ns = allow_at - now
+            if out.detail:
+                out.remaining = (self.tolerance - (tat - now)) // self.interval
+                out.reset_ns = tat - now
+                out.retry_ns = allow_at - now
             return 0
         row[0] = new_tat
         self.table.set_idle(slot, new_tat)
         out.allowed = True
-        out.remaining = (self.tolerance - (new_tat - now)) // self.interval
-        out.reset_ns = new_tat - now
-        out.retry_ns = 0
+        if out.detail:
+            out.remaining = (self.tolerance - (new_tat - now)) // self.interval
+            out.reset_ns = new_tat - now
+            out.retry_ns = 0
         return 0
 
     @property

@@ -13,7 +13,17 @@ from libc.string cimport memset
 
 cdef extern from "Python.h":
     ctypedef Py_ssize_t Py_hash_t
-    Py_hash_t PyObject_Hash(object obj) except? -1
+
+
+cdef extern from *:
+    """
+    /* An exact str caches its hash in the object: read it without a call. */
+    static inline Py_hash_t lim_str_hash(PyObject* s) {
+        Py_hash_t h = ((PyASCIIObject*)s)->hash;
+        return h != -1 ? h : PyObject_Hash(s);
+    }
+    """
+    Py_hash_t str_hash "lim_str_hash" (object key) except? -1
 
 
 cdef extern from *:
@@ -135,11 +145,11 @@ cdef class KeyTable:
 
     cdef inline int32_t find(self, object key) except -2:
         """Position of ``key`` or -1."""
-        return self.lookup(key, PyObject_Hash(key))
+        return self.lookup(key, str_hash(key))
 
     cdef inline int32_t get(self, object key, int64_t now) except -2:
         """Position of ``key``, created fresh if absent; marks it recently used."""
-        cdef Py_hash_t h = PyObject_Hash(key)
+        cdef Py_hash_t h = str_hash(key)
         cdef int32_t pos = self.lookup(key, h)
         if pos >= 0:
             self.touch(pos)
@@ -278,6 +288,7 @@ cdef inline int64_t cost_arg(object cost, int64_t maximum) except -1:
 
 
 cdef struct Outcome:
+    bint detail  # set by the caller: false when only ``allowed`` will be read
     bint allowed
     int64_t remaining
     int64_t reset_ns
@@ -357,6 +368,7 @@ cdef class RateKernel(KeyedLimiter):
             return self.remote.acquire(key, c)
         cdef int64_t now = self._now()
         cdef Outcome o
+        o.detail = True
         self._decide(key, c, now, &o)
         return make_decision(o.allowed, self.limit_value, o.remaining, o.reset_ns,
                              o.retry_ns, o.wait_ns)
@@ -376,6 +388,7 @@ cdef class RateKernel(KeyedLimiter):
             return self.remote.acquire(key, c).allowed
         cdef int64_t now = self._now()
         cdef Outcome o
+        o.detail = False
         self._decide(key, c, now, &o)
         return o.allowed
 
@@ -391,6 +404,7 @@ cdef class RateKernel(KeyedLimiter):
         cdef const int64_t[::1] cv
         cdef int64_t c = 1
         cdef Outcome o
+        o.detail = False
         cdef bint has_costs = costs is not None
         if has_costs:
             arr = np.ascontiguousarray(costs)
@@ -435,7 +449,7 @@ cdef class RateKernel(KeyedLimiter):
         for start in range(0, n, BATCH_CHUNK):
             m = min(BATCH_CHUNK, n - start)
             for j in range(m):
-                hashes[j] = PyObject_Hash(<object>items[start + j])
+                hashes[j] = str_hash(<object>items[start + j])
                 table.prefetch_home(hashes[j])
             for j in range(m):
                 slots[j] = table.lookup(<object>items[start + j], hashes[j])
