@@ -31,7 +31,9 @@ or 503 when the shared switch store is unreachable):
 - ``GET /v1/levels`` -> ``{"levels": [{"service", "level", "name", "computed",
   "forced", "max_level", "pressure", "signals"}]}``
 - ``GET /v1/breakers`` -> ``{"breakers": [{"name", "state", "mode", "calls",
-  "failures", "slow", "consecutive_failures", "rejected", "retry_after"}]}``
+  "failures", "slow", "consecutive_failures", "rejected", "retry_after"}],
+  "configured": [dependency, ...]}`` (breakers exist once used; ``configured`` names
+  the dependencies of the ``breakers:`` section)
 - ``GET /v1/blocked`` -> ``{"blocked": [{"client", "seconds_left"}]}``
 - ``GET /v1/top/clients?rule=&n=10`` -> ``{"clients": [{"rule", "client", "count",
   "error", "share"}]}`` (all rules merged without ``rule``)
@@ -39,6 +41,16 @@ or 503 when the shared switch store is unreachable):
   "throttling"}]}``, the rules throttling hardest (for autoscalers)
 - ``GET /v1/events?since=0&limit=100`` -> ``{"events": [...]}``: alerts and changes of
   this replica, each with a ``seq`` to poll from
+- ``GET /v1/rules?history=0&domain=`` -> ``{"rules": [{"key", "domain", "rule", "name",
+  "id", "algorithm", "limit", "unit", "burst", "unlimited", "shadow_mode", "priority",
+  "request_override", "total_hits", "over_limit", "near_limit", "within_limit",
+  "shadow_hits", "backend_errors", "hits_per_s", "over_per_s", "adaptive", "switch",
+  "history"?}], "step", "pid"}``: every rule of this process with its counters, its rates over
+  the last ~1 s step (None until two samples), an adaptive rule's ``{"limit",
+  "percentile", "observed", "target_latency", "mode", "in_flight"}``, the switch acting
+  on it, and with ``history=N`` (<= 60) its last N per-step rates (configured rules
+  only, not limits supplied by requests; see
+  ``limiter.server.console``). Empty when the API runs without a service.
 - ``GET /v1/status`` -> levels, kill switch, switch count, store health, throttling
   rules, webhook delivery counters
 """
@@ -59,6 +71,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+from limiter.server.console import RuleRates, rules_view, sample_engine
 
 from limiter import Decision
 from limiter import config as rules
@@ -95,6 +109,7 @@ MIN_TOKEN_LENGTH = 16
 MAX_BODY = 64 * 1024
 # Largest weight a sketch counts at once (the kernels' MAX_COUNT).
 MAX_WEIGHT = 1 << 40
+LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
 
 # Config sections this side owns: name -> parser(value, where), for register_section.
 SECTIONS: dict[str, Callable[[Any, str], Any]] = {
@@ -173,6 +188,9 @@ class Ops:
     abnormal: AbnormalAccess | None
     token: str | None = None
     housekeeping_interval: float = 0.5
+    # The service's engine (set by ``install``; read-only here) and its per-rule rates.
+    engine: Any = None
+    rates: RuleRates = field(default_factory=RuleRates)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _routes: list[tuple[str, str, Callable[[Request], Response]]] | None = None
@@ -249,9 +267,14 @@ class Ops:
                 },
             )
 
+    def _sample_rules(self) -> None:
+        if self.engine is not None:
+            sample_engine(self.engine, self.rates)
+
     def tick(self) -> None:
         """One round of housekeeping (also run by the background thread)."""
         for step in (
+            self._sample_rules,
             self._pressure,
             self._sweep,
             self.throttle.tick,
@@ -336,6 +359,7 @@ def build(
             else None
         ),
         token=token,
+        rates=RuleRates(clock) if clock is not None else RuleRates(),
     )
     return ops.start() if start else ops
 
@@ -443,7 +467,19 @@ def routes(ops: Ops) -> list[tuple[str, str, Callable[[Request], Response]]]:
         return _json(200, {"levels": ops.levels.snapshot()})
 
     def breakers(req: Request) -> Response:
-        return _json(200, {"breakers": ops.breakers.snapshot()})
+        configured = sorted(ops.breakers.configs)
+        return _json(200, {"breakers": ops.breakers.snapshot(), "configured": configured})
+
+    def rules_list(req: Request) -> Response:
+        history = _int(req.query, "history", 0, ops.rates.keep - 1)
+        domain = req.query.get("domain")  # an empty value is dropped: all domains
+        rows = []
+        if ops.engine is not None:
+            rows = rules_view(
+                ops.engine, ops.rates, ops.switches.rule, history=history, domain=domain
+            )
+        # Each replica (and --workers process) counts its own checks: say whose these are.
+        return _json(200, {"rules": rows, "step": ops.rates.step_ns / 1e9, "pid": os.getpid()})
 
     def blocked(req: Request) -> Response:
         return _json(200, {"blocked": [] if ops.abnormal is None else ops.abnormal.blocked()})
@@ -483,6 +519,7 @@ def routes(ops: Ops) -> list[tuple[str, str, Callable[[Request], Response]]]:
         ("GET", "/v1/audit", audit),
         ("GET", "/v1/levels", levels),
         ("GET", "/v1/breakers", breakers),
+        ("GET", "/v1/rules", rules_list),
         ("GET", "/v1/blocked", blocked),
         ("GET", "/v1/top/clients", top_clients),
         ("GET", "/v1/top/rules", top_rules),
@@ -590,10 +627,12 @@ def install(service: Any) -> Ops:
 
     Builds ``Ops`` from the loaded config's sections and the service's Redis URL, makes
     it the engine's level source, mounts the admin API on the HTTP port under ``/v1/``
-    (loopback callers only unless ``LIMITER_ADMIN_ALLOW_REMOTE=1``) and closes it on stop.
+    and the ops console under ``/console/`` (both for loopback callers only unless
+    ``LIMITER_ADMIN_ALLOW_REMOTE=1``, and only with a token) and closes it on stop.
     """
     import asyncio
 
+    from limiter.server import console
     from limiter.server.http import Response as HttpResponse
 
     settings = service.settings
@@ -606,7 +645,7 @@ def install(service: Any) -> Ops:
     allow_remote = os.environ.get(REMOTE_ENV) == "1"
 
     async def admin_api(request: Any) -> Any:
-        if not allow_remote and request.client not in ("127.0.0.1", "::1", "::ffff:127.0.0.1"):
+        if not allow_remote and request.client not in LOOPBACK:
             resp = NOT_FOUND
         else:
             target = urllib.parse.quote(request.path, safe="/:@")
@@ -629,9 +668,15 @@ def install(service: Any) -> Ops:
             log.warning("ops sections (%s) changed: they apply on restart", ", ".join(SECTIONS))
 
     service.ops = ops
+    ops.engine = service.engine
     service.engine.level_source = ops.levels
     service.engine.ops = ops  # read by the RLS and native servicers per check
     service.http.mount("/v1/", admin_api)
+    # The console page: served where the admin API is, so only when it is enabled.
+    console.mount(
+        service.http,
+        lambda client: ops.token is not None and (allow_remote or client in LOOPBACK),
+    )
     service.on_stop.append(close)
     service.reloader.subscribe(reloaded)
     return ops

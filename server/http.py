@@ -12,8 +12,8 @@ Registration point (other modules add endpoints here, before or after ``start``)
 
 A handler is ``async def handler(request: Request) -> Response``. Exact routes win;
 otherwise the longest mounted prefix gets the request and does its own dispatch
-(the ops admin API mounts ``/v1/`` this way). ``Request.client`` is the peer address,
-for handlers that only serve loopback callers.
+(the ops admin API mounts ``/v1/`` this way, the ops console ``/console/``).
+``Request.client`` is the peer address, for handlers that only serve loopback callers.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ log = logging.getLogger("limiter.server")
 REASONS = {
     200: "OK",
     204: "No Content",
+    301: "Moved Permanently",
     400: "Bad Request",
     401: "Unauthorized",
     403: "Forbidden",
