@@ -31,6 +31,7 @@ cdef extern from *:
 
 
 cdef int64_t NEVER_IDLE = 0x7FFFFFFFFFFFFFFF
+cdef object ONE = 1
 # Entry words: [key pointer (0 = empty entry), low 32 bits of the key's hash with
 # the CLOCK reference bit above them, idle_at, the algorithm's state...].
 DEF HEADER = 3
@@ -280,6 +281,8 @@ cdef inline int64_t cost_arg(object cost, int64_t maximum) except -1:
     """Fast path for the common small-int cost; the slow path explains what is wrong."""
     cdef int64_t c
     cdef int overflow = 0
+    if cost is ONE:  # the default: CPython keeps one object for small ints
+        return 1
     if type(cost) is int:
         c = PyLong_AsLongLongAndOverflow(cost, &overflow)
         if overflow == 0 and 1 <= c <= maximum:
