@@ -16,6 +16,13 @@ MAX_WAIT) is fed to: plain rejection (the bare bucket), a FIFO queue (one class)
 priority, and weighted 3:2:1 queues (FIFO and LIFO within a class). It runs on a manual
 clock (a discrete-event simulation through the real AdmissionQueue code, deterministic),
 then on the real clock with asyncio, all strategies side by side in one loop, shorter.
+
+Part 3, the decision service (skip with ``--no-service``). A real ``limiter serve`` with
+one token-bucket rule per strategy (``queue`` settings: FIFO = one class, strict,
+weighted 3:2:1); the same Poisson stream at 2x the rate is sent to every rule at once
+as native ``Decide`` RPCs (grpc.aio, ``max_wait`` = MAX_WAIT, plain rejection:
+``max_wait`` = 0), so waits are the service's ``waited`` answers. Also the per-RPC cost
+of asking to wait when the rule admits at once (``max_wait`` > 0 vs 0), sequential.
 """
 
 from __future__ import annotations
@@ -34,11 +41,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from limiter import TokenBucket
-from limiter._core import PriorityQueue
-from limiter.admission import AdmissionQueue, DeadlineExceeded, QueueFull
+import grpc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from limiter.server import v1  # noqa: E402
+
+from limiter import TokenBucket  # noqa: E402
+from limiter._core import PriorityQueue  # noqa: E402
+from limiter.admission import AdmissionQueue, DeadlineExceeded, QueueFull  # noqa: E402
+from tests.support import free_port, wait_for_port  # noqa: E402
+
 DEFAULT_OUT = os.path.join(ROOT, "benchmarks", "results", "queue.md")
 SHARES = (0.2, 0.3, 0.5)  # fraction of requests in class 0 (most important), 1, 2
 MAX_WAIT = 1.0  # seconds any request may wait
@@ -322,6 +336,194 @@ def realtime(stream: list[tuple[float, int]], rate: float) -> dict[str, list[Out
     return results
 
 
+# --- part 3: the decision service -------------------------------------------------------
+
+# rule name -> (queue settings, priority each class is sent with; None = its own class)
+SERVICE_STRATEGIES: dict[str, tuple[str | None, int | None]] = {
+    "plain rejection": (None, None),
+    "FIFO queue": (f"{{mode: strict, max_queue: {3 * MAX_QUEUE}}}", 2),
+    "strict priority": (f"{{mode: strict, max_queue: {MAX_QUEUE}}}", None),
+    "weighted 3:2:1": (f"{{weights: [3, 2, 1, 1], max_queue: {MAX_QUEUE}}}", None),
+}
+
+
+def service_config(rate: float) -> str:
+    lines = ["domain: bench", "descriptors:"]
+    for i, (queue, _) in enumerate(SERVICE_STRATEGIES.values()):
+        extra = f", queue: {queue}" if queue else ""
+        lines.append(f"  - key: s{i}")
+        lines.append(
+            f"    rate_limit: {{unit: second, requests_per_unit: {int(rate)}, "
+            f"algorithm: token_bucket, burst: {BURST}, name: s{i}{extra}}}"
+        )
+    lines += ["  - key: free", "    rate_limit: {unit: second, requests_per_unit: 1000000000,"]
+    lines += ["                 algorithm: token_bucket, name: free}"]
+    lines += ["  - key: paced", f"    rate_limit: {{unit: second, requests_per_unit: {PACED},"]
+    lines += [f"                 algorithm: token_bucket, burst: {PACED_BURST}, name: paced,"]
+    lines += ["                 queue: {max_queue: 100000}}"]
+    return "\n".join(lines) + "\n"
+
+
+PACED = 2000  # admissions/s of the rule the service-CPU cells queue at
+# 10 ms of tokens: more than the event loop's timer granularity (~1 ms), so each wake-up
+# admits what came due since the last one and the queue keeps up with the rate.
+PACED_BURST = 20
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def service_cpu(target: str, pid: int, n: int, rounds: int) -> dict[str, float]:
+    """Service CPU per RPC: n concurrent Decides answered at once, vs n held in the queue
+    of a PACED/s rule and admitted one by one (enqueue, timer, admission, wake-up)."""
+    cells = {
+        "n concurrent Decides, answered at once (free rule)": ("free", 0.0),
+        f"n concurrent Decides, queued, admitted at {PACED}/s (burst {PACED_BURST})": (
+            "paced",
+            30.0,
+        ),
+    }
+    best = dict.fromkeys(cells, float("inf"))
+
+    async def burst(stub, rule: str, wait: float, tag: int) -> int:  # type: ignore[no-untyped-def]
+        check = v1.Check(domain="bench", rule=rule, key=f"cpu{tag}", max_wait=wait)
+        request = v1.DecideRequest(checks=[check])
+        answers = await asyncio.gather(*(stub.Decide(request, timeout=60) for _ in range(n)))
+        return sum(a.results[0].allowed for a in answers)
+
+    async def main() -> None:
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = v1.LimiterStub(channel)
+            for r in range(rounds):
+                for name, (rule, wait) in cells.items():
+                    await asyncio.sleep(0.2)  # let the service go idle
+                    before = cpu_seconds(pid)
+                    admitted = await burst(stub, rule, wait, r)
+                    used = cpu_seconds(pid) - before
+                    assert admitted == n, (name, admitted)
+                    best[name] = min(best[name], used / n * 1e6)
+
+    asyncio.run(main())
+    return best
+
+
+@contextlib.contextmanager
+def service_process(config: str):  # type: ignore[no-untyped-def]
+    """A ``limiter serve`` on free ports for the duration of the block; yields
+    (target, pid)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "rules.yaml")
+        with open(path, "w") as f:
+            f.write(config)
+        port = free_port()
+        command = [
+            sys.executable, "-m", "limiter.server.cli", "serve", "--config", path,
+            "--host", "127.0.0.1", "--grpc-port", str(port), "--http-port", str(free_port()),
+            "--log-level", "warning",
+        ]  # fmt: skip
+        proc = subprocess.Popen(command, cwd=ROOT)
+        try:
+            wait_for_port(port, timeout=30)
+            yield f"127.0.0.1:{port}", proc.pid
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def service_overload(
+    target: str, stream: list[tuple[float, int]]
+) -> tuple[dict[str, list[Outcome]], dict[str, list[float]]]:
+    """Every strategy's rule gets the same arrivals at once; returns outcomes by class and,
+    per strategy, RPC latency minus the wait (the service's + transport's own time), ms."""
+    results = {name: [Outcome() for _ in SHARES] for name in SERVICE_STRATEGIES}
+    overhead: dict[str, list[float]] = {name: [] for name in SERVICE_STRATEGIES}
+
+    async def one(stub, name: str, rule: str, c: int, priority: int | None) -> None:  # type: ignore[no-untyped-def]
+        queued = SERVICE_STRATEGIES[name][0] is not None
+        out = results[name][c]
+        check = v1.Check(
+            domain="bench",
+            rule=rule,
+            key="k",
+            priority=priority or c + 1,
+            max_wait=MAX_WAIT if queued else 0.0,
+        )
+        start = time.perf_counter()
+        result = (await stub.Decide(v1.DecideRequest(checks=[check]), timeout=30)).results[0]
+        overhead[name].append((time.perf_counter() - start - result.waited) * 1e3)
+        if result.allowed:
+            out.admitted += 1
+            out.waits.append(round(result.waited * 1e9))
+        elif result.code == v1.Result.QUEUE_TIMEOUT:
+            out.busy += 1
+        else:
+            out.full += 1
+
+    async def main() -> None:
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = v1.LimiterStub(channel)
+            await stub.Decide(v1.DecideRequest(checks=[v1.Check(domain="bench", rule="free")]))
+            loop = asyncio.get_running_loop()
+            start, tasks = loop.time(), []
+            for t, c in stream:
+                delay = start + t - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                for i, (name, (_, priority)) in enumerate(SERVICE_STRATEGIES.items()):
+                    results[name][c].offered += 1
+                    tasks.append(asyncio.create_task(one(stub, name, f"s{i}", c, priority)))
+            await asyncio.gather(*tasks)
+
+    asyncio.run(main())
+    return results, overhead
+
+
+def service_cost(target: str, n: int, rounds: int) -> dict[str, float]:
+    """Sequential Decide RPCs on a rule that always admits: median us per RPC, per cell."""
+    cells = {
+        "Decide, max_wait=0 (answered at once)": 0.0,
+        "Decide, max_wait=1 s, admitted at once": 1.0,
+    }
+    best: dict[str, list[float]] = {name: [] for name in cells}
+
+    async def main() -> None:
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = v1.LimiterStub(channel)
+            for _ in range(rounds):
+                for name, wait in cells.items():
+                    request = v1.DecideRequest(
+                        checks=[v1.Check(domain="bench", rule="free", key="c", max_wait=wait)]
+                    )
+                    t0 = time.perf_counter_ns()
+                    for _ in range(n):
+                        await stub.Decide(request, timeout=10)
+                    best[name].append((time.perf_counter_ns() - t0) / n / 1e3)
+
+    asyncio.run(main())
+    return {name: min(v) for name, v in best.items()} | {
+        f"{name} (median of rounds)": sorted(v)[len(v) // 2] for name, v in best.items()
+    }
+
+
+def overhead_table(overhead: dict[str, list[float]]) -> list[str]:
+    lines = ["| strategy | p50 ms | p99 ms |", "|---|---:|---:|"]
+    for name, values in overhead.items():
+        s = sorted(values)
+        p50, p99 = s[len(s) // 2], s[min(len(s) - 1, int(0.99 * len(s)))]
+        lines.append(f"| {name} | {p50:.2f} | {p99:.2f} |")
+    return lines
+
+
 def pct(waits: list[int], p: float) -> float:
     if not waits:
         return float("nan")
@@ -380,6 +582,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller run (smoke test)")
     ap.add_argument("--out", default=DEFAULT_OUT, help="markdown file to write")
+    ap.add_argument("--no-service", action="store_true", help="skip part 3 (the service)")
     args = ap.parse_args()
     quick = args.quick
 
@@ -395,6 +598,50 @@ def main() -> None:
     print("part 2: overload, real clock", file=sys.stderr)
     rt_stream = arrivals(rt_rate, rt_seconds, seed=2)
     real = realtime(rt_stream, rt_rate)
+    svc_rate, svc_seconds = 50.0, 3.0 if quick else 15.0
+    service_doc: list[str] = []
+    if not args.no_service:
+        print("part 3: the service", file=sys.stderr)
+        svc_stream = arrivals(svc_rate, svc_seconds, seed=3)
+        with service_process(service_config(svc_rate)) as (target, pid):
+            cost = service_cost(target, 200 if quick else 1000, 3 if quick else 7)
+            cpu_n = 500 if quick else 1000  # 2000 at once on one channel: some CANCELLED
+            cpu = service_cpu(target, pid, cpu_n, 2 if quick else 5)
+            svc, overhead = service_overload(target, svc_stream)
+        service_doc = [
+            "## The decision service",
+            "",
+            "A real `limiter serve` (in-memory), one grpc.aio client channel in this process.",
+            "",
+            "Per-RPC cost of asking to wait when the rule admits at once (sequential unary",
+            "Decide RPCs, one check; minimum and median over interleaved rounds):",
+            "",
+            *cost_table("Decide", cost, "us per RPC"),
+            "",
+            f"Service CPU time per RPC (user + system, from /proc; n = {cpu_n} concurrent "
+            "Decide RPCs from one channel; minimum over interleaved rounds). The difference "
+            "is what queueing costs the service per held request: entering the rule's "
+            "queue, timer wake-ups, admission and resuming the held RPC:",
+            "",
+            *cost_table("burst", cpu, "service CPU us per RPC"),
+            "",
+            f"Wait by class at 2x overload through the service: one token-bucket rule per "
+            f"strategy at {svc_rate:g}/s (burst {BURST}); Poisson arrivals at "
+            f"{2 * svc_rate:g}/s for {svc_seconds:g} s sent to every rule at once (so "
+            f"{2 * svc_rate * len(SERVICE_STRATEGIES):g} RPC/s in all), classes as above "
+            f"(priorities CRITICAL_PLUS, CRITICAL, SHEDDABLE_PLUS; the FIFO rule gets them all "
+            f"as CRITICAL, one class); max_wait {MAX_WAIT:g} s (plain rejection: 0). Waits "
+            "are the service's `waited` answers; busy = QUEUE_TIMEOUT; rejected = OVER_LIMIT "
+            "at once (queue full, or plain rejection).",
+            "",
+            *overload_table(svc),
+            "",
+            "RPC latency minus `waited` (what holding adds on top of the wait itself: the",
+            "service's and the transport's time), all RPCs of each rule:",
+            "",
+            *overhead_table(overhead),
+            "",
+        ]
 
     doc = [
         "# Queued admission benchmark",
@@ -432,6 +679,7 @@ def main() -> None:
         "",
         *overload_table(real),
         "",
+        *service_doc,
     ]
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:

@@ -231,7 +231,8 @@ class AdmissionQueue:
 
     ``acquire`` blocks the calling thread; ``acquire_async`` awaits. Both return the
     limiter's Decision (a releasable one wrapped as ``QueuedPermit``) or raise
-    ``QueueFull`` / ``DeadlineExceeded`` (both ``RateLimited``).
+    ``QueueFull`` / ``DeadlineExceeded`` (both ``RateLimited``); ``admit_async`` also
+    returns the seconds waited, and ``waiting(key)`` says whether a newcomer would queue.
 
     The limiter is called inline under the queue's short lock, so it should be an
     in-process one: a shared backend's network round trip would hold the lock (and, from
@@ -349,6 +350,35 @@ class AdmissionQueue:
             self._abandon(w)
             raise
         return self._outcome(w)
+
+    async def admit_async(
+        self,
+        key: str = "",
+        cost: int = 1,
+        *,
+        priority: int = 0,
+        timeout: float | None = None,
+        deadline: int | None = None,
+    ) -> tuple[Any, float]:
+        """``acquire_async`` that also says how long the request waited (seconds).
+
+        The wait is measured on the queue's clock up to the admission decision, so it
+        never exceeds the request's deadline (the caller's task may resume a little later).
+        """
+        entered = self._enter(key, cost, priority, timeout, deadline, asyncio.get_running_loop())
+        if type(entered) is not _Waiter:
+            return entered, 0.0
+        w = entered
+        try:
+            await w.future  # type: ignore[misc]
+        except asyncio.CancelledError:
+            self._abandon(w)
+            raise
+        return self._outcome(w), w.waited
+
+    def waiting(self, key: str) -> bool:
+        """True if requests for ``key`` are queued (a newcomer would line up behind them)."""
+        return key in self._lanes
 
     def poll(self) -> int:
         """Serve everything due now (retries, expiries, releases); returns requests resolved."""

@@ -3,9 +3,9 @@
 A config file holds one or more YAML documents (``---``); each names a ``domain`` and
 its nested ``descriptors`` exactly as envoyproxy/ratelimit reads them, so existing
 files load unchanged. Extensions live inside ``rate_limit`` (``algorithm``, ``burst``,
-``priority``, ``failure_mode``); other top-level sections (e.g. ``alerts``) are parsed
-by whoever registered them with ``register_section``. Every error is a ``ConfigError``
-naming the file, the descriptor path and the field.
+``priority``, ``failure_mode``, ``queue``, ``hold``); other top-level sections (e.g.
+``alerts``) are parsed by whoever registered them with ``register_section``. Every
+error is a ``ConfigError`` naming the file, the descriptor path and the field.
 
 Matching follows envoyproxy/ratelimit: a request descriptor's entries walk the tree one
 level per entry; at each level an exact ``key``+``value`` wins over a ``value`` ending
@@ -54,6 +54,16 @@ FAILURE_MODES = ("allow", "deny", "local")
 
 # Largest limit accepted (the kernels' own bound).
 MAX_LIMIT = 1 << 40
+# Longest RLS hold (``hold``): Envoy's default rate-limit timeout is 20 ms; 5 ms are left
+# for the decision itself and the transport, so a held check still answers in time.
+MAX_HOLD = 0.015
+# Queued admission (``queue``): bounds on what a rule may configure.
+MAX_QUEUE_WAIT = 3600.0
+MAX_QUEUE_DEPTH = 1_000_000
+MAX_QUEUE_WEIGHT = 1_000_000
+QUEUE_MODES = ("weighted", "strict")
+QUEUE_ORDERS = ("fifo", "lifo")
+_QUEUE_KEYS = {"mode", "weights", "max_queue", "order", "max_wait"}
 
 _RATE_LIMIT_KEYS = {
     "unit",
@@ -68,10 +78,30 @@ _RATE_LIMIT_KEYS = {
     "target_latency",
     "percentile",
     "mode",
+    "queue",
+    "hold",
 }
 # Extension fields only an adaptive rule takes.
 _ADAPTIVE_KEYS = ("target_latency", "percentile", "mode")
 _DESCRIPTOR_KEYS = {"key", "value", "rate_limit", "descriptors", "shadow_mode", "detailed_metric"}
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    """How the service holds checks of one rule that ask to wait (``max_wait`` > 0).
+
+    One class per priority tier (``PRIORITIES`` order, most important first), served
+    ``weighted`` (each class gets its weight's share of turns, none starves) or
+    ``strict`` (a class waits until every more important one is empty); ``max_queue``
+    bounds each class per key (a full class answers at once); ``max_wait`` caps every
+    hold in seconds, whatever the caller asks.
+    """
+
+    mode: str = "weighted"
+    weights: tuple[int, ...] = (8, 4, 2, 1)
+    max_queue: tuple[int, ...] = (100, 100, 100, 100)
+    order: str = "fifo"
+    max_wait: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -91,6 +121,9 @@ class Limit:
     target_latency: float = 0.1
     percentile: float = 0.99
     mode: str = "rate"
+    # queued admission (native Decide with max_wait) and the opt-in RLS hold, in seconds
+    queue: QueueSpec = field(default_factory=QueueSpec)
+    hold: float = 0.0
 
     @property
     def seconds(self) -> int:
@@ -389,7 +422,7 @@ def parse_limit(raw: Any, where: str) -> Limit:
     failure_mode = _choice(raw.get("failure_mode", "allow"), FAILURE_MODES, f"{where}.failure_mode")
     algorithm = _choice(raw.get("algorithm", "fixed_window"), ALGORITHMS, f"{where}.algorithm")
     if unlimited:
-        for field_name in ("unit", "requests_per_unit", "burst"):
+        for field_name in ("unit", "requests_per_unit", "burst", "queue", "hold"):
             if field_name in raw:
                 raise ConfigError(
                     f"{where}.{field_name}: not allowed together with 'unlimited: true'"
@@ -425,8 +458,21 @@ def parse_limit(raw: Any, where: str) -> Limit:
                 f"{where}.burst: must be an integer in [1, {MAX_LIMIT}], got {burst!r}"
             )
     adaptive = _parse_adaptive(raw, algorithm, where)
+    queue = _parse_queue(raw.get("queue"), f"{where}.queue")
+    hold = _parse_hold(raw, algorithm, adaptive.get("mode", "rate"), where)
     limit = Limit(
-        rpu, unit, algorithm, burst, False, name, replaces, priority, failure_mode, **adaptive
+        rpu,
+        unit,
+        algorithm,
+        burst,
+        False,
+        name,
+        replaces,
+        priority,
+        failure_mode,
+        **adaptive,
+        queue=queue,
+        hold=hold,
     )
     if rpu > 0:
         try:
@@ -492,6 +538,81 @@ def _parse_adaptive(raw: dict[str, Any], algorithm: str, where: str) -> dict[str
     if "mode" in raw:
         out["mode"] = _choice(raw["mode"], ("rate", "concurrency"), f"{where}.mode")
     return out
+
+
+def _parse_queue(raw: Any, where: str) -> QueueSpec:
+    """Validate a rule's ``queue`` mapping (absent: the defaults)."""
+    if raw is None:
+        return QueueSpec()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: must be a mapping, got {_kind(raw)}")
+    unknown = set(raw) - _QUEUE_KEYS
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown field {sorted(map(str, unknown))[0]!r} "
+            f"(known: {', '.join(sorted(_QUEUE_KEYS))})"
+        )
+    n = len(PRIORITIES)
+    mode = _choice(raw.get("mode", "weighted"), QUEUE_MODES, f"{where}.mode")
+    order = _choice(raw.get("order", "fifo"), QUEUE_ORDERS, f"{where}.order")
+    weights = QueueSpec.weights
+    if "weights" in raw:
+        if mode != "weighted":
+            raise ConfigError(
+                f"{where}.weights: only mode 'weighted' takes weights (mode is {mode})"
+            )
+        weights = _int_list(raw["weights"], n, 1, MAX_QUEUE_WEIGHT, f"{where}.weights")
+    max_queue = QueueSpec.max_queue
+    if "max_queue" in raw:
+        value = raw["max_queue"]
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = [value] * n
+        max_queue = _int_list(value, n, 1, MAX_QUEUE_DEPTH, f"{where}.max_queue")
+    max_wait = QueueSpec.max_wait
+    if "max_wait" in raw:
+        max_wait = _seconds(raw["max_wait"], 0.0, MAX_QUEUE_WAIT, f"{where}.max_wait")
+    return QueueSpec(mode, weights, max_queue, order, max_wait)
+
+
+def _parse_hold(raw: dict[str, Any], algorithm: str, mode: str, where: str) -> float:
+    """Validate ``hold``: how long an RLS check of this rule may wait for admission."""
+    if "hold" not in raw:
+        return 0.0
+    hold = _seconds(raw["hold"], 0.0, MAX_HOLD, f"{where}.hold", low_open=False)
+    holds_permit = algorithm == "concurrency" or (algorithm == "adaptive" and mode == "concurrency")
+    if hold and holds_permit:
+        raise ConfigError(
+            f"{where}.hold: an RLS check holds no concurrency slot, so there is nothing to "
+            f"wait for (algorithm is {algorithm}); use the native API's max_wait instead"
+        )
+    return hold
+
+
+def _seconds(value: Any, low: float, high: float, where: str, low_open: bool = True) -> float:
+    """A number of seconds in (low, high] (or [low, high] if not ``low_open``)."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    above = number and (value > low if low_open else value >= low)
+    if not (above and value <= high):  # NaN fails both comparisons
+        bracket = "(" if low_open else "["
+        raise ConfigError(
+            f"{where}: must be a number of seconds in {bracket}{low:g}, {high:g}], got {value!r}"
+        )
+    return float(value)
+
+
+def _int_list(value: Any, n: int, low: int, high: int, where: str) -> tuple[int, ...]:
+    names = ", ".join(PRIORITIES)
+    if not isinstance(value, list) or len(value) != n:
+        raise ConfigError(
+            f"{where}: must be a list of {n} integers (one per priority: {names}), got {value!r}"
+        )
+    for i, item in enumerate(value):
+        if isinstance(item, bool) or not isinstance(item, int) or not low <= item <= high:
+            raise ConfigError(
+                f"{where}[{i}] ({PRIORITIES[i]}): must be an integer in [{low}, {high}], "
+                f"got {item!r}"
+            )
+    return tuple(value)
 
 
 def _parse_replaces(raw: Any, where: str) -> tuple[str, ...]:

@@ -4,7 +4,7 @@ Extension points for other modules (all on a ``Service`` before ``start``):
 
 - ``service.http``: ``route`` / ``mount`` endpoints (see ``limiter.server.http``);
 - ``service.engine.level_source``: the degradation controller (``level() -> int``);
-- ``service.native.admission``: queued admission for ``Decide`` with ``max_wait``;
+- ``service.admission``: queued admission (``Decide`` with ``max_wait``, RLS ``hold``);
 - ``service.reloader.subscribe(fn)``: receive every newly loaded ``Config``;
 - ``service.grpc``: add more servicers;
 - ``service.on_stop``: coroutines awaited during shutdown (after draining RPCs).
@@ -33,6 +33,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from limiter.server import v1
+from limiter.server.admission import ServiceAdmission
 from limiter.server.engine import Engine
 from limiter.server.http import HttpServer, Request, Response
 from limiter.server.metrics import CONTENT_TYPE, Metrics, SharedMetrics
@@ -97,12 +98,16 @@ class Service:
         self.metrics.config_reloads.labels("success").inc()
         self.metrics.config_ok.set(1)
         self.metrics.config_loaded_at.set_to_current_time()
-        self.rls = RateLimitService(self.engine, self.metrics, settings.headers)
-        self.native = LimiterService(self.engine, self.metrics)
+        self.admission = ServiceAdmission(self.engine, self.metrics.registry)
+        self.rls = RateLimitService(
+            self.engine, self.metrics, settings.headers, admission=self.admission
+        )
+        self.native = LimiterService(self.engine, self.metrics, admission=self.admission)
         self.health = HealthServicer()
         self.reloader = Reloader(
             settings.config, self.engine, self.metrics, interval=settings.reload_interval
         )
+        self.reloader.subscribe(self.admission.reloaded)
         self.grpc = grpc.aio.server(
             options=[("grpc.so_reuseport", 1 if settings.reuse_port else 0)]
         )
@@ -167,6 +172,7 @@ class Service:
         self.serving = False
         log.info("draining", extra={"fields": {"grace": self.settings.drain_seconds}})
         await self.health.enter_graceful_shutdown()
+        self.admission.close()  # held checks are answered busy now, not at the drain's end
         await self.grpc.stop(self.settings.drain_seconds)
         for hook in self.on_stop:
             await hook()

@@ -5,15 +5,20 @@ caller's partition ``key``; over-limit is an answer (``allowed=false``), not an 
 error. Only a malformed request (bad priority, oversized key, too many checks) is
 INVALID_ARGUMENT.
 
-Hook for queued admission (issue 9): pass ``admission=`` an object with::
+Queued admission (issue 9; ``limiter.server.admission``): pass ``admission=`` an
+object with::
 
     async def admit(state: RuleState, key: str, cost: int, *, priority: int,
                     tenant: str, max_wait: float) -> tuple[Decision, float]
 
-It is called only for a refused check whose ``max_wait`` > 0; it holds the caller
-until the rule admits it or the wait runs out, and returns the final decision and
-the seconds waited (a wait that expires is answered ``QUEUE_TIMEOUT``). Without one,
-every check is answered at once (``waited`` = 0).
+and optionally ``waiting(state, key) -> bool``. ``admit`` is called for a refused check
+whose ``max_wait`` > 0, and for one that ``waiting`` says would overtake checks already
+held for that key (those are not asked first). It holds the caller until the rule
+admits it or the wait runs out, and returns the final decision and the seconds waited
+(a wait that expires is answered ``QUEUE_TIMEOUT``). The wait is capped so the answer
+leaves a margin before the RPC's deadline (``ANSWER_MARGIN``, ``ANSWER_SHARE``). The
+checks of one request are held together. Without a hook, every check is answered at
+once (``waited`` = 0).
 """
 
 from __future__ import annotations
@@ -39,6 +44,11 @@ PRIORITIES = frozenset(v1.Priority.values())
 OUTCOMES = {0: "ok", 1: "ok", 2: "dropped", 3: "dropped", 4: "ignored"}
 # limiter.v1 Priority -> criticality tier name (0, unspecified: the rule's own priority)
 PRIORITY_NAMES = {1: "critical_plus", 2: "critical", 3: "sheddable_plus", 4: "sheddable"}
+# A held check is answered at the latest ANSWER_MARGIN seconds + ANSWER_SHARE of the time
+# left before the RPC's deadline: room for the answer's trip and for the event loop
+# running late under load (better "busy" a little early than DEADLINE_EXCEEDED).
+ANSWER_MARGIN = 0.02
+ANSWER_SHARE = 0.05
 
 
 # A check waiting for I/O: (index, check, state, key, cost, shadow).
@@ -130,14 +140,19 @@ class LimiterService:
     async def Decide(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         start = time.perf_counter()
         try:
-            response = await self.decide(request)
+            response, held = await self._decide(request, context.time_remaining())
         except BadRequest as exc:
             self.metrics.invalid_requests.labels("native").inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        self._latency.observe(time.perf_counter() - start)
+        if not held:  # time spent held is in the queue's wait histogram instead
+            self._latency.observe(time.perf_counter() - start)
         return response
 
-    async def decide(self, request: Any) -> Any:
+    async def decide(self, request: Any, budget: float | None = None) -> Any:
+        """The answer to ``request``; ``budget``: seconds until the caller's deadline."""
+        return (await self._decide(request, budget))[0]
+
+    async def _decide(self, request: Any, budget: float | None) -> tuple[Any, bool]:
         checks = request.checks
         if len(checks) > MAX_CHECKS:
             raise BadRequest(f"checks: {len(checks)} checks, at most {MAX_CHECKS} allowed")
@@ -185,39 +200,81 @@ class LimiterService:
                 answers.append(UNKNOWN)  # replaced below
                 key = state.prefix + check.key
                 work.append((len(answers) - 1, check, state, key, cost, shadow))
+        held = False
         if work:
-            await self._decide_waiting(work, answers)
+            held = await self._decide_waiting(work, answers, budget)
         response = v1.DecideResponse(level=level)
         add = response.results.add
         for answer in answers:
             add(level=level, **answer)
-        return response
+        return response, held
 
-    async def _decide_waiting(self, work: list[Work], answers: list[dict[str, Any]]) -> None:
-        """Shared-backend checks (together) and checks that may be held for admission."""
-        remote = [w for w in work if w[2].remote is not None]
+    async def _decide_waiting(
+        self, work: list[Work], answers: list[dict[str, Any]], budget: float | None
+    ) -> bool:
+        """Shared-backend checks (together) and checks that may be held for admission.
+
+        Returns True if any check was handed to the admission hook.
+        """
+        admission = self.admission
+        cap = math.inf if budget is None else budget * (1 - ANSWER_SHARE) - ANSWER_MARGIN
+        may_hold = admission is not None and cap > 0
+        waiting = getattr(admission, "waiting", None) if may_hold else None
+        # Checks that line up behind checks already held for their key (fairness).
+        queued = set()
+        if waiting is not None:
+            queued = {w[0] for w in work if w[1].max_wait > 0 and not w[5] and waiting(w[2], w[3])}
+        remote = [w for w in work if w[2].remote is not None and w[0] not in queued]
         errors = {id(w[2]): w[2].backend_errors for w in remote}
         decided = await _decide_remote(remote) if remote else {}
-        for index, check, state, key, cost, shadow in work:
-            decision = decided.get(index)
-            if decision is None:
-                decision = state.acquire(key, cost, True)
-            waited = 0.0
-            if not decision.allowed and check.max_wait > 0 and self.admission is not None:
-                decision, waited = await self.admission.admit(
-                    state,
-                    key,
-                    cost,
-                    priority=check.priority,
-                    tenant=check.tenant,
-                    max_wait=check.max_wait,
+        hold: list[Work] = []
+        for w in work:
+            index, check, state, key, cost, shadow = w
+            if index not in queued:
+                decision = decided.get(index)
+                if decision is None:
+                    decision = state.acquire(key, cost, True)
+                # A shadow check is answered allowed anyway: nothing to wait for.
+                if decision.allowed or shadow or not (check.max_wait and may_hold):
+                    self._finish(w, decision, 0.0, errors, answers)
+                    continue
+            hold.append(w)
+        if not hold:
+            return False
+        assert admission is not None
+        outcomes = await asyncio.gather(
+            *(
+                admission.admit(
+                    w[2],
+                    w[3],
+                    w[4],
+                    priority=w[1].priority,
+                    tenant=w[1].tenant,
+                    max_wait=min(w[1].max_wait, cap),
                 )
-            state.count(decision, cost, None, shadow)
-            ops = self.engine.ops
-            if ops is not None:
-                ops.after(state.ops_name, decision.allowed or shadow, cost)
-            failed = id(state) in errors and state.backend_errors != errors[id(state)]
-            answers[index] = _answer(self.engine, state, decision, waited, failed, shadow)
+                for w in hold
+            )
+        )
+        for w, (decision, waited) in zip(hold, outcomes, strict=True):
+            self._finish(w, decision, waited, errors, answers)
+        return True
+
+    def _finish(
+        self,
+        w: Work,
+        decision: Any,
+        waited: float,
+        errors: dict[int, int],
+        answers: list[dict[str, Any]],
+    ) -> None:
+        """Count one decided check and store its answer."""
+        index, _, state, _, cost, shadow = w
+        state.count(decision, cost, None, shadow)
+        ops = self.engine.ops
+        if ops is not None:
+            ops.after(state.ops_name, decision.allowed or shadow, cost)
+        failed = id(state) in errors and state.backend_errors != errors[id(state)]
+        answers[index] = _answer(self.engine, state, decision, waited, failed, shadow)
 
     async def Release(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         released = 0

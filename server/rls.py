@@ -6,6 +6,10 @@ match each descriptor to a rule (or a request-supplied ``limit`` override), drop
 rules another matched rule ``replaces``, ask the kernels, then build statuses in
 request order. ``overall_code`` is OVER_LIMIT if any non-shadow descriptor is, else
 OK (never UNKNOWN); an unknown domain is answered OK and counted.
+
+Answers are immediate (Envoy's rate-limit timeout defaults to 20 ms), except for a rule
+that opts into a short ``hold`` (at most ``limiter.config.MAX_HOLD``): a check it refuses
+waits up to that long in the rule's admission queue, at the rule's own priority.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from limiter.server.engine import BadRequest, Engine, RuleState
 from limiter.server.metrics import Metrics
 
+from limiter import Decision
 from limiter import headers as rl_headers
 from limiter.config import UNIT_BY_ENUM
 
@@ -56,10 +61,14 @@ class HeaderOptions:
 class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
     """The RLS v3 servicer (grpc.aio)."""
 
-    def __init__(self, engine: Engine, metrics: Metrics, options: HeaderOptions) -> None:
+    def __init__(
+        self, engine: Engine, metrics: Metrics, options: HeaderOptions, admission: Any = None
+    ) -> None:
         self.engine = engine
         self.metrics = metrics
         self.options = options
+        # limiter.server.admission.ServiceAdmission: holds checks of rules with a ``hold``
+        self.admission = admission
         self._latency = metrics.latency.labels("rls")
 
     async def ShouldRateLimit(
@@ -140,6 +149,8 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
         if remote:
             answers = await asyncio.gather(*(w[1].acquire_async(w[3], w[2]) for w in remote))
             decided = {w[0]: d for w, d in zip(remote, answers, strict=True)}
+        if self.admission is not None and self.admission.holds(snapshot):
+            await self._hold(work, decided)
         overall = OK
         quotas: list[rl_headers.Quota] = []
         statuses = response.statuses
@@ -197,6 +208,41 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
             for key, value in rl_headers.build(quotas, ietf=options.ietf, legacy=options.legacy):
                 add(key=key, value=value)
         return response
+
+    async def _hold(self, work: list[tuple[Any, ...]], decided: dict[int, Any]) -> None:
+        """Checks of rules with a ``hold``: refused ones wait (together) for admission."""
+        admission = self.admission
+        held = []
+        for i, state, hits, key, forced, shadow in work:
+            if forced is not None or shadow or not state.rule.limit.hold:
+                continue  # a shadow check is answered OK anyway: nothing to wait for
+            decision = decided.get(i)  # a shared-backend rule's answer is in already
+            if decision is None and not admission.waiting(state, key):
+                decision = decided[i] = state.acquire(key, hits)
+            if decision is None or not decision.allowed:
+                held.append((i, state, hits, key))
+        if not held:
+            return
+        outcomes = await asyncio.gather(
+            *(
+                admission.admit(
+                    state, key, hits, priority=0, tenant="", max_wait=state.rule.limit.hold
+                )
+                for _, state, hits, key in held
+            )
+        )
+        for (i, *_), (decision, _) in zip(held, outcomes, strict=True):
+            if type(decision) is not Decision:
+                _give_back(decision)  # RLS holds nothing past its answer
+            decided[i] = decision
+
+
+def _give_back(permit: Any) -> None:
+    """Free a slot an admission granted (an adaptive permit records no sample)."""
+    ignore = getattr(permit, "ignore", None)
+    if ignore is not None:
+        ignore()
+    permit.release()
 
 
 def _check_entries(i: int, entries: Any) -> None:

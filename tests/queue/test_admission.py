@@ -566,3 +566,49 @@ def test_adaptive_permit_reports_its_outcome_through_the_queue(make_queue, clock
 
     run(main())
     assert limiter.in_flight == 0
+
+
+def test_admit_async_reports_the_wait_on_the_queue_clock(make_queue, clock):
+    q = make_queue()
+
+    # An immediate admission waits 0; a queued one waits exactly until its token came.
+    async def queued():
+        first, waited = await q.admit_async("k")
+        assert first.allowed and waited == 0.0
+        task = asyncio.create_task(q.admit_async("k", priority=0))
+        await settle()
+        assert q.waiting("k") and not q.waiting("other")
+        clock.advance_ns(TICK // 2)
+        q.poll()
+        await settle()
+        assert not task.done()
+        clock.advance_ns(TICK // 2)
+        q.poll()
+        decision, waited = await task
+        assert decision.allowed and waited == TICK / 1e9
+        assert not q.waiting("k")
+
+    run(queued())
+
+
+def test_admit_async_deadline_and_cancellation(make_queue, clock):
+    q = make_queue()
+
+    async def main():
+        assert q.acquire("k")
+        late = asyncio.create_task(q.admit_async("k", timeout=0.05))
+        gone = asyncio.create_task(q.admit_async("k", timeout=1.0))
+        await settle()
+        clock.advance_ns(50_000_000)
+        q.poll()
+        with pytest.raises(DeadlineExceeded) as info:
+            await late
+        assert info.value.waited == 0.05
+        gone.cancel()
+        await settle()
+        assert gone.cancelled() and q.depth() == 0 and not q.waiting("k")
+        clock.advance_ns(TICK)
+        assert q.acquire("k").allowed  # the cancelled waiter took nothing
+
+    run(main())
+    assert q.expired == (1,) and q.cancelled == (1,)
