@@ -2,8 +2,12 @@
 
 Each is a concurrency limit (calls in flight) fed one sample per completed call, as
 Netflix's concurrency-limits and Envoy's adaptive_concurrency filter are. Formulas
-and defaults: ../shared/REFERENCE.md ("Adaptive-limit baselines"). These are written
-for the benchmark only; they are not part of the library.
+and defaults: ../shared/REFERENCE.md ("Adaptive-limit baselines"), checked against
+the published sources (Netflix AIMDLimit, VegasLimit with Log10RootFunction,
+Gradient2Limit with ExpAvgMeasurement; Envoy GradientController::calculateNewLimit):
+integer limits where they use them, Netflix's log10 helper max(1, int(log10 limit)),
+Envoy's headroom sqrt(gradient x limit) and its minimum concurrency of 3. These are
+written for the benchmark only; they are not part of the library.
 """
 
 from __future__ import annotations
@@ -31,45 +35,54 @@ class Aimd(ConcurrencyLimit):
         self.backoff, self.timeout = backoff, timeout
 
     def update(self, now: float, rtt: float, in_flight: int, dropped: bool) -> None:
+        lim = int(self.limit)
         if dropped or rtt > self.timeout:
-            new = self.limit * self.backoff
-        elif in_flight * 2 >= self.limit:
-            new = self.limit + 1
+            new = max(1, min(lim - 1, int(lim * self.backoff)))
+        elif in_flight * 2 >= lim:
+            new = lim + 1
         else:
             return
         self.limit = min(self.max_limit, max(self.min_limit, new))
 
 
+def log10_root(limit: float) -> int:
+    """Netflix's Log10RootFunction: max(1, int(log10 n)) below 1000, int(sqrt n) above."""
+    n = int(limit)
+    return max(1, int(math.log10(n))) if 1 <= n < 1000 else (1 if n < 1 else int(math.sqrt(n)))
+
+
 class Vegas(ConcurrencyLimit):
     """Netflix Vegas: estimate the queue from rtt_noload/rtt and steer it into [alpha, beta]."""
 
-    def __init__(self, initial: float = 20, max_limit: float = 1000, seed: int = 1) -> None:
-        self.limit = initial
+    def __init__(self, initial: float = 20, max_limit: float = 1000, probe: int = 30,
+                 seed: int = 1) -> None:  # fmt: skip
+        self.limit = float(initial)
         self.max_limit = max_limit
-        self.rtt_noload = math.inf
+        self.probe = probe
+        self.rtt_noload = 0.0
         self.rng = random.Random(seed)
-        self.samples_to_probe = self._probe_after()
-
-    def _probe_after(self) -> int:
-        return int(30 * self.limit * (0.5 + self.rng.random()))
+        self.jitter = self.rng.uniform(0.5, 1.0)
+        self.probe_count = 0
 
     def update(self, now: float, rtt: float, in_flight: int, dropped: bool) -> None:
-        self.samples_to_probe -= 1
-        if self.samples_to_probe <= 0:
-            # Re-probe: forget the no-load rtt and take the next sample as the new one.
-            self.rtt_noload = math.inf
-            self.samples_to_probe = self._probe_after()
-        if not dropped and rtt < self.rtt_noload:
+        self.probe_count += 1
+        if self.jitter * self.probe * self.limit <= self.probe_count:
+            # Re-probe: the current sample becomes the no-load rtt.
+            self.jitter = self.rng.uniform(0.5, 1.0)
+            self.probe_count = 0
+            self.rtt_noload = rtt
+            return
+        if self.rtt_noload == 0 or rtt < self.rtt_noload:
             self.rtt_noload = rtt
             return
         lim = self.limit
-        log = math.log10(max(lim, 1.0))
+        log = log10_root(lim)
+        queue = math.ceil(lim * (1 - self.rtt_noload / rtt))
         if dropped:
             new = lim - log
         elif in_flight * 2 < lim:
             return
         else:
-            queue = math.ceil(lim * (1 - self.rtt_noload / rtt))
             alpha, beta, threshold = 3 * log, 6 * log, log
             if queue <= threshold:
                 new = lim + beta
@@ -93,11 +106,19 @@ class Gradient2(ConcurrencyLimit):
         self.alpha = 2 / (window + 1)
         self.tolerance, self.queue, self.smoothing = tolerance, queue, smoothing
         self.long_rtt = 0.0
+        self.warmup = 10  # ExpAvgMeasurement: a plain average of the first 10 samples
+        self.count = 0
 
     def update(self, now: float, rtt: float, in_flight: int, dropped: bool) -> None:
         short = rtt
-        self.long_rtt = short if self.long_rtt == 0 else (
-            self.long_rtt + self.alpha * (short - self.long_rtt))  # fmt: skip
+        self.count += 1
+        if self.count <= self.warmup:
+            self.long_rtt += (short - self.long_rtt) / self.count
+        else:
+            self.long_rtt += self.alpha * (short - self.long_rtt)
+        if self.long_rtt / short > 2:
+            # Back from a long overload: decay the baseline rather than wait for the average.
+            self.long_rtt *= 0.9
         if in_flight < self.limit / 2:
             return
         gradient = max(0.5, min(1.0, self.tolerance * self.long_rtt / short))
@@ -109,9 +130,10 @@ class Gradient2(ConcurrencyLimit):
 class EnvoyGradient(ConcurrencyLimit):
     """Envoy adaptive_concurrency: gradient = minRTT·(1+buffer)/sampleRTT on windowed p50.
 
-    Every ``update_interval`` the p50 of that window's samples is the sampleRTT and
-    new = clamp(gradient, 0.5, 2)·limit + sqrt(limit). minRTT is measured at start
-    and every ``min_rtt_interval`` s by pinning the limit to 3 for 50 samples.
+    Every ``update_interval`` the p50 of that window's samples is the sampleRTT and,
+    with g = clamp(gradient, 0.5, 2), new = int(g·limit + sqrt(g·limit)) within
+    [3, 1000]. minRTT is measured at start and every ``min_rtt_interval`` s by
+    pinning the limit to 3 for 50 samples.
     """
 
     def __init__(self, initial: float = 3, max_limit: float = 1000, buffer: float = 0.25,
@@ -157,5 +179,6 @@ class EnvoyGradient(ConcurrencyLimit):
         sample_rtt = self.samples[len(self.samples) // 2]
         self.samples = []
         gradient = max(0.5, min(2.0, self.min_rtt * (1 + self.buffer) / sample_rtt))
-        new = gradient * self.work_limit + math.sqrt(self.work_limit)
-        self.work_limit = min(self.max_limit, max(1.0, new))
+        scaled = gradient * self.work_limit
+        new = int(scaled + math.sqrt(scaled))
+        self.work_limit = float(min(self.max_limit, max(self.probe_concurrency, new)))

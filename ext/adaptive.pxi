@@ -5,27 +5,36 @@
 # ``AdaptiveLimiter`` enforces that limit, pacing admissions GCRA-style in "rate"
 # mode or counting in-flight calls in "concurrency" mode.
 #
-# Control law, evaluated at most once per ``interval`` on the P-th percentile of the
+# Control law, evaluated every ``interval`` (every ``probe_interval`` while in slow
+# start, as TCP slow start grows per round trip) on the P-th percentile of the
 # freshest ``window_samples`` latencies seen since the last cut (at most ``horizon``
 # back, from a Reservoir; a dropped or timed-out call counts as slower than any
 # target, and calls admitted before the last cut are left out: they describe a limit
 # no longer in force). With r = percentile / target:
 # - r > 1, overload: cut the limit by 1/2 the first time, then 1/4, 1/8, ... down to
-#   ``min_cut``, at most one cut per evaluation (as TCP cuts once per round trip). A
-#   cut that did not cure the overload by the next evaluation means conditions
-#   changed: the next cut doubles instead (1/8 -> 1/4 -> 1/2);
+#   ``min_cut``, at most one cut per ``interval`` (as TCP cuts once per round trip).
+#   A cut that did not cure the overload by the next evaluation means conditions
+#   changed: the next cut doubles instead (1/8 -> 1/4 -> 1/2). Slow calls trigger
+#   the evaluation early, as soon as there are enough of them to breach the
+#   percentile, so a capacity drop is met before a queue builds;
 # - r <= 1 - headroom, healthy: if the limit is the bottleneck (calls refused and
 #   at least half of it in use) it grows: slow start (x ``growth`` per evaluation)
 #   up to the level it was last cut from, then additively (``additive`` x that level
-#   per evaluation). It never grows while it is not the bottleneck;
+#   per evaluation). It never grows while it is not the bottleneck. Before there are
+#   ``min_samples`` to estimate the percentile, slow start still grows if even the
+#   slowest call so far is healthy;
 # - in between, near the target: hold; in the upper half of that band ease off by
 #   one additive step (rate mode: to no more than the backend delivered). This keeps
 #   the percentile under the target without waiting for a breach, and ends an
 #   open-ended slow start before it overshoots (as TCP HyStart does on delay);
+# - rate mode, backend-bound (the enforcer's in-flight guard refused calls and the
+#   backend delivered less than the rate): latency stays flat up to capacity, so the
+#   knee shows as throughput instead; the rate comes down to one additive step over
+#   what was delivered and slow start ends there (see ``_trim``);
 # - the big cut re-arms (next cut 1/2, growth exponential again) once the limit
 #   climbs clearly past its previous peak, after ``rearm_after`` healthy growth
-#   evaluations at full use (concurrency mode: the backend got faster), or after
-#   ``horizon`` seconds without a cut.
+#   evaluations at full use (the backend got faster), or after ``horizon`` seconds
+#   without a cut.
 
 from libc.math cimport INFINITY, ldexp
 
@@ -69,11 +78,13 @@ cdef class AdaptiveLimit:
     """The limit computation alone: feed it outcomes, read ``limit``.
 
     Knobs (see the control law at the top of ext/adaptive.pxi): ``interval`` between
-    evaluations, ``horizon`` and ``subwindows`` x ``samples`` of the latency
-    reservoir, ``min_samples`` before acting and ``window_samples`` per percentile,
-    ``growth`` per slow-start step, ``additive`` step (fraction of the level last
-    cut from), ``headroom`` below the target where growth stops, ``min_cut``
-    (smallest cut), ``rearm_after`` healthy growth steps (0 = never), ``seed``.
+    evaluations (``probe_interval`` in slow start, default interval / 2),
+    ``horizon`` and ``subwindows`` x ``samples`` of the latency reservoir,
+    ``min_samples`` before acting and ``window_samples`` per percentile, ``growth``
+    per slow-start step, ``additive`` step (fraction of the level last cut from),
+    ``headroom`` below the target where growth stops (default 0.35 in concurrency
+    mode, 0.2 in rate mode), ``min_cut`` (smallest cut), ``rearm_after`` healthy
+    growth steps (0 = never; default 1, rate mode 2), ``seed``.
 
     ``mode`` only says what the limit counts (admissions per second or calls in
     flight) for the saturation test; enforcing it is ``AdaptiveLimiter``'s job, so
@@ -87,6 +98,7 @@ cdef class AdaptiveLimit:
     cdef readonly double min_limit
     cdef readonly double max_limit
     cdef readonly double interval
+    cdef readonly double probe_interval
     cdef readonly double growth
     cdef readonly double additive
     cdef readonly double headroom
@@ -109,21 +121,25 @@ cdef class AdaptiveLimit:
     cdef int phase
     cdef bint last_was_cut
     cdef int64_t interval_ns
+    cdef int64_t probe_ns
     cdef int64_t rearm_ns
     cdef int64_t last_eval
     cdef int64_t last_cut
     cdef int64_t quiet_since
     cdef int64_t admitted
     cdef int64_t rejected
+    cdef int64_t guarded
+    cdef int64_t slow
+    cdef int64_t early_after
     cdef int64_t peak_in_flight
     cdef Reservoir evidence
     cdef object clock
 
     def __init__(self, target_latency=0.1, percentile=0.99, mode="rate", min_limit=1,
                  max_limit=100_000, initial_limit=None, clock=None, *, interval=0.5,
-                 horizon=10.0, subwindows=40, samples=256, min_samples=None,
+                 probe_interval=None, horizon=10.0, subwindows=40, samples=256, min_samples=None,
                  window_samples=None, growth=1.5,
-                 additive=0.03, headroom=0.35, min_cut=0.03125, rearm_after=None, seed=0):
+                 additive=0.03, headroom=None, min_cut=0.03125, rearm_after=None, seed=0):
         self.target_latency = check_positive("target_latency", target_latency, MAX_SECONDS)
         self.percentile = check_fraction("percentile", percentile)
         if mode not in MODES:
@@ -145,6 +161,13 @@ cdef class AdaptiveLimit:
                     f"[{min_limit!r}, {max_limit!r}], got {initial_limit!r}")
         self.interval = check_positive("interval", interval, 3600.0)
         self.interval_ns = seconds_to_ns(self.interval)
+        if probe_interval is None:
+            probe_interval = self.interval / 2
+        self.probe_interval = check_positive("probe_interval", probe_interval, 3600.0)
+        if self.probe_interval > self.interval:
+            raise InvalidParameter(
+                f"probe_interval must not exceed interval ({interval!r} s), got {probe_interval!r}")
+        self.probe_ns = seconds_to_ns(self.probe_interval)
         h = check_positive("horizon", horizon, 86400.0)
         if h < self.interval:
             raise InvalidParameter(
@@ -154,6 +177,11 @@ cdef class AdaptiveLimit:
         if self.growth <= 1.0:
             raise InvalidParameter(f"growth must be > 1, got {growth!r}")
         self.additive = check_fraction("additive", additive)
+        if headroom is None:
+            # Concurrency mode stops growing well short of the target (the knee shows
+            # as rising latency); rate mode finds the knee by the in-flight guard
+            # and the delivered rate instead, so latency need only stay clear of it.
+            headroom = 0.2 if self.rate_mode else 0.35
         if isinstance(headroom, (int, float)) and not isinstance(headroom, bool) and headroom == 0:
             self.headroom = 0.0
         else:
@@ -164,8 +192,9 @@ cdef class AdaptiveLimit:
         if rearm_after is None:
             # With calls in flight capped, latency well under the target at full use
             # means spare capacity. In rate mode latency stays flat right up to
-            # capacity, so a healthy run says nothing; only passing the old peak does.
-            rearm_after = 0 if self.rate_mode else 1
+            # capacity, so ask for two such evaluations (the guard and the delivered
+            # rate bound an overshoot, see _trim).
+            rearm_after = 2 if self.rate_mode else 1
         self.rearm_after = <int32_t>check_count("rearm_after", rearm_after, 0, 1_000_000)
         self.max_shift = 1
         while ldexp(1.0, -(self.max_shift + 1)) >= self.min_cut * (1 - 1e-12):
@@ -179,6 +208,8 @@ cdef class AdaptiveLimit:
             # fresh enough to see a drained queue within an interval or two.
             window_samples = <int64_t>ceil(4.0 / (1.0 - self.percentile))
         self.window_samples = check_count("window_samples", window_samples, 1, MAX_COUNT)
+        # Slow calls that alone put the percentile of a full window over the target.
+        self.early_after = max(1, <int64_t>ceil((1.0 - self.percentile) * self.window_samples))
         self.evidence = Reservoir(samples, h, subwindows, seed=seed)
         self.clock = check_clock(clock)
         self.next_shift = 1
@@ -199,13 +230,16 @@ cdef class AdaptiveLimit:
     cdef inline double _clamp(self, double v) noexcept:
         return self.min_limit if v < self.min_limit else (self.max_limit if v > self.max_limit else v)
 
-    cdef inline void _on_decision(self, bint allowed, int64_t in_flight, int64_t now) noexcept:
+    cdef inline void _on_decision(self, bint allowed, int64_t in_flight, int64_t now,
+                                  bint guarded=False) noexcept:
         if self.last_eval < 0:
             self.last_eval = now
         if allowed:
             self.admitted += 1
             if in_flight > self.peak_in_flight:
                 self.peak_in_flight = in_flight
+        elif guarded:
+            self.guarded += 1
         else:
             self.rejected += 1
 
@@ -219,32 +253,79 @@ cdef class AdaptiveLimit:
             # A call admitted before the last cut says nothing about the new limit.
             if self.last_cut < 0 or now - seconds_to_ns(latency) >= self.last_cut:
                 self.evidence._add(INFINITY if outcome == OUTCOME_DROPPED else latency, now)
-        if now - self.last_eval >= self.interval_ns:
+                if outcome == OUTCOME_DROPPED or latency > self.target_latency:
+                    self.slow += 1
+        if now - self.last_eval >= (
+                self.interval_ns if self.phase == PHASE_ADDITIVE else self.probe_ns):
+            self._evaluate(now)
+        elif self.slow >= self.early_after and (
+                self.last_cut < 0 or now - self.last_cut >= self.interval_ns):
+            self._check_overload(now)
+        return 0
+
+    cdef int _check_overload(self, int64_t now) except -1:
+        """Enough slow calls to breach the percentile: evaluate now, not at the interval.
+
+        A capacity drop shows at once as slow calls; waiting out the interval lets a
+        queue build that the cut must then drain. Only a breach acts early (growth
+        and easing keep the interval), and never sooner than an interval after the
+        last cut, so there is still at most one cut per interval.
+        """
+        self.slow = 0
+        if self.evidence._count(now) < self.min_samples:
+            return 0
+        if self.evidence._quantile(self.percentile, now, self.window_samples) > self.target_latency:
             self._evaluate(now)
         return 0
 
     cdef bint _saturated(self, int64_t now) noexcept:
-        """Is the limit the bottleneck? Refusals and at least half of it in use."""
-        if self.rejected == 0:
+        """Is the limit the bottleneck? Refusals and at least half of it in use.
+
+        Not while the backend is (``_backend_bound``).
+        """
+        if self.rejected == 0 or self._backend_bound(now):
             return False
         cdef double elapsed = ns_to_seconds(now - self.last_eval)
         if self.rate_mode:
             return elapsed > 0 and self.admitted >= 0.5 * self.limit_value * elapsed
         return self.peak_in_flight >= 0.5 * self.limit_value
 
+    cdef bint _backend_bound(self, int64_t now) noexcept:
+        """Rate mode: the in-flight guard refused calls and the backend delivered
+        clearly less than the rate, so the backend, not the rate, is the bottleneck."""
+        if not self.rate_mode or self.guarded == 0:
+            return False
+        cdef double elapsed = ns_to_seconds(now - self.last_eval)
+        return elapsed > 0 and self.completed / elapsed * (1.0 + self.additive) < self.limit_value
+
     cdef int _evaluate(self, int64_t now) except -1:
         cdef int64_t n = self.evidence._count(now)
+        cdef bint saturated = self._saturated(now)
         if n < self.min_samples:
-            if now - self.last_eval >= 4 * self.interval_ns:
+            if (saturated and n > 0 and n * 5 >= self.min_samples
+                    and self.evidence._quantile(1.0, now) <= (1.0 - self.headroom) * self.target_latency):
+                # Too few calls to estimate the percentile, but even the slowest is
+                # well under the target: nothing to cut, so keep probing upward
+                # (a slow-start at a low initial limit would otherwise idle).
+                self.last_was_cut = False
+                self._grow()
+                self._next_interval(now)
+            elif now - self.last_eval >= 4 * self.interval_ns:
                 self._next_interval(now)
             return 0
         cdef double pct = self.evidence._quantile(self.percentile, now, self.window_samples)
         self.last_percentile = pct
         self.evaluations += 1
-        cdef bint saturated = self._saturated(now)
         cdef double ratio = pct / self.target_latency
         if ratio > 1.0:
-            self._cut(now)
+            if self.last_cut < 0 or now - self.last_cut >= self.interval_ns:
+                self._cut(now)
+        elif self._backend_bound(now):
+            # The in-flight guard refused calls: the backend, not the rate, was the
+            # bottleneck, so the rate is above what it delivers. Come down to that.
+            self.last_was_cut = False
+            self.healthy_run = 0
+            self._trim(now)
         else:
             self.last_was_cut = False
             if self.quiet_since < 0:
@@ -319,6 +400,23 @@ cdef class AdaptiveLimit:
                 self.ceiling = self.limit_value
                 self.step = self.additive * self.ceiling
 
+    cdef void _trim(self, int64_t now) noexcept:
+        """Rate mode, backend-bound: limit to one additive step over the delivered rate.
+
+        Ends slow start there (the knee is found, as HyStart ends it on delay). Not a
+        cut: the cut sequence does not advance and the evidence is kept.
+        """
+        cdef double elapsed = ns_to_seconds(now - self.last_eval)
+        if elapsed <= 0 or self.completed == 0:
+            return
+        cdef double level = self.completed / elapsed * (1.0 + self.additive)
+        if level < self.limit_value:
+            self.limit_value = self._clamp(level)
+        if self.phase == PHASE_SLOW_START:
+            self.phase = PHASE_ADDITIVE
+            self.ceiling = self.limit_value
+            self.step = self.additive * self.ceiling
+
     cdef void _ease(self, int64_t now) noexcept:
         """Close to the target: step back a little before the target is breached.
 
@@ -340,7 +438,9 @@ cdef class AdaptiveLimit:
         self.last_eval = now
         self.admitted = 0
         self.rejected = 0
+        self.guarded = 0
         self.completed = 0
+        self.slow = 0
         self.peak_in_flight = 0
 
     @property
@@ -365,10 +465,14 @@ cdef class AdaptiveLimit:
                 "next_cut": self.next_cut, "percentile": self.last_percentile,
                 "cuts": self.cuts, "evaluations": self.evaluations}
 
-    def on_decision(self, allowed, in_flight=0, now=None):
-        """Tell the controller about one admission decision (for the saturation test)."""
+    def on_decision(self, allowed, in_flight=0, now=None, *, guarded=False):
+        """Tell the controller about one admission decision (for the saturation test).
+
+        ``guarded``: refused by an in-flight guard rather than by the limit itself
+        (rate mode: the backend, not the rate, was the bottleneck).
+        """
         self._on_decision(bool(allowed), check_count("in_flight", in_flight, 0, MAX_COUNT),
-                          self._now(now))
+                          self._now(now), bool(guarded))
 
     def record(self, latency, ok=True, *, outcome=None, now=None):
         """One completed call: ``latency`` in seconds; ``ok=False`` for dropped/timed out.
@@ -473,16 +577,24 @@ cdef class AdaptiveLimiter:
 
     ``mode="rate"`` paces admissions at ``current_limit`` per second (GCRA with
     ``burst`` seconds' worth of tolerance) and, for calls made through permits,
-    refuses while more than rate x target_latency x ``queue_cap`` are in flight (a
-    backlog the backend is not draining; 0 disables); ``mode="concurrency"`` admits while
-    fewer than ``current_limit`` calls are in flight. One limit guards the whole
+    refuses while more than rate x target_latency x ``queue_cap`` (default 0.4) are in
+    flight (a backlog the backend is not draining; 0 disables; the controller hears of
+    these refusals: see ``_trim``); ``mode="concurrency"`` admits while fewer than
+    ``current_limit`` calls are in flight. One limit guards the whole
     backend, so every key shares it (keys are validated for uniformity with the
     other limiters). Feed it outcomes by using the permit (``with``/``async with``)
     or with ``record()``. Controller knobs (``interval``, ``horizon``, ``growth``,
     ...) are those of ``AdaptiveLimit``; ``limit_model`` supplies one ready-made.
+
+    ``backend`` (a Redis URL or ``RedisBackend``) shares one limit across processes:
+    the limiter then delegates to ``limiter.backends.shared_adaptive.
+    SharedAdaptiveLimiter`` under ``name`` (rate mode only; every process that uses
+    the same name on the same Redis converges on, and paces at, one limit). Permits
+    still measure their calls and report them to it.
     """
 
     cdef readonly AdaptiveLimit controller
+    cdef readonly object shared
     cdef readonly str mode
     cdef readonly double burst
     cdef readonly double queue_cap
@@ -493,11 +605,15 @@ cdef class AdaptiveLimiter:
 
     def __init__(self, target_latency=0.1, percentile=0.99, mode="rate", min_limit=1,
                  max_limit=100_000, initial_limit=None, clock=None, *, burst=0.01,
-                 queue_cap=0.3, backend=None, limit_model=None, **controller):
-        if backend is not None and backend != "memory://":
-            raise InvalidParameter(
-                f"backend {backend!r} is not supported by AdaptiveLimiter yet (memory only)")
+                 queue_cap=None, backend=None, limit_model=None, name="adaptive", **controller):
         self.clock = check_clock(clock)
+        if backend is not None and backend != "memory://":
+            if queue_cap is not None:
+                raise InvalidParameter(
+                    "queue_cap is not supported with a shared backend (it paces only)")
+            self._share(backend, name, target_latency, percentile, mode, min_limit, max_limit,
+                        initial_limit, burst, limit_model, controller)
+            return
         if limit_model is not None:
             if not isinstance(limit_model, AdaptiveLimit):
                 raise InvalidParameter(
@@ -509,6 +625,8 @@ cdef class AdaptiveLimiter:
         self.mode = self.controller.mode
         self.rate_mode = self.mode == "rate"
         self.burst = check_positive("burst", burst, 60.0)
+        if queue_cap is None:
+            queue_cap = 0.4
         if isinstance(queue_cap, (int, float)) and not isinstance(queue_cap, bool) and queue_cap == 0:
             self.queue_cap = 0.0
         else:
@@ -516,11 +634,57 @@ cdef class AdaptiveLimiter:
         self.tat = 0
         self.in_flight_count = 0
 
+    cdef _share(self, object backend, object name, object target_latency, object percentile,
+                object mode, object min_limit, object max_limit, object initial_limit,
+                object burst, object limit_model, dict controller):
+        """Delegate to a SharedAdaptiveLimiter on ``backend`` (see the class docstring)."""
+        if mode != "rate":
+            raise InvalidParameter(
+                f"mode must be 'rate' with a shared backend (the shared limit paces "
+                f"admissions), got {mode!r}")
+        if limit_model is not None:
+            raise InvalidParameter("limit_model cannot be combined with a shared backend")
+        from limiter.backends.redis import RedisBackend
+        from limiter.backends.shared_adaptive import SharedAdaptiveLimiter
+
+        if isinstance(backend, str):
+            bind_backend(backend, Spec("token_bucket", limit=1, interval_ns=NS_PER_S))
+        elif not isinstance(backend, RedisBackend):
+            raise InvalidParameter(
+                f"backend must be a Redis URL or a RedisBackend for AdaptiveLimiter, "
+                f"got {backend!r:.80}")
+        self.shared = SharedAdaptiveLimiter(
+            backend, name, target_latency=target_latency, percentile=percentile,
+            min_limit=min_limit, max_limit=max_limit, initial_limit=initial_limit, burst=burst,
+            **controller)
+        self.controller = self.shared.controller
+        self.mode = "rate"
+        self.rate_mode = True
+        self.burst = self.shared.burst
+        self.queue_cap = 0.0
+
     cdef inline int64_t _now(self) except? -1:
         return read_clock(self.clock, False)
 
+    cdef AdaptivePermit _acquire_shared(self, object key, object cost):
+        cdef Decision d = self.shared.acquire(key, cost)
+        cdef AdaptivePermit p = AdaptivePermit.__new__(AdaptivePermit)
+        p.owner = self
+        p.start = self._now()
+        p.cost = cost
+        p.allowed = d.allowed
+        p.limit = d.limit
+        p.remaining = d.remaining
+        p.reset_after = d.reset_after
+        p.retry_after = d.retry_after
+        if p.allowed:
+            self.in_flight_count += p.cost
+        return p
+
     def acquire(self, key="", cost=1):
         """Ask to start a call; returns an AdaptivePermit (check ``allowed``)."""
+        if self.shared is not None:
+            return self._acquire_shared(key, cost)
         check_key(key)
         cdef int64_t c = cost_arg(cost, MAX_COUNT)
         cdef int64_t now = self._now()
@@ -529,6 +693,7 @@ cdef class AdaptiveLimiter:
         cdef int64_t interval, tolerance, tat, new_tat, allow_at, cap, remaining
         cdef AdaptivePermit p = AdaptivePermit.__new__(AdaptivePermit)
         cdef double latency
+        cdef bint guarded = False
         p.owner = self
         p.start = now
         p.cost = c
@@ -550,6 +715,7 @@ cdef class AdaptiveLimiter:
                 p.allowed = False
                 p.remaining = 0
                 p.retry_after = ns_to_seconds(interval)
+                guarded = True
             elif allow_at > now:
                 p.allowed = False
                 p.remaining = 0
@@ -576,13 +742,18 @@ cdef class AdaptiveLimiter:
                 self.in_flight_count += c
                 p.allowed = True
                 p.remaining = cap - self.in_flight_count
-        ctl._on_decision(p.allowed, self.in_flight_count, now)
+        ctl._on_decision(p.allowed, self.in_flight_count, now, guarded)
         return p
 
     cdef int _finish(self, int64_t start, int64_t cost, int outcome) except -1:
         cdef int64_t now = self._now()
         self._free(cost)
-        self.controller._update(ns_to_seconds(now - start if now > start else 0), outcome, now)
+        cdef double latency = ns_to_seconds(now - start if now > start else 0)
+        if self.shared is not None:
+            if outcome != OUTCOME_IGNORED:
+                self.shared.record(latency, outcome == OUTCOME_OK)
+            return 0
+        self.controller._update(latency, outcome, now)
         return 0
 
     cdef void _free(self, int64_t cost) noexcept:
@@ -594,16 +765,24 @@ cdef class AdaptiveLimiter:
         """One completed call measured by the caller (seconds); ``ok=False`` = dropped."""
         cdef double v = check_latency(latency)
         cdef int o = parse_outcome(ok, outcome)
+        if self.shared is not None:
+            if o != OUTCOME_IGNORED:
+                self.shared.record(v, o == OUTCOME_OK)
+            return
         self.controller._update(v, o, self._now())
 
     @property
     def current_limit(self):
         """Allowed admissions per second (rate) or calls in flight (concurrency)."""
+        if self.shared is not None:
+            return self.shared.current_limit
         return self.controller.limit_value
 
     @property
     def current_percentile(self):
         """Latency percentile (seconds) the controller last acted on; NaN before any."""
+        if self.shared is not None:
+            return self.shared.controller.last_percentile
         return self.controller.last_percentile
 
     @property
@@ -613,6 +792,8 @@ cdef class AdaptiveLimiter:
 
     def summary(self):
         """The controller's mergeable summary (see ``AdaptiveLimit.summary``)."""
+        if self.shared is not None:
+            return self.shared.controller.summary()
         return self.controller.summary(self._now())
 
     def __repr__(self):

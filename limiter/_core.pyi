@@ -163,7 +163,10 @@ class AdaptiveLimit:
     current_percentile: float
     next_cut: float
     state: Any
-    def on_decision(self, allowed: bool, in_flight: int = 0, now: int | None = None) -> None: ...
+    probe_interval: float
+    def on_decision(
+        self, allowed: bool, in_flight: int = 0, now: int | None = None, *, guarded: bool = False
+    ) -> None: ...
     def record(
         self, latency: float, ok: bool = True, *, outcome: Any = None, now: int | None = None
     ) -> None: ...
@@ -180,6 +183,7 @@ class AdaptiveLimiter:
     current_limit: float
     current_percentile: float
     in_flight: int
+    shared: Any
     def __init__(
         self,
         target_latency: float = 0.1,
@@ -191,9 +195,10 @@ class AdaptiveLimiter:
         clock: Clock | None = None,
         *,
         burst: float = 0.01,
-        queue_cap: float = 0.3,
+        queue_cap: float | None = None,
         backend: object = None,
         limit_model: Any = None,
+        name: str = "adaptive",
         **controller: Any,
     ) -> None: ...
     def acquire(self, key: str = "", cost: int = 1) -> AdaptivePermit: ...

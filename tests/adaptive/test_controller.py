@@ -23,7 +23,7 @@ class Driver:
         opts = {"target_latency": TARGET, "percentile": 0.9, "mode": "concurrency",
                 "initial_limit": 100, "max_limit": 10_000, "interval": 1.0,
                 "min_samples": 10, "window_samples": 10, "additive": 0.01,
-                "rearm_after": 0}  # fmt: skip
+                "rearm_after": 0, "probe_interval": 1.0}  # fmt: skip
         opts.update(kwargs)
         self.lim = AdaptiveLimit(**opts)
         self.t = 10 * S
@@ -37,8 +37,9 @@ class Driver:
             lim.on_decision(False, now=self.t + 2)
         else:
             lim.on_decision(True, in_flight=1, now=self.t + 1)
-        # Every call is admitted after the interval began (after any cut).
-        done = self.t + int(latency * S) + 10
+        # Every call is admitted after the interval began (after any cut) and ends just
+        # before the evaluation, so an early cut (on the slow ones) lands there too.
+        done = self.t + S - 10_000
         for i in range(n):
             lim.record(latency, now=done + i)
         for i in range(dropped):
@@ -256,6 +257,97 @@ def test_percentile_and_summary_are_observable() -> None:
     assert s["target_latency"] == TARGET
 
 
+def _limit(**kwargs: object) -> tuple[AdaptiveLimit, int]:
+    opts = {"target_latency": TARGET, "percentile": 0.9, "mode": "concurrency",
+            "initial_limit": 100, "interval": 1.0, "min_samples": 10,
+            "window_samples": 10, "rearm_after": 0, "probe_interval": 1.0}  # fmt: skip
+    opts.update(kwargs)
+    lim = AdaptiveLimit(**opts)
+    t = 10 * S
+    lim.evaluate(now=t)
+    return lim, t
+
+
+def _saturate(lim: AdaptiveLimit, t: int) -> None:
+    lim.on_decision(True, in_flight=math.ceil(lim.limit), now=t)
+    lim.on_decision(False, now=t)
+
+
+def test_slow_calls_cut_before_the_interval_ends_but_once_per_interval() -> None:
+    lim, t = _limit()
+    _saturate(lim, t + 1)
+    for i in range(10):
+        lim.record(FAST, now=t + S // 10 + i)
+    assert lim.limit == 100  # healthy so far, and the interval is not over
+    for i in range(5):
+        lim.record(SLOW, now=t + 3 * S // 5 + i)  # admitted 0.1 s in
+    assert lim.limit == 50 and lim.cuts == 1  # at 0.6 s, without waiting for 1 s
+    for i in range(20):
+        lim.record(0.05, ok=False, now=t + 9 * S // 10 + i)  # admitted after the cut
+    assert lim.cuts == 1  # a second cut waits for a whole interval after the first
+    for i in range(20):
+        lim.record(0.05, ok=False, now=t + 8 * S // 5 + i)
+    assert lim.cuts == 2
+
+
+def test_slow_start_evaluates_every_probe_interval_additive_every_interval() -> None:
+    lim, t = _limit(initial_limit=10, growth=2.0, probe_interval=0.5)
+    for k in (1, 2):  # open-ended slow start: doubles every 0.5 s
+        _saturate(lim, t + (k - 1) * S // 2 + 1)
+        for i in range(10):
+            lim.record(FAST, now=t + k * S // 2 + i)
+    assert lim.limit == 40
+    for i in range(10):  # nearing the target ends slow start (hold band)
+        lim.record(0.08, now=t + 3 * S // 2 + i)
+    assert lim.state["phase"] == "additive" and lim.limit == 40
+    t += 3 * S // 2 + 100
+    _saturate(lim, t)
+    for i in range(10):
+        lim.record(FAST, now=t + S // 2 + i)
+    assert lim.limit == 40  # additive phase: half an interval is not enough
+    for i in range(10):
+        lim.record(FAST, now=t + S + i)
+    assert lim.limit > 40
+
+
+def test_few_samples_grow_slow_start_only_if_all_are_fast() -> None:
+    # P99 needs 100 samples; 25 are enough to keep probing if even the slowest is fast.
+    lim, t = _limit(percentile=0.99, min_samples=None, window_samples=None, initial_limit=10,
+                    growth=2.0)  # fmt: skip
+    _saturate(lim, t + 1)
+    for i in range(25):
+        lim.record(FAST, now=t + S // 2 + i)
+    lim.evaluate(now=t + S)
+    assert lim.limit == 20 and lim.evaluations == 0
+    _saturate(lim, t + S + 1)
+    for i in range(24):
+        lim.record(FAST, now=t + 3 * S // 2 + i)
+    lim.record(0.09, now=t + 3 * S // 2 + 50)  # one call near the target: wait for more
+    lim.evaluate(now=t + 2 * S)
+    assert lim.limit == 20
+
+
+def test_rate_mode_backend_bound_comes_down_to_the_delivered_rate() -> None:
+    def run(guarded: int) -> AdaptiveLimit:
+        lim, t = _limit(mode="rate", initial_limit=1000, percentile=0.9)
+        for i in range(600):
+            lim.on_decision(True, now=t + 1 + i)
+        for i in range(guarded):
+            lim.on_decision(False, now=t + 1000 + i, guarded=True)
+        for i in range(100):
+            lim.on_decision(False, now=t + 2000 + i)  # refused by the pace
+        for i in range(300):  # the backend completed 300 in the second
+            lim.record(FAST, now=t + S // 2 + i)
+        lim.evaluate(now=t + S)
+        return lim
+
+    paced = run(guarded=0)
+    assert paced.limit > 1000  # pace-bound and healthy: grows
+    bound = run(guarded=50)
+    assert bound.limit == pytest.approx(300 * 1.03)  # one additive step over delivered
+    assert bound.state["phase"] == "additive" and bound.cuts == 0
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from([FAST, 0.075, 0.09, SLOW]), st.booleans()),
                 min_size=1, max_size=40))  # fmt: skip
@@ -290,6 +382,8 @@ def test_limit_stays_bounded_and_grows_only_when_saturated(
         ({"initial_limit": 0}, "initial_limit"),
         ({"initial_limit": 1e6, "max_limit": 100}, "initial_limit"),
         ({"interval": 0}, "interval"),
+        ({"probe_interval": 0}, "probe_interval"),
+        ({"probe_interval": 2.0, "interval": 1.0}, "probe_interval"),
         ({"horizon": 0.1, "interval": 1.0}, "horizon"),
         ({"growth": 1.0}, "growth"),
         ({"additive": 1.5}, "additive"),
