@@ -2,8 +2,11 @@
 
 Starts its own redis-server on a free port (never the system one), then measures, in
 one run: sequential calls (one caller) and 64 concurrent callers (threads, and asyncio
-tasks for limiter), each with p50/p99 per-call latency. Every limit is set high so all
-calls really go to Redis (nothing is answered by a local cache).
+tasks for limiter), each with p50/p99 per-call latency, and for the threaded run the CPU
+time per call of this process and of redis-server (robust to other load on the host,
+unlike throughput). Every limit is set high so all calls really go to Redis (nothing is
+answered by a local cache). Contenders are interleaved within each round and ratios are
+taken within a round, so load from other processes hits all of them alike.
 
     .venv/bin/python benchmarks/redis_bench.py [--calls 4000] [--out benchmarks/results/redis.md]
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import platform
 import statistics
 import sys
@@ -122,8 +126,31 @@ def sequential(call: Callable[[str], object], n: int, chunk: int = 100) -> tuple
     return (statistics.median(rates), *percentiles(lat))
 
 
+def load_average() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def server_cpu(server: RedisServer) -> float:
+    """CPU seconds redis-server has used so far (utime + stime from /proc)."""
+    assert server.proc is not None
+    fields = Path(f"/proc/{server.proc.pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def threaded_cpu(call, n: int, callers: int, server: RedisServer) -> tuple[float, ...]:
+    """``threaded`` after a short untimed warm-up (every client grows its connection pool
+    first), plus CPU us per call of this process and of redis-server."""
+    threaded(call, callers * 4, callers)
+    before, server_before = os.times(), server_cpu(server)
+    result = threaded(call, n, callers)
+    after, server_after = os.times(), server_cpu(server)
+    calls = max(n // callers, 20) * callers
+    client = (after.user - before.user + after.system - before.system) / calls * 1e6
+    return (*result, client, (server_after - server_before) / calls * 1e6)
+
+
 def threaded(call: Callable[[str], object], n: int, callers: int) -> tuple[float, float, float]:
-    per = max(n // callers, 20)
+    per = max(n // callers, 4)
     lats: list[list[float]] = [[] for _ in range(callers)]
     start = threading.Barrier(callers + 1)
 
@@ -190,9 +217,18 @@ def async_contenders(url: str) -> dict[str, Callable[[], Callable]]:
     }
 
 
-def _median(results: list[tuple[float, float, float]]) -> tuple[float, float, float]:
-    ops, p50, p99 = zip(*results, strict=True)
-    return statistics.median(ops), statistics.median(p50), statistics.median(p99)
+PEERS = ("limits FixedWindow (RedisStorage)", "throttled-py TokenBucket (RedisStore)",
+         "pyrate-limiter RedisBucket", "limits FixedWindow (aio)")  # fmt: skip
+
+
+def _median(results: list[tuple]) -> tuple:
+    return tuple(statistics.median(column) for column in zip(*results, strict=True))
+
+
+def _per_round(par: dict[str, list], name: str, others: list[str]) -> float:
+    """Median over rounds of ``name``'s throughput / the best of ``others`` in that round."""
+    rounds = range(len(par[name]))
+    return statistics.median(par[name][r][0] / max(par[o][r][0] for o in others) for r in rounds)
 
 
 def main() -> None:
@@ -204,6 +240,8 @@ def main() -> None:
     args = parser.parse_args()
     seq: dict[str, list] = {}
     par: dict[str, list] = {}
+    load_before = load_average()
+    started = time.strftime("%H:%M UTC %Y-%m-%d", time.gmtime())
     with RedisServer() as server:
         url = server.url
         calls = {name: factory() for name, factory in contenders(url).items()}
@@ -213,29 +251,34 @@ def main() -> None:
             for name, call in calls.items():
                 seq.setdefault(name, []).append(sequential(call, args.calls))
                 if name not in SEQUENTIAL_ONLY:
-                    par.setdefault(name, []).append(threaded(call, args.calls * 2, args.callers))
+                    result = threaded_cpu(call, args.calls * 2, args.callers, server)
+                    par.setdefault(name, []).append(result)
             for name, acall in acalls.items():
                 par.setdefault(name, []).append(with_asyncio(acall, args.calls * 2, args.callers))
-            print(f"round {r + 1}/{args.rounds} done", flush=True)
+            print(f"round {r + 1}/{args.rounds} done (load {load_average()})", flush=True)
         failures = sum(b.breaker.trips for b in OURS)
     incr = "raw redis-py INCR"
     ratios = {
         name: statistics.median(a[0] / b[0] for a, b in zip(seq[name], seq[incr], strict=True))
         for name in seq
     }
+    peers = [p for p in PEERS if p in par]
     lines = [
         "# Redis backend benchmark",
         "",
         f"`benchmarks/redis_bench.py --calls {args.calls} --callers {args.callers} "
-        f"--rounds {args.rounds}`. Sequential: median over 100-call chunks; 64 callers: whole "
-        f"run of {args.calls * 2} calls. Python {platform.python_version()}, redis-py "
-        f"{redis.__version__}, {platform.machine()}, own redis-server on 127.0.0.1 on the same "
-        "host. Medians over rounds; contenders interleaved within each round. Failure-mode "
-        f"breaker trips during the run (must be 0): {failures}.",
+        f"--rounds {args.rounds}`, started {started}. Sequential: median over 100-call chunks; "
+        f"{args.callers} callers: whole run of {args.calls * 2} calls after an untimed warm-up. "
+        f"Python {platform.python_version()}, redis-py {redis.__version__}, "
+        f"{platform.machine()}, {os.cpu_count()} CPUs, own redis-server on 127.0.0.1 on the "
+        "same host. Medians over rounds; contenders interleaved within each round; "
+        "`x best peer` is taken within each round (then the median). Load average (1/5/15 "
+        f"min) at start {load_before}, at end {load_average()}. Failure-mode breaker trips "
+        f"during the run (must be 0): {failures}.",
         "",
         f"| contender | sequential ops/s | x raw INCR | p50 us | p99 us | {args.callers} "
-        "callers ops/s | p50 us | p99 us |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "callers ops/s | x best peer | p50 us | p99 us | CPU us/call client + redis |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name in [*seq, *acalls]:
         mode = "asyncio tasks" if name in acalls else "threads"
@@ -245,10 +288,12 @@ def main() -> None:
         else:
             s_txt = "- | - | - | -"
         if name in par:
-            p_ops, p50, p99 = _median(par[name])
-            p_txt = f"{p_ops:.0f} | {p50:.0f} | {p99:.0f}"
+            p_ops, p50, p99, *cpu = _median(par[name])
+            vs = f"{_per_round(par, name, peers):.1f}" if name not in peers else "-"
+            cpu_txt = f"{cpu[0]:.1f} + {cpu[1]:.1f}" if cpu else "-"
+            p_txt = f"{p_ops:.0f} | {vs} | {p50:.0f} | {p99:.0f} | {cpu_txt}"
         else:
-            p_txt = "- | - | -"
+            p_txt = "- | - | - | - | -"
         lines.append(f"| {name} ({mode}) | {s_txt} | {p_txt} |")
     text = "\n".join(lines) + "\n"
     print(text)

@@ -5,7 +5,8 @@ buckets. The breaker opens when, with at least ``minimum_calls`` in the window, 
 failure ratio or the slow-call ratio reaches its threshold, or after
 ``consecutive_failures`` failures in a row. Open: calls fail fast for ``open_for``
 seconds, then Half-Open lets ``half_open_probes`` calls through: all succeeding closes
-it, one failing re-opens it. With a health probe configured (HTTP or gRPC health) an
+it, one failing re-opens it; probes with no outcome after another ``open_for`` count as
+lost and new ones are let through. With a health probe configured (HTTP or gRPC health) an
 open breaker closes only when the probe passes, so no user call is risked.
 
 Modes an operator can set: NORMAL, DISABLED (always allow, count nothing),
@@ -235,7 +236,9 @@ class CircuitBreaker:
         self.probe_fn = probe or (probe_for(cfg.health, cfg.health_timeout) if cfg.health else None)
         self.state = State.CLOSED
         self.opened_at = 0
+        self.half_opened_at = 0
         self.last_probe = 0
+        self.trips = 0  # closed -> open transitions
         self._width = max(1, int(cfg.window * 1e9 / cfg.buckets))
         n = cfg.buckets
         self._epoch = [-1] * n
@@ -263,6 +266,8 @@ class CircuitBreaker:
 
     def allow(self) -> bool:
         """May a call go to the dependency now?"""
+        if self.state is State.CLOSED and self.mode is Mode.NORMAL and self.override is None:
+            return True  # the common case, in three attribute reads
         mode = self.effective_mode()
         if mode is not Mode.NORMAL:
             if mode is Mode.FORCED_OPEN:
@@ -283,6 +288,13 @@ class CircuitBreaker:
                 return self.allow()
             return mode is Mode.METRICS_ONLY or self._reject()
         if next(self._tickets) < self.config.half_open_probes:
+            return True
+        wait = self.config.open_for * 1e9
+        if wait and self.clock() - self.half_opened_at >= wait:
+            # No outcome for a whole open_for: the probes were lost; hand out new ones.
+            self.half_opened_at = self.clock()
+            self._tickets = itertools.count(1)
+            self._passed = itertools.count(1)
             return True
         return mode is Mode.METRICS_ONLY or self._reject()
 
@@ -386,6 +398,8 @@ class CircuitBreaker:
             if self.state is not source:
                 return False
             self._enter(target)
+            if source is State.CLOSED and target is State.OPEN:
+                self.trips += 1
         finally:
             self._transition.release()
         self._announce(source, target, reason)
@@ -395,6 +409,7 @@ class CircuitBreaker:
         if target is State.OPEN:
             self.opened_at = self.clock()
         elif target is State.HALF_OPEN:
+            self.half_opened_at = self.clock()
             self._tickets = itertools.count()
             self._passed = itertools.count(1)
         else:

@@ -117,8 +117,9 @@ class GcraCodec(Codec):
         new = d + cost * self.interval
         tau = self.tau
         if r[i]:
-            wait = new - tau if self.shaper else 0
-            return decision(True, self.limit, (tau - new) // self.interval, new, 0, wait)
+            if not self.shaper:  # the hot path: new <= tau, so no clamping (as ``decision``)
+                return Decision(True, self.limit, (tau - new) // self.interval, new / 1e9, 0.0, 0.0)
+            return decision(True, self.limit, (tau - new) // self.interval, new, 0, new - tau)
         if self.shaper:
             return decision(False, self.limit, 0, d, new - tau - self.max_wait)
         return decision(False, self.limit, (tau - d) // self.interval, d, new - tau)
@@ -150,8 +151,8 @@ class WindowCodec(Codec):
         elapsed = r[i + 3] * 1000 + r[i + 4]
         limit, p = self.limit, self.period
         if not self.sliding:
-            if allowed:
-                return decision(True, limit, limit - cur - cost, p - elapsed)
+            if allowed:  # cur + cost <= limit and elapsed < p: no clamping (as ``decision``)
+                return Decision(True, limit, limit - cur - cost, (p - elapsed) / 1e9, 0.0, 0.0)
             return decision(False, limit, limit - cur, p - elapsed, p - elapsed)
         estimate = prev * (float(p - elapsed) / float(p)) + cur
         if allowed:

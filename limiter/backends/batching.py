@@ -1,16 +1,18 @@
 """Automatic batching: concurrent decisions share one pipelined round trip.
 
-Flat combining instead of a timer: a caller that finds fewer than ``depth`` round
-trips in flight becomes a leader and sends everything queued; callers arriving while
-all leaders are busy queue up and go together in the next round trip, led by the
-first of them. A lone caller therefore pays no added delay, under load the batch
-grows with the concurrency. ``depth`` > 1 overlaps round trips (measured: no gain
-while the client's CPU, not Redis, is the bottleneck, hence the default 1). The
-requests of one ``run`` share a round trip, and a caller's next request starts after
-its last one ended, so every caller sees its own requests in order.
-An optional ``window`` (seconds) makes the leader wait a little to gather more, like
-Envoy ratelimit's pipeline window. Asyncio callers enqueue without blocking; a
-worker thread leads for them and hands results back to their event loop.
+No timer: a caller that finds no round trip in flight sends its own requests at once,
+so a lone caller pays no added delay. Callers arriving while a round trip is in flight
+queue up; when it ends, one flusher thread sends everything queued in the next round
+trip and keeps doing so, back to back, while the queue refills, then goes idle. Under
+load the batch grows with the concurrency, and each waiting thread is woken exactly
+once, by the flusher, with its results ready. Handing the lead to a woken caller
+instead puts a GIL hand-off on the critical path of every round trip (measured with 64
+threads: 75k decisions/s that way, 85k/s with the flusher; medians of 8 interleaved runs).
+The requests of one ``run`` share a round trip, and a caller's next request starts
+after its last one ended, so every caller sees its own requests in order.
+An optional ``window`` (seconds) makes the sender wait a little to gather more, like
+Envoy ratelimit's pipeline window. Asyncio callers enqueue without blocking; the
+flusher hands results back to their event loop.
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ import threading
 import time
 from _thread import allocate_lock
 from collections.abc import Callable
+from contextlib import suppress
 from typing import Any
 
 
 class Call:
     """One request in a batch; ``flush`` fills ``result`` or ``error``."""
 
-    __slots__ = ("args", "batch", "error", "future", "group", "keys", "result", "slot", "waiter",
+    __slots__ = ("args", "error", "future", "group", "keys", "offset", "result", "slot", "waiter",
                  "width")  # fmt: skip
 
     def __init__(self, group: Any, keys: Any, args: Any, width: int, slot: int = 0) -> None:
@@ -37,10 +40,10 @@ class Call:
         self.args = args
         self.width = width
         self.slot = slot
-        self.result: Any = None
+        self.result: Any = None  # a script run's reply, shared by the calls it decided
+        self.offset = 0  # where this call's fields start in ``result``
         self.error: BaseException | None = None
         self.waiter: Any = None  # lock a blocked caller sleeps on
-        self.batch: list[Call] | None = None  # handed to a caller woken up to lead
         self.future: asyncio.Future | None = None
 
 
@@ -52,43 +55,50 @@ def _resolve(calls: list[Call]) -> None:
 
 
 class Combiner:
-    """Runs ``flush(calls)`` for queued calls, at most ``depth`` round trips at a time."""
+    """Runs ``flush(calls)`` for queued calls, one round trip at a time."""
 
-    def __init__(
-        self, flush: Callable[[list[Call]], None], window: float = 0.0, depth: int = 1
-    ) -> None:
+    def __init__(self, flush: Callable[[list[Call]], None], window: float = 0.0) -> None:
         self.flush = flush
         self.window = window
-        self.depth = depth
         # Reentrant: a Permit collected by the garbage collector inside a critical section
         # posts its release from this very thread.
         self.mutex = threading.RLock()
         self.queue: list[Call] = []
-        self.leaders = 0
+        self.busy = False  # a round trip is in flight (a caller's own, or the flusher's)
         self.batches = 0
-        self.worker_batches: list[list[Call]] = []
-        self.worker_wake = threading.Semaphore(0)
-        self.workers: list[threading.Thread] = []
+        self.signal = allocate_lock()  # released to start the flusher when it is idle
+        self.signal.acquire()
+        self.flusher: threading.Thread | None = None
+        self.waiters = threading.local()  # one reusable lock per caller thread
+
+    def _waiter(self) -> Any:
+        try:
+            return self.waiters.lock
+        except AttributeError:
+            lock = self.waiters.lock = allocate_lock()
+            lock.acquire()
+            return lock
 
     def run(self, calls: list[Call]) -> None:
         """Block until every call in ``calls`` has a result or an error."""
-        first = calls[0]
         with self.mutex:
-            self.queue.extend(calls)
-            if self.leaders < self.depth:
-                self.leaders += 1
-                batch, self.queue = self.queue, []
+            if self.busy:
+                self.queue.extend(calls)
+                waiter = calls[0].waiter = self._waiter()
             else:
-                batch = None
-                waiter = first.waiter = allocate_lock()
-                waiter.acquire()
-        if batch is None:
-            waiter.acquire()  # released with our results, or with a batch to lead
-            batch = first.batch
-            if batch is None:
+                self.busy = True
+                waiter = None
+        if waiter is not None:
+            waiter.acquire()  # released by the flusher once the results are in
+            return
+        batch = self._send(calls)
+        if batch is not calls:
+            self._wake(batch)  # the window added others' calls
+        with self.mutex:
+            if not self.queue:
+                self.busy = False
                 return
-            first.waiter = first.batch = None
-        self._lead(batch)
+        self._kick()  # others queued meanwhile: the flusher takes over
 
     def submit(self, calls: list[Call], loop: asyncio.AbstractEventLoop) -> asyncio.Future:
         """Queue ``calls`` for an asyncio caller; the future completes when all are done."""
@@ -101,33 +111,22 @@ class Combiner:
         """Queue ``calls`` without waiting for them (e.g. lease releases); never blocks."""
         with self.mutex:
             self.queue.extend(calls)
-            if self.leaders < self.depth:
-                self.leaders += 1
-                batch, self.queue = self.queue, []
-            else:
-                batch = None
-        if batch is not None:
-            self._hand_to_worker(batch)
+            if self.busy:
+                return
+            self.busy = True
+        self._kick()
 
-    def _hand_to_worker(self, batch: list[Call]) -> None:
-        if len(self.workers) < self.depth:
-            worker = threading.Thread(target=self._work, name="limiter-redis", daemon=True)
-            self.workers.append(worker)
-            worker.start()
-        self.worker_batches.append(batch)
-        self.worker_wake.release()
+    def _kick(self) -> None:
+        if self.flusher is None or not self.flusher.is_alive():  # e.g. in a forked child
+            self.flusher = threading.Thread(target=self._work, name="limiter-redis", daemon=True)
+            self.flusher.start()
+        self.signal.release()
 
-    def _work(self) -> None:
-        while True:
-            self.worker_wake.acquire()
-            self._lead(self.worker_batches.pop(0))
-
-    def _lead(self, batch: list[Call]) -> None:
+    def _send(self, batch: list[Call]) -> list[Call]:
         if self.window > 0:
             time.sleep(self.window)
             with self.mutex:
-                batch += self.queue
-                self.queue = []
+                batch, self.queue = batch + self.queue, []
         try:
             self.flush(batch)
         except BaseException as exc:  # handed to every caller, never lost
@@ -135,20 +134,10 @@ class Combiner:
                 if call.result is None and call.error is None:
                     call.error = exc
         self.batches += 1
-        # Hand the lead on before waking this batch's callers, so that the next round
-        # trip goes out while they run.
-        with self.mutex:
-            nxt = self.queue[0] if self.queue else None
-            if nxt is None:
-                self.leaders -= 1
-            else:
-                following, self.queue = self.queue, []
-        if nxt is not None:
-            if nxt.waiter is not None:
-                nxt.batch = following
-                nxt.waiter.release()
-            else:
-                self._hand_to_worker(following)
+        return batch
+
+    @staticmethod
+    def _wake(batch: list[Call]) -> None:
         loops: dict[asyncio.AbstractEventLoop, list[Call]] = {}
         for call in batch:
             if call.waiter is not None:
@@ -156,4 +145,16 @@ class Combiner:
             elif call.future is not None:
                 loops.setdefault(call.future.get_loop(), []).append(call)
         for loop, calls in loops.items():
-            loop.call_soon_threadsafe(_resolve, calls)
+            with suppress(RuntimeError):  # a closed loop: nobody awaits these any more
+                loop.call_soon_threadsafe(_resolve, calls)
+
+    def _work(self) -> None:
+        while True:
+            self.signal.acquire()
+            while True:
+                with self.mutex:
+                    batch, self.queue = self.queue, []
+                    if not batch:
+                        self.busy = False
+                        break
+                self._wake(self._send(batch))

@@ -2,9 +2,10 @@
 
 Each decision is one atomic Lua script run on the Redis server, timed by the server's
 clock. Concurrent decisions are batched into one pipelined round trip (``batching``),
-refusals are remembered locally until they expire (``overlimit``), and a breaker on the
-connection turns a dead Redis into the rule's failure mode within microseconds:
-``closed`` refuses, ``open`` admits, ``local`` decides with an in-process kernel.
+refusals are remembered locally until they expire (``overlimit``), and a breaker per
+Redis node turns a dead node into the rule's failure mode within microseconds, for the
+keys that node serves: ``closed`` refuses, ``open`` admits, ``local`` decides with an
+in-process kernel.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from limiter.backends import REDIS_SCHEMES
 from limiter.backends.algorithms import Codec, codec_for, decision
 from limiter.backends.base import Spec
 from limiter.backends.batching import Call, Combiner
-from limiter.backends.breaker import Breaker
+from limiter.backends.breaker import NodeBreakers
 from limiter.backends.keys import hash_tag
 from limiter.backends.overlimit import OverLimitCache
 from limiter.backends.scripts import LEASE_RELEASE
@@ -44,6 +45,7 @@ MAX_KEYS_PER_SCRIPT = 256
 KEY_CACHE_SIZE = 10_000
 # Failures we turn into the rule's failure mode; anything else is a bug and propagates.
 REDIS_FAULTS = (Unavailable, RedisError, RedisClusterException, OSError)
+BREAKER_OPEN = Unavailable("circuit breaker open")
 
 
 @dataclass(frozen=True)
@@ -151,7 +153,7 @@ class RedisBackend:
             local_cache=opts.get("local_cache", True),
             lease_ttl=opts.get("lease_ttl", 60.0),
         )
-        self.breaker = Breaker(float(opts.get("breaker_cooldown", 0.2)))
+        self.breaker = NodeBreakers("redis", float(opts.get("breaker_cooldown", 0.2)))
         self.combiner = Combiner(self._flush, float(opts.get("batch_window", 0.0)))
         self.lease_ids = itertools.count()
         self.lease_prefix = os.urandom(6).hex().encode() + b"-"
@@ -187,7 +189,7 @@ class RedisBackend:
             client = RedisCluster(
                 startup_nodes=nodes, username=user, password=password, ssl=tls, **query, **common
             )
-            return ClusterServers(client)
+            return ClusterServers(client, self.breaker)
         if scheme.endswith("+sentinel"):
             path = [p for p in parts.path.split("/") if p]
             if not path:
@@ -202,8 +204,8 @@ class RedisBackend:
             master = sentinel.master_for(
                 path[0], username=user, password=password, db=db, ssl=tls, **query, **common
             )
-            return SingleServer(master)
-        return SingleServer(redis.Redis.from_url(url, **common))
+            return SingleServer(master, self.breaker)
+        return SingleServer(redis.Redis.from_url(url, **common), self.breaker)
 
     def _transport(self) -> Any:
         if self.transport is None:
@@ -211,7 +213,14 @@ class RedisBackend:
                 self.transport = self._connect(*self.connect_args)
             except (RedisError, RedisClusterException, OSError) as exc:
                 raise Unavailable(f"{type(exc).__name__}: {exc}") from exc
+            self.breaker.success()  # the breaker of a Redis away at start
         return self.transport
+
+    def allow(self, slot: int) -> bool:
+        """May a request for ``slot`` go to Redis now? Asks the breaker of the slot's node."""
+        if self.cluster and self.transport is not None:
+            return self.breaker.node(self.transport.node_name(slot)).allow()
+        return self.breaker.main.allow()
 
     def ping(self) -> None:
         """Raise ``Unavailable`` unless every Redis node answers (one round trip)."""
@@ -263,19 +272,29 @@ class RedisBackend:
         return commands
 
     def _flush(self, calls: list[Call]) -> None:
-        call = calls[0]
-        if len(calls) == 1 and isinstance(call.group, Codec):  # the sequential caller's path
-            commands = [_script_run(call.group, calls)]
+        group, slot = calls[0].group, calls[0].slot
+        for call in calls:  # usually one algorithm and one slot: no grouping needed
+            if call.group is not group or call.slot != slot:
+                commands = self._commands(calls)
+                break
         else:
-            commands = self._commands(calls)
+            if isinstance(group, Codec) and len(calls) <= MAX_KEYS_PER_SCRIPT:
+                commands = [_script_run(group, calls)]
+            else:
+                commands = self._commands(calls)
         try:
-            self._transport().execute(commands)
+            transport = self._transport()
         except Unavailable as exc:
             self.breaker.failure()
             for call in calls:
                 call.error = exc
             return
-        self.breaker.success()
+        try:
+            transport.execute(commands)  # tells each node's breaker how its round trip went
+        except Unavailable as exc:
+            for call in calls:
+                call.error = exc
+            return
         for cmd in commands:
             reply = cmd.reply
             if isinstance(reply, Exception):
@@ -286,7 +305,8 @@ class RedisBackend:
             else:
                 offset = 1
                 for call in cmd.calls:
-                    call.result = (reply, offset)
+                    call.result = reply
+                    call.offset = offset
                     offset += call.width
 
     def run(self, calls: list[Call]) -> None:
@@ -314,16 +334,6 @@ class RedisRule:
     def __init__(self, backend: RedisBackend, options: RuleOptions) -> None:
         self.backend = backend
         self.options = options
-
-    def _ping_at_start(self) -> None:
-        """A few tries: a busy machine may miss one short timeout; a dead server fails fast."""
-        for attempt in range(3):
-            try:
-                self.ping()
-                return
-            except (Unavailable, RedisError) as exc:
-                if attempt == 2 or "refused" in str(exc).lower():
-                    raise
 
     def bind(self, spec: Spec) -> RedisBound:
         return RedisBound(self.backend, spec, self.options)
@@ -404,9 +414,9 @@ class RedisBound:
     def _decode(self, key: str, cost: int, call: Call, sent_ns: int) -> Decision:
         if call.error is not None:
             return self._fail(key, cost, call.error)
-        reply, offset = call.result
+        reply = call.result
         self.last_server_time_ns = reply[0] * 1000
-        d = self.codec.decode(reply[0], reply, offset, cost)
+        d = self.codec.decode(reply[0], reply, call.offset, cost)
         if not d.allowed and self.cache is not None:
             self.cache.put(key, cost, sent_ns, d)
         return d
@@ -416,11 +426,11 @@ class RedisBound:
             hit = self.cache.get(key, cost)
             if hit is not None:
                 return hit
-        if not self.backend.breaker.allow():
-            return self._fail(key, cost, Unavailable("circuit breaker open"))
         call = self._call(key, cost)
+        if not self.backend.allow(call.slot):
+            return self._fail(key, cost, BREAKER_OPEN)
         sent = monotonic_ns()
-        self.backend.run([call])
+        self.backend.combiner.run([call])
         return self._decode(key, cost, call, sent)
 
     async def acquire_async(self, key: str, cost: int) -> Decision:
@@ -428,9 +438,9 @@ class RedisBound:
             hit = self.cache.get(key, cost)
             if hit is not None:
                 return hit
-        if not self.backend.breaker.allow():
-            return self._fail(key, cost, Unavailable("circuit breaker open"))
         call = self._call(key, cost)
+        if not self.backend.allow(call.slot):
+            return self._fail(key, cost, BREAKER_OPEN)
         sent = monotonic_ns()
         await self.backend.run_async([call])
         return self._decode(key, cost, call, sent)
@@ -446,16 +456,18 @@ class RedisBound:
                 out[i] = hit
             else:
                 todo.append(i)
-        if todo:
-            if not self.backend.breaker.allow():
-                exc = Unavailable("circuit breaker open")
-                for i in todo:
-                    out[i] = self._fail(keys[i], cost_list[i], exc)
-                return out
-            calls = [self._call(keys[i], cost_list[i]) for i in todo]
+        allow = self.backend.allow
+        calls = []
+        for i in todo:
+            call = self._call(keys[i], cost_list[i])
+            if allow(call.slot):
+                calls.append((i, call))
+            else:
+                out[i] = self._fail(keys[i], cost_list[i], BREAKER_OPEN)
+        if calls:
             sent = monotonic_ns()
-            self.backend.run(calls)
-            for i, call in zip(todo, calls, strict=True):
+            self.backend.run([call for _, call in calls])
+            for i, call in calls:
                 out[i] = self._decode(keys[i], cost_list[i], call, sent)
         return out
 
@@ -467,7 +479,7 @@ class RedisBound:
             self.local.reset(key)
         keys, slot, _ = self._keys(key)
         call = Call(None, (), (b"DEL", *keys), 0, slot)
-        if self.backend.breaker.allow():
+        if self.backend.allow(slot):
             self.backend.run([call])
 
     # Concurrency: leases live in Redis until released or expired.
@@ -487,18 +499,18 @@ class RedisBound:
         return d, (d if self.local is not None and d.allowed else None)
 
     def acquire_lease(self, key: str, cost: int) -> tuple[Decision, Any]:
-        if not self.backend.breaker.allow():
-            return self._fail_lease(key, cost, Unavailable("circuit breaker open"))
         lease = self._lease_id()
         call = self._call(key, cost, lease)
+        if not self.backend.allow(call.slot):
+            return self._fail_lease(key, cost, BREAKER_OPEN)
         self.backend.run([call])
         return self._lease_result(key, cost, call, lease)
 
     async def acquire_lease_async(self, key: str, cost: int) -> tuple[Decision, Any]:
-        if not self.backend.breaker.allow():
-            return self._fail_lease(key, cost, Unavailable("circuit breaker open"))
         lease = self._lease_id()
         call = self._call(key, cost, lease)
+        if not self.backend.allow(call.slot):
+            return self._fail_lease(key, cost, BREAKER_OPEN)
         await self.backend.run_async([call])
         return self._lease_result(key, cost, call, lease)
 
@@ -511,7 +523,7 @@ class RedisBound:
             return
         keys, slot, _ = self._keys(key)
         args = (b"EVALSHA", LEASE_RELEASE.sha, 2, *keys, cost, lease)
-        if self.backend.breaker.allow():
+        if self.backend.allow(slot):
             # Posted, not awaited: it precedes this thread's next request in the queue, and a
             # Permit's finaliser may run anywhere, even inside a round trip of this thread.
             self.backend.combiner.post([Call(LEASE_RELEASE, (), args, 0, slot)])
@@ -519,13 +531,12 @@ class RedisBound:
     def in_flight(self, key: str) -> int:
         """Units held under ``key`` by live leases (0 when Redis cannot be asked)."""
         call = self._call(key, 0, b"")
-        if not self.backend.breaker.allow():
+        if not self.backend.allow(call.slot):
             return 0
         self.backend.run([call])
         if call.error is not None:
             return 0
-        reply, offset = call.result
-        return reply[offset + 1]
+        return call.result[call.offset + 1]
 
 
 _OPTION_NAMES = {

@@ -124,7 +124,7 @@ class SharedAdaptiveLimiter:
             args = (b"EVALSHA", ADAPTIVE_SYNC.sha, 3, *self.keys, self.replica, self.lease_ms,
                     self.max_reports, publish, *reports)  # fmt: skip
             call = Call(ADAPTIVE_SYNC, (), args, 0, self.bound._call("", 1).slot)
-            if self.backend.breaker.allow():
+            if self.backend.allow(call.slot):
                 self.backend.run([call])
             if call.error is not None or call.result is None:
                 return  # Redis is away: keep pacing at the last limit

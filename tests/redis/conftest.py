@@ -23,13 +23,16 @@ def own_redis() -> Iterator[RedisServer]:
 
 
 class Cluster:
-    """Three redis-server masters joined with ``redis-cli --cluster create``."""
+    """Three redis-server masters (each with ``replicas`` replicas) joined with
+    ``redis-cli --cluster create``."""
 
-    def __init__(self) -> None:
+    def __init__(self, *extra_args: str, replicas: int = 0, node_timeout_ms: int = 2000) -> None:
         args = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                "--cluster-node-timeout", "2000")  # fmt: skip
+                "--cluster-node-timeout", str(node_timeout_ms), *extra_args)  # fmt: skip
+        self.replicas = replicas
         # An explicit bus port: the default (port + 10000) overflows for high free ports.
-        self.nodes = [RedisServer(*args, "--cluster-port", str(free_port())) for _ in range(3)]
+        count = 3 * (1 + replicas)
+        self.nodes = [RedisServer(*args, "--cluster-port", str(free_port())) for _ in range(count)]
 
     @property
     def url(self) -> str:
@@ -44,16 +47,20 @@ class Cluster:
         cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"
         addrs = [f"127.0.0.1:{n.port}" for n in self.nodes]
         subprocess.run(
-            [cli, "--cluster", "create", *addrs, "--cluster-replicas", "0", "--cluster-yes"],
+            [cli, "--cluster", "create", *addrs, "--cluster-replicas", str(self.replicas),
+             "--cluster-yes"],
             check=True, capture_output=True, timeout=30,
         )  # fmt: skip
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             states = [self.client(n).cluster("info")["cluster_state"] for n in self.nodes]
-            if all(s == "ok" for s in states):
+            # A replica that never synced would refuse to take over (its data is too old).
+            links = [self.client(n).info("replication").get("master_link_status", "up")
+                     for n in self.nodes]  # fmt: skip
+            if all(s == "ok" for s in states) and all(link == "up" for link in links):
                 return self
             time.sleep(0.05)
-        raise TimeoutError("cluster did not reach cluster_state:ok")
+        raise TimeoutError("cluster did not reach cluster_state:ok with replicas in sync")
 
     def stop(self) -> None:
         for node in self.nodes:
@@ -70,22 +77,34 @@ def cluster() -> Iterator[Cluster]:
 
 
 class SentinelProcess:
-    """A real redis-sentinel watching ``master`` under the service name ``mymaster``."""
+    """A real redis-sentinel watching ``master`` under the service name ``mymaster``.
 
-    def __init__(self, master: RedisServer) -> None:
+    Short ``down_after_ms`` / ``failover_timeout_ms`` let a test see a failover within seconds.
+    """
+
+    def __init__(
+        self, master: RedisServer, down_after_ms: int = 1000, failover_timeout_ms: int = 180_000
+    ) -> None:
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="limiter-sentinel-"))
         conf = self.dir / "sentinel.conf"
         conf.write_text(
             f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\n"
             f"sentinel monitor mymaster 127.0.0.1 {master.port} 1\n"
-            "sentinel down-after-milliseconds mymaster 1000\n"
+            f"sentinel down-after-milliseconds mymaster {down_after_ms}\n"
+            f"sentinel failover-timeout mymaster {failover_timeout_ms}\n"
         )
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
         self.proc = subprocess.Popen(
             [binary, str(conf), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         wait_for_port(self.port)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=2)
+
+    def master_port(self) -> int:
+        return int(self.client().sentinel_get_master_addr_by_name("mymaster")[1])
 
     def stop(self) -> None:
         self.proc.kill()

@@ -119,3 +119,15 @@ def test_readonly_replica_follows_failure_mode(own_redis: RedisServer) -> None:
         fw = limiter.FixedWindow(5, 1.0, backend=RedisBackend(replica.url, on_failure="local"))
         assert [fw.acquire("k").allowed for _ in range(6)] == [True] * 5 + [False]
         assert fw.remote.failures == 6 and fw.remote.backend.breaker.trips == 1
+
+
+def test_script_flush_is_recovered(own_redis: RedisServer) -> None:
+    """Scripts are loaded on connect; a SCRIPT FLUSH later is met by NOSCRIPT recovery."""
+    backend = RedisBackend(own_redis.url, local_cache=False, timeout=1.0)
+    fw = limiter.FixedWindow(3, 3600.0, backend=backend)
+    assert fw.acquire("k").allowed
+    client = redis.Redis(port=own_redis.port)
+    client.script_flush()
+    assert [fw.acquire("k").allowed for _ in range(3)] == [True, True, False]
+    assert fw.remote.failures == 0
+    assert client.script_exists(fw.remote.codec.script.sha) == [True]

@@ -42,18 +42,25 @@ if sliding then
   ttl = ttl + math.floor(p / 1000000) + 1
 end
 local out = {now}
+-- A batch often holds many requests for one hot key: each key is read once and written once.
+local counts, prevs, changed, order = {}, {}, {}, {}
 for i = 1, #KEYS do
+  local key = KEYS[i]
   local cost = tonumber(ARGV[4 + i])
-  local cur, prev = 0, 0
-  local s = redis.call('GET', KEYS[i])
-  if s then
-    local a, c, d = string.match(s, '^(%d+):(%d+):?(%d*)$')
-    local sw = tonumber(a)
-    if sw == w then
-      cur, prev = tonumber(c), tonumber(d) or 0
-    elseif sliding and sw == w - 1 then
-      prev = tonumber(c)
+  local cur, prev = counts[key], prevs[key]
+  if cur == nil then
+    cur, prev = 0, 0
+    local s = redis.call('GET', key)
+    if s then
+      local a, c, d = string.match(s, '^(%d+):(%d+):?(%d*)$')
+      local sw = tonumber(a)
+      if sw == w then
+        cur, prev = tonumber(c), tonumber(d) or 0
+      elseif sliding and sw == w - 1 then
+        prev = tonumber(c)
+      end
     end
+    counts[key], prevs[key] = cur, prev
   end
   local ok
   if sliding then
@@ -62,10 +69,10 @@ for i = 1, #KEYS do
     ok = cur + cost <= limit
   end
   if ok then
-    if sliding then
-      redis.call('SET', KEYS[i], string.format('%d:%d:%d', w, cur + cost, prev), 'PX', ttl)
-    else
-      redis.call('SET', KEYS[i], string.format('%d:%d', w, cur + cost), 'PX', ttl)
+    counts[key] = cur + cost
+    if not changed[key] then
+      changed[key] = true
+      order[#order + 1] = key
     end
   end
   out[#out + 1] = ok and 1 or 0
@@ -73,5 +80,12 @@ for i = 1, #KEYS do
   out[#out + 1] = prev
   out[#out + 1] = eu
   out[#out + 1] = er
+end
+for _, key in ipairs(order) do
+  if sliding then
+    redis.call('SET', key, string.format('%d:%d:%d', w, counts[key], prevs[key]), 'PX', ttl)
+  else
+    redis.call('SET', key, string.format('%d:%d', w, counts[key]), 'PX', ttl)
+  end
 end
 return out

@@ -1,0 +1,93 @@
+"""Sentinel failover under load: the master is SIGKILLed, Sentinel promotes the replica, and
+a ``redis+sentinel://`` backend follows it without an exception or a hung call."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import redis
+
+import limiter
+from limiter.backends.redis import RedisBackend
+from tests.redis.conftest import SentinelProcess
+from tests.support import RedisServer
+
+
+def _wait(predicate, timeout: float, what: str) -> float:
+    """Poll ``predicate`` until true; return when it became true (monotonic s)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return time.monotonic()
+        time.sleep(0.01)
+    raise TimeoutError(f"{what} after {timeout}s")
+
+
+def _hammer(limiters: list, stop: threading.Event, log: list) -> None:
+    while not stop.is_set():
+        for name, lim in limiters:
+            t0 = time.monotonic()
+            try:
+                log.append((name, t0, time.monotonic() - t0, lim.acquire("load").allowed, None))
+            except Exception as exc:  # the test asserts that none escaped
+                log.append((name, t0, time.monotonic() - t0, None, exc))
+
+
+def test_sentinel_failover_during_load(own_redis: RedisServer) -> None:
+    master = own_redis
+    with RedisServer("--replicaof", "127.0.0.1", str(master.port)) as replica:
+        replica_client = redis.Redis(port=replica.port, socket_timeout=2)
+        _wait(lambda: replica_client.info("replication")["master_link_status"] == "up", 10,
+              "replica did not sync")  # fmt: skip
+        sentinel = SentinelProcess(master, down_after_ms=300, failover_timeout_ms=2000)
+        try:
+            sc = sentinel.client()
+            _wait(lambda: sc.sentinel_slaves("mymaster"), 10, "sentinel did not see the replica")
+            url = f"redis+sentinel://127.0.0.1:{sentinel.port}/mymaster/0"
+            backend = RedisBackend(url, on_failure="closed", local_cache=False, timeout=0.05)
+            # Never full: a refusal from `closed` can only be the failure mode.
+            closed = limiter.FixedWindow(10**9, 3600.0, backend=backend)
+            local = limiter.FixedWindow(10**9, 3600.0, backend=backend.rule(on_failure="local"))
+            assert closed.acquire("load").allowed and local.acquire("load").allowed
+            stop = threading.Event()
+            logs: list[list] = [[] for _ in range(3)]
+            pair = [("closed", closed), ("local", local)]
+            threads = [threading.Thread(target=_hammer, args=(pair, stop, log)) for log in logs]
+            for t in threads:
+                t.start()
+            try:
+                time.sleep(0.3)
+                master.kill()
+                killed = time.monotonic()
+                promoted = _wait(lambda: sentinel.master_port() == replica.port, 20,
+                                 "sentinel did not promote the replica")  # fmt: skip
+
+                def resumed() -> bool:
+                    return any(e[0] == "closed" and e[1] > promoted and e[3] for e in logs[0])
+
+                back = _wait(resumed, 5, "shared limiting did not resume")
+            finally:
+                stop.set()
+                for t in threads:
+                    t.join(timeout=10)
+            entries = [e for log in logs for e in log]
+            assert [e[4] for e in entries if e[4] is not None] == []
+            assert not any(t.is_alive() for t in threads)
+            # No call hangs: the bound is loose for a loaded 2-core CI box (timeout is 50 ms).
+            assert max(e[2] for e in entries) < 2.0
+            gap = [e for e in entries if killed + 0.05 < e[1] and e[1] + e[2] < promoted - 0.05]
+            assert [e[3] for e in gap if e[0] == "closed"] and not any(
+                e[3] for e in gap if e[0] == "closed"
+            ), "closed rule must refuse while no master is reachable"
+            assert all(e[3] for e in gap if e[0] == "local"), "local rule decides in process"
+            assert local.remote.failures > 0 and closed.remote.failures > 0
+            assert backend.breaker.trips >= 1
+            assert back - promoted < 1.0, f"resumed {back - promoted:.3f}s after promotion"
+            # Shared limiting on the promoted replica: an exact count, stored there.
+            fresh = limiter.FixedWindow(3, 3600.0, backend=backend)
+            assert [fresh.acquire("after").allowed for _ in range(4)] == [True] * 3 + [False]
+            assert replica_client.info("replication")["role"] == "master"
+            assert any(b"after" in k for k in replica_client.keys("*"))
+        finally:
+            sentinel.stop()
