@@ -9,9 +9,11 @@ response, then ``limiter serve`` on the in-memory backend, on Redis, and with
   timed from each call's *scheduled* send time (no coordinated omission).
 
 Targets are measured interleaved, ``--repeats`` times, and each number is the
-median over repeats, so machine noise hits every target alike. RLS calls carry one
-descriptor over 10,000 distinct users; native ``Decide`` calls carry ``--batch``
-checks. Run: ``python benchmarks/service_bench.py [--redis auto] [--out FILE]``.
+median over repeats, so machine noise hits every target alike; ratios to the no-op
+server are taken per repeat (same minute, same load) before the median. Every
+measurement records the 1-minute load average, reported as a range per row. RLS
+calls carry one descriptor over 10,000 distinct users; native ``Decide`` calls carry
+``--batch`` checks. Run: ``python benchmarks/service_bench.py [--redis auto] [--out FILE]``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
@@ -184,6 +187,7 @@ class Result:
     p50: float
     p99: float
     errors: int
+    load: float  # 1-minute load average when the measurement ended
 
 
 @dataclass
@@ -193,17 +197,24 @@ class Target:
     port: int
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
+    log: Any = None  # the server's stderr (shown if it fails to start)
     results: dict[str, list[Result]] = field(default_factory=dict)
 
     def start(self) -> None:
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 (lives until stop())
         self.proc = subprocess.Popen(
             self.command,
             cwd=ROOT,
             env={**os.environ, **self.env},
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=self.log,
         )
-        wait_for_port(self.port, timeout=30)
+        try:
+            wait_for_port(self.port, timeout=30)
+        except TimeoutError:
+            self.log.seek(0)
+            tail = self.log.read()[-2000:].decode(errors="replace")
+            raise RuntimeError(f"{self.name} did not start:\n{tail}") from None
         time.sleep(0.5)
 
     def cpu_seconds(self) -> float:
@@ -231,6 +242,8 @@ class Target:
         if self.proc is not None:
             self.proc.terminate()
             self.proc.wait(timeout=30)
+        if self.log is not None:
+            self.log.close()
 
 
 async def measure(target: Target, api: str, args: argparse.Namespace) -> Result:
@@ -247,7 +260,7 @@ async def measure(target: Target, api: str, args: argparse.Namespace) -> Result:
         latencies = await open_loop(call, requests, best / 2, args.seconds, errors)
     return Result(
         best, cpu / max(calls, 1), percentile(latencies, 0.5), percentile(latencies, 0.99),
-        len(errors),
+        len(errors), os.getloadavg()[0],
     )  # fmt: skip
 
 
@@ -322,7 +335,7 @@ def main() -> int:
                         f"max {result.max_rate:8.0f} calls/s  "
                         f"cpu {result.cpu_per_call * 1e6:6.0f} us/call  "
                         f"p50 {result.p50 * 1e3:6.2f} ms  p99 {result.p99 * 1e3:6.2f} ms  "
-                        f"errors {result.errors}  load {os.getloadavg()[0]:.1f}",
+                        f"errors {result.errors}  load {result.load:.1f}",
                         flush=True,
                     )
     finally:
@@ -339,34 +352,41 @@ def main() -> int:
 
 def render(targets: list[Target], args: argparse.Namespace) -> str:
     lines = [
+        f"`python benchmarks/service_bench.py {' '.join(sys.argv[1:])}`",
+        "",
         f"Medians of {args.repeats} interleaved repeats, {args.seconds:g} s each; closed loop "
         f"with {args.concurrency} calls in flight for max, open loop at 50% of each target's "
         f"own max for latency; {os.cpu_count()} CPUs shared by the load generator, the "
         "servers (and Redis). `server CPU` is the server processes' CPU time per call during "
-        "the closed loop (Redis excluded): the part of the cost the service controls, and "
-        "robust to other load on the machine. `vs no-op` compares max calls/s; `CPU vs "
-        "no-op` is no-op CPU per call / target CPU per call.",
+        "the closed loop (Redis excluded): median (min) over repeats. `vs no-op` is the "
+        "median over repeats of max calls/s relative to the no-op server's in the same "
+        "repeat; `CPU vs no-op` the same for no-op CPU per call / target CPU per call. "
+        "`load` is the range of the 1-minute load average seen at the end of each measurement.",
         "",
         "| API | target | max calls/s | decisions/s | vs no-op | server CPU µs/call "
-        "| CPU vs no-op | p50 ms | p99 ms | errors |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| CPU vs no-op | p50 ms | p99 ms | errors | load |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for api in ("rls", "native"):
         per_call = 1 if api == "rls" else args.batch
         label = "RLS ShouldRateLimit" if api == "rls" else f"native Decide x{per_call}"
         base = targets[0].results[api]
-        base_rate = statistics.median(r.max_rate for r in base)
-        base_cpu = statistics.median(r.cpu_per_call for r in base)
         for target in targets:
             rows = target.results[api]
             rate = statistics.median(r.max_rate for r in rows)
             cpu = statistics.median(r.cpu_per_call for r in rows)
+            low = min(r.cpu_per_call for r in rows)
+            pairs = list(zip(rows, base, strict=True))
+            vs = statistics.median(r.max_rate / b.max_rate for r, b in pairs)
+            cpu_vs = statistics.median(b.cpu_per_call / r.cpu_per_call for r, b in pairs)
             p50 = statistics.median(r.p50 for r in rows)
             p99 = statistics.median(r.p99 for r in rows)
+            loads = [r.load for r in rows]
             lines.append(
                 f"| {label} | {target.name} | {rate:,.0f} | {rate * per_call:,.0f} | "
-                f"{rate / base_rate:.0%} | {cpu * 1e6:,.0f} | {base_cpu / cpu:.0%} | "
-                f"{p50 * 1e3:.2f} | {p99 * 1e3:.2f} | {sum(r.errors for r in rows)} |"
+                f"{vs:.0%} | {cpu * 1e6:,.0f} ({low * 1e6:,.0f}) | {cpu_vs:.0%} | "
+                f"{p50 * 1e3:.2f} | {p99 * 1e3:.2f} | {sum(r.errors for r in rows)} | "
+                f"{min(loads):.1f}-{max(loads):.1f} |"
             )
     return "\n".join(lines) + "\n"
 

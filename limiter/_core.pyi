@@ -64,10 +64,12 @@ class RateKernel(KeyedLimiter):
         self, keys: Sequence[str] | npt.NDArray[np.object_], costs: npt.ArrayLike | None = None
     ) -> npt.NDArray[np.bool_]: ...
 
-class TokenBucket(RateKernel):
+class _Gcra(RateKernel):
     rate: float
     burst: int
     interval_ns: int
+
+class TokenBucket(_Gcra):
     def __init__(
         self,
         rate: float,
@@ -78,10 +80,7 @@ class TokenBucket(RateKernel):
         backend: object = None,
     ) -> None: ...
 
-class LeakyBucket(RateKernel):
-    rate: float
-    burst: int
-    interval_ns: int
+class LeakyBucket(_Gcra):
     def __init__(
         self,
         rate: float,
@@ -92,11 +91,8 @@ class LeakyBucket(RateKernel):
         backend: object = None,
     ) -> None: ...
 
-class LeakyShaper(RateKernel):
-    rate: float
-    burst: int
+class LeakyShaper(_Gcra):
     max_wait: float
-    interval_ns: int
     def __init__(
         self,
         rate: float,

@@ -343,13 +343,7 @@ class AdmissionQueue:
         entered = self._enter(key, cost, priority, timeout, deadline, asyncio.get_running_loop())
         if type(entered) is not _Waiter:
             return entered
-        w = entered
-        try:
-            await w.future  # type: ignore[misc]
-        except asyncio.CancelledError:
-            self._abandon(w)
-            raise
-        return self._outcome(w)
+        return await self._settled(entered)
 
     async def admit_async(
         self,
@@ -368,13 +362,7 @@ class AdmissionQueue:
         entered = self._enter(key, cost, priority, timeout, deadline, asyncio.get_running_loop())
         if type(entered) is not _Waiter:
             return entered, 0.0
-        w = entered
-        try:
-            await w.future  # type: ignore[misc]
-        except asyncio.CancelledError:
-            self._abandon(w)
-            raise
-        return self._outcome(w), w.waited
+        return await self._settled(entered), entered.waited
 
     def waiting(self, key: str) -> bool:
         """True if requests for ``key`` are queued (a newcomer would line up behind them)."""
@@ -576,6 +564,15 @@ class AdmissionQueue:
                 return w
         finally:
             self._after_unlock()
+
+    async def _settled(self, w: _Waiter) -> Any:
+        """Await a queued waiter's answer; a cancelled task leaves the queue."""
+        try:
+            await w.future  # type: ignore[misc]
+        except asyncio.CancelledError:
+            self._abandon(w)
+            raise
+        return self._outcome(w)
 
     def _outcome(self, w: _Waiter) -> Any:
         if w.state == _ADMITTED:

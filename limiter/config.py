@@ -346,12 +346,7 @@ def _parse_level(
         at = f"{where}[{i}]"
         if not isinstance(item, dict):
             raise ConfigError(f"{at}: a descriptor must be a mapping, got {_kind(item)}")
-        unknown = set(item) - _DESCRIPTOR_KEYS
-        if unknown:
-            raise ConfigError(
-                f"{at}: unknown field {sorted(map(str, unknown))[0]!r} "
-                f"(known: {', '.join(sorted(_DESCRIPTOR_KEYS))})"
-            )
+        _reject_unknown(item, _DESCRIPTOR_KEYS, at)
         key = item.get("key")
         if not isinstance(key, str) or not key:
             raise ConfigError(f"{at}: field 'key' must be a non-empty string, got {key!r}")
@@ -405,12 +400,7 @@ def parse_limit(raw: Any, where: str) -> Limit:
     """Validate one ``rate_limit`` mapping."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: must be a mapping, got {_kind(raw)}")
-    unknown = set(raw) - _RATE_LIMIT_KEYS
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown field {sorted(map(str, unknown))[0]!r} "
-            f"(known: {', '.join(sorted(_RATE_LIMIT_KEYS))})"
-        )
+    _reject_unknown(raw, _RATE_LIMIT_KEYS, where)
     name = raw.get("name", "") or ""
     if not isinstance(name, str):
         raise ConfigError(f"{where}.name: must be a string, got {name!r}")
@@ -504,8 +494,10 @@ def build_limiter(limit: Limit, *, backend: object = None, max_keys: int = 1_000
         raise ConfigError(f"algorithm {limit.algorithm!r} has no kernel")
     from limiter._core import AdaptiveLimiter
 
-    # Per process: the limit follows the latency this replica's callers report, and
+    # In this process: the limit follows the latency this replica's callers report, and
     # requests_per_unit is its ceiling (and starting point: cut on the first slowdown).
+    # (With --redis, the service shares rate-mode adaptive rules through Redis instead:
+    # limiter.server.engine.SharedAdaptive.)
     ceiling = n / seconds if limit.mode == "rate" else n
     return AdaptiveLimiter(
         limit.target_latency,
@@ -546,12 +538,7 @@ def _parse_queue(raw: Any, where: str) -> QueueSpec:
         return QueueSpec()
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: must be a mapping, got {_kind(raw)}")
-    unknown = set(raw) - _QUEUE_KEYS
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown field {sorted(map(str, unknown))[0]!r} "
-            f"(known: {', '.join(sorted(_QUEUE_KEYS))})"
-        )
+    _reject_unknown(raw, _QUEUE_KEYS, where)
     n = len(PRIORITIES)
     mode = _choice(raw.get("mode", "weighted"), QUEUE_MODES, f"{where}.mode")
     order = _choice(raw.get("order", "fifo"), QUEUE_ORDERS, f"{where}.order")
@@ -630,6 +617,16 @@ def _parse_replaces(raw: Any, where: str) -> tuple[str, ...]:
             )
         names.append(item["name"])
     return tuple(names)
+
+
+def _reject_unknown(raw: dict[Any, Any], known: set[str], where: str) -> None:
+    """A typo in a field name must fail loudly, not silently fall back to a default."""
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown field {sorted(map(str, unknown))[0]!r} "
+            f"(known: {', '.join(sorted(known))})"
+        )
 
 
 def _choice(value: Any, allowed: Iterable[str], where: str) -> str:

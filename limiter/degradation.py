@@ -273,7 +273,8 @@ class ServiceLevels:
         return d
 
     def level(self, service: str = "default") -> int:
-        return self[service].level
+        d = self._services.get(service)
+        return (d or self[service]).level
 
     def refresh(self) -> None:
         """Re-evaluate effective levels, e.g. after a switch changed a forced level."""

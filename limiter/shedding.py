@@ -114,8 +114,11 @@ class TopClients:
         return s
 
     def check(self, rule: str, client: str, cost: int = 1, *, pressure: bool = False) -> bool:
-        """``ClientShedder.check`` for ``rule``'s shedder."""
-        return self[rule].check(client, cost, pressure=pressure)
+        """``ClientShedder.check`` for ``rule``'s shedder (hot path: one dict lookup)."""
+        s = self._rules.get(rule)
+        if s is None:
+            s = self[rule]
+        return s.check(client, cost, pressure=pressure)
 
     def rules(self) -> list[str]:
         return sorted(self._rules)
@@ -292,6 +295,9 @@ class ThrottleWatch:
                     rule = OTHER
                 s = self._rules.setdefault(rule, _RuleStats())
         now = self.clock()
+        if allowed and not s.throttling and 0 <= now - s.start < self.window_ns:
+            s.total += hits  # the common case: same window, nothing to judge
+            return
         weight = self._roll(s, now)
         s.total += hits
         if allowed:

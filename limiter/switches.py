@@ -350,7 +350,7 @@ class RedisSwitches(Switches):
         self._redis_errors = (redis.RedisError, OSError)
         self._watch_error = redis.WatchError
         self.client = redis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout
+            _client_url(url), socket_timeout=timeout, socket_connect_timeout=timeout
         )
         self.hash = f"{prefix}switches"
         self.audit_key = f"{prefix}switches:audit"
@@ -364,6 +364,11 @@ class RedisSwitches(Switches):
             self.reload()
         except self._redis_errors as exc:
             log.warning("switch store unavailable at start (%s); retrying in background", exc)
+        except (TypeError, ValueError) as exc:  # redis-py refuses an option in the URL
+            from limiter.backends.redis import masked
+
+            self.client.close()
+            raise ConfigError(f"switches: bad Redis URL {masked(url)}: {exc}") from None
         self._thread = threading.Thread(target=self._listen, name="limiter-switches", daemon=True)
         self._thread.start()
 
@@ -486,6 +491,19 @@ class RedisSwitches(Switches):
         self._stop.set()
         self._thread.join(timeout=2)
         self.client.close()
+
+
+def _client_url(url: str) -> str:
+    """``url`` without the limiter backend's own query options (``?timeout=``, ``?prefix=``
+    ...), which the service's ``--redis`` URL may carry and redis-py would refuse."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit
+
+    from limiter.backends.redis import OPTION_NAMES
+
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    kept = [(k, v) for k, v in query if k not in OPTION_NAMES]
+    return url if kept == query else parts._replace(query=urlencode(kept)).geturl()
 
 
 @dataclass(frozen=True)

@@ -4,13 +4,16 @@ The engine holds an immutable ``Snapshot`` (config + one ``RuleState`` per rule)
 reload swaps in one assignment, so a decision never sees half a config. Kernels and
 counters of rules whose limit is unchanged survive a reload. All algorithm logic lives
 in the kernels (``limiter._core``); this module only routes keys and costs to them and
-keeps the per-rule statistics Prometheus reads.
+keeps the per-rule statistics Prometheus reads. With a Redis backend every rule's state
+is shared, rate-mode adaptive rules included (one limit for all replicas and workers);
+concurrency-mode adaptive rules stay per process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -27,6 +30,8 @@ NEAR_LIMIT_RATIO = 0.8
 MAX_DETAILED_SERIES = 1000
 # Distinct request-supplied limit overrides kept at once (LRU beyond).
 MAX_OVERRIDES = 1024
+# A rule's failure_mode -> the Redis backend's on_failure.
+ON_FAILURE = {"allow": "open", "deny": "closed", "local": "local"}
 
 
 class BadRequest(InvalidParameter):
@@ -142,8 +147,7 @@ class RuleState:
             return decision
         held = Lease(decision, remote, key, cost, lease)
         if not hold:
-            # A stateless check holds nothing: give the slot back off the event loop.
-            asyncio.get_running_loop().run_in_executor(None, held.release)
+            held.release(wait=False)  # a stateless check holds nothing (posting never blocks)
         return held
 
     async def acquire_many(self, keys: list[str], costs: list[int]) -> list[Decision]:
@@ -185,27 +189,33 @@ class RuleState:
         self, decision: Decision, hits: int, detail: str | None = None, shadow: bool = False
     ) -> None:
         """Add one decision to the rule's counters (and its detailed series)."""
-        for stats in self._targets(detail):
-            stats.total_hits += hits
-            if not decision.allowed:
-                stats.over_limit += hits
-                if shadow or self.shadow:
-                    stats.shadow_mode += hits
-            else:
-                stats.within_limit += hits
-                used = self.limit - decision.remaining
-                if used > self.near:
-                    stats.near_limit += min(hits, used - self.near)
+        allowed = decision.allowed
+        shadow = shadow or self.shadow
+        self._add(self.stats, allowed, decision.remaining, hits, shadow)
+        if detail is not None and self.detailed is not None:
+            self._add(self._series(detail), allowed, decision.remaining, hits, shadow)
 
-    def _targets(self, detail: str | None) -> tuple[Stats, ...]:
-        if detail is None or self.detailed is None:
-            return (self.stats,)
-        series = self.detailed.get(detail)
+    def _add(self, stats: Stats, allowed: bool, remaining: int, hits: int, shadow: bool) -> None:
+        stats.total_hits += hits
+        if not allowed:
+            stats.over_limit += hits
+            if shadow:
+                stats.shadow_mode += hits
+        else:
+            stats.within_limit += hits
+            used = self.limit - remaining
+            if used > self.near:
+                stats.near_limit += min(hits, used - self.near)
+
+    def _series(self, detail: str) -> Stats:
+        detailed = self.detailed
+        assert detailed is not None
+        series = detailed.get(detail)
         if series is None:
-            if len(self.detailed) >= MAX_DETAILED_SERIES:
+            if len(detailed) >= MAX_DETAILED_SERIES:
                 detail = "_other"
-            series = self.detailed.setdefault(detail, Stats())
-        return (self.stats, series)
+            series = detailed.setdefault(detail, Stats())
+        return series
 
 
 def _finish_unheld(permit: Any) -> None:
@@ -230,11 +240,107 @@ class Lease:
         self.retry_after = decision.retry_after
         self._release: tuple[Any, str, int, Any] | None = (remote, key, cost, lease)
 
-    def release(self) -> None:
+    def release(self, wait: bool = True) -> None:
+        """Give the slot back (once). With ``wait``, return only when Redis has it back, so
+        a Release RPC's answer means the slot is free for every replica; blocks."""
         if self._release is not None:
             remote, key, cost, lease = self._release
             self._release = None
-            remote.release(key, cost, lease)
+            remote.release(key, cost, lease)  # posted to the backend's queue
+            if wait:
+                remote.in_flight(key)  # queued behind the release: returns once it applied
+
+
+class SharedAdaptive:
+    """A rate-mode adaptive rule on Redis: one limit for every replica and worker.
+
+    Wraps ``SharedAdaptiveLimiter`` for the engine. It is its own ``remote``, so the
+    servicers decide through ``acquire_async``/``acquire_batch`` as for any shared rule;
+    the periodic exchange of reports and limit with Redis runs on a worker thread, so
+    the event loop never waits for it; ``record`` takes Observe's outcomes; decisions
+    carry the shared adaptive limit, as the in-process kernel's do.
+    """
+
+    def __init__(self, shared: Any) -> None:
+        self.shared = shared
+        self.remote = self
+        self.failures = 0
+        self._syncing = False
+
+    @property
+    def current_limit(self) -> float:
+        return float(self.shared.current_limit)
+
+    @property
+    def current_percentile(self) -> float:
+        """The leader's last evaluated percentile (NaN on a replica that never led)."""
+        return float(self.shared.controller.current_percentile)
+
+    def _sync_soon(self) -> None:
+        """Start the exchange with Redis on a worker thread when it is due."""
+        shared = self.shared
+        if self._syncing or time.monotonic_ns() < shared.next_sync:
+            return
+        self._syncing = True
+        # Pushed ahead here so that record() (on the event loop) does not sync inline.
+        shared.next_sync = time.monotonic_ns() + shared.sync_ns
+        try:
+            asyncio.get_running_loop().run_in_executor(None, self._sync)
+        except RuntimeError:  # no event loop: this thread may block
+            self._sync()
+
+    def _sync(self) -> None:
+        try:
+            self.shared.sync()
+        except Exception as exc:  # Redis faults are the backend's; never lose the flag
+            log.warning("adaptive sync failed", extra={"fields": {"error": repr(exc)}})
+        finally:
+            self._syncing = False
+
+    def _answer(self, decision: Decision) -> Decision:
+        """Count the admission for the controller; report the shared limit."""
+        shared = self.shared
+        if decision.allowed:
+            shared.admitted += 1
+        else:
+            shared.rejected += 1
+        return Decision(
+            decision.allowed,
+            math.ceil(shared.limit),
+            decision.remaining,
+            decision.reset_after,
+            decision.retry_after,
+        )
+
+    def acquire(self, key: str, cost: int = 1) -> Decision:
+        """Blocking decision (threads and tests); the service uses ``acquire_async``."""
+        return self.acquire_batch([key], [cost])[0]
+
+    async def acquire_async(self, key: str, cost: int = 1) -> Decision:
+        self._sync_soon()
+        bound = self.shared.bound
+        failures = bound.failures
+        # One limit for every key; a cost above the burst is paced as one burst's worth
+        # (as the in-process kernel widens its tolerance to the cost).
+        decision = await bound.acquire_async("", min(cost, bound.limit))
+        self.failures += bound.failures - failures
+        return self._answer(decision)
+
+    def acquire_batch(self, keys: list[str], costs: list[int]) -> list[Decision]:
+        """Many checks in one round trip (blocking: called off the event loop)."""
+        self._sync_soon()
+        bound = self.shared.bound
+        failures = bound.failures
+        answers = bound.acquire_batch([""] * len(keys), [min(c, bound.limit) for c in costs])
+        self.failures += bound.failures - failures
+        return [self._answer(d) for d in answers]
+
+    def record(self, latency: float, ok: bool = True, *, outcome: str | None = None) -> None:
+        """A finished call's latency for the shared controller (Observe's outcomes)."""
+        if outcome == "ignored":
+            return
+        self._sync_soon()
+        self.shared.record(latency, ok and outcome != "dropped")
 
 
 @dataclass
@@ -300,9 +406,7 @@ class Engine:
             if prior is not None and prior.rule.limit.fingerprint() == rule.limit.fingerprint():
                 kernel = prior.kernel
             else:
-                kernel = build_limiter(
-                    rule.limit, backend=self._backend(rule.limit), max_keys=self.max_keys
-                )
+                kernel = self._kernel(rule.domain, rule.id, rule.limit)
             stats = prior.stats if prior is not None else Stats()
             state = RuleState(rule, kernel, stats)
             if prior is not None and prior.detailed is not None and state.detailed is not None:
@@ -340,26 +444,56 @@ class Engine:
         if found is None or found.rule.limit.fingerprint()[0] != state.rule.limit.algorithm:
             new_limit = replace(state.rule.limit, requests_per_unit=max(int(limit), 0))
             rule = replace(state.rule, limit=new_limit)
-            kernel = build_limiter(
-                new_limit, backend=self._backend(new_limit), max_keys=self.max_keys
-            )
+            kernel = self._kernel(rule.domain, rule.id, new_limit)
             found = RuleState(rule, kernel, state.stats)
             if len(self.relimited) >= MAX_OVERRIDES:
                 self.relimited.pop(next(iter(self.relimited)))
             self.relimited[key] = found
         return found
 
+    def _kernel(self, domain: str, rule_id: str, limit: Limit) -> Any:
+        """The kernel enforcing ``limit``; on Redis a rate-mode adaptive rule is shared."""
+        if limit.algorithm != "adaptive" or limit.mode != "rate" or not self._on_redis():
+            # Concurrency-mode adaptive rules stay per process (no shared in-flight count).
+            return build_limiter(limit, backend=self._backend(limit), max_keys=self.max_keys)
+        if limit.unlimited or limit.requests_per_unit == 0:
+            return None
+        from limiter.backends.redis import shared_backend
+        from limiter.backends.shared_adaptive import SharedAdaptiveLimiter
+
+        ceiling = limit.requests_per_unit / limit.seconds
+        # Named by rule and ceiling: replicas with the same config meet on one state, and a
+        # changed ceiling (reload, operator override) starts a fresh one.
+        name = f"{domain}\x1f{rule_id}\x1f{limit.requests_per_unit}/{limit.unit}"
+        return SharedAdaptive(
+            SharedAdaptiveLimiter(
+                shared_backend(self.backend),  # type: ignore[arg-type]
+                name,
+                target_latency=limit.target_latency,
+                percentile=limit.percentile,
+                min_limit=min(1.0, ceiling),
+                max_limit=ceiling,
+                initial_limit=ceiling,
+                on_failure=ON_FAILURE[limit.failure_mode],
+            )
+        )
+
+    def _on_redis(self) -> bool:
+        if self.backend is None or self.backend == "memory://":
+            return False
+        from limiter.backends import REDIS_SCHEMES
+
+        return self.backend.split("://", 1)[0] in REDIS_SCHEMES
+
     def _backend(self, limit: Limit) -> Any:
         """The rule's backend: the shared one seen with this rule's failure mode."""
         if self.backend is None or self.backend == "memory://" or limit.algorithm == "adaptive":
             return None
-        from limiter.backends import REDIS_SCHEMES
-
-        if self.backend.split("://", 1)[0] not in REDIS_SCHEMES:
+        if not self._on_redis():
             return self.backend  # limiter.backends explains what is wrong with it
         from limiter.backends.redis import shared_backend
 
-        on_failure = {"allow": "open", "deny": "closed", "local": "local"}[limit.failure_mode]
+        on_failure = ON_FAILURE[limit.failure_mode]
         return shared_backend(self.backend).rule(on_failure=on_failure, lease_ttl=self.permit_ttl)
 
     def override(self, domain: str, requests_per_unit: int, unit: int) -> RuleState:
@@ -394,7 +528,11 @@ class Engine:
         now = self.clock()
         stale = [t for t, (_, deadline) in self.permits.items() if deadline <= now]
         for token in stale:
-            self.permits.pop(token)[0].release()
+            permit = self.permits.pop(token)[0]
+            if type(permit) is Lease:
+                permit.release(wait=False)  # called on the event loop: do not wait for Redis
+            else:
+                permit.release()
         self.permits_expired += len(stale)
         return len(stale)
 

@@ -1,8 +1,9 @@
 """Prometheus metrics of the decision service.
 
-Per-rule counters are plain integers on each ``RuleState`` (no lock or label lookup
-on the decision path) that a collector reads at scrape time; RPC latency, invalid
-requests and config reloads use prometheus-client metrics directly. Families are
+Per-rule counters are plain integers on each ``RuleState`` and the decision latency
+histogram is a plain list of bucket counts (no lock or label lookup on the decision
+path); a collector turns both into Prometheus families at scrape time. Invalid
+requests and config reloads (rare) use prometheus-client metrics directly. Families are
 prefixed ``limiter_``; rule counters carry ``domain`` and ``rule`` labels (plus
 ``detailed="true"`` for the per-value series of ``detailed_metric`` rules).
 """
@@ -11,14 +12,21 @@ from __future__ import annotations
 
 import contextlib
 import os
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 if TYPE_CHECKING:
     from limiter.server.engine import Engine
@@ -49,13 +57,12 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.latency = Histogram(
+        self.latency = Latency(
             "limiter_decision_latency_seconds",
             "Time to decide one RPC (all its descriptors/checks), excluding transport.",
-            ["api"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            LATENCY_BUCKETS,
         )
+        r.register(self.latency)
         self.invalid_requests = Counter(
             "limiter_invalid_requests",
             "Malformed requests answered INVALID_ARGUMENT/400.",
@@ -84,11 +91,59 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+class Buckets:
+    """One label set's histogram: ``observe`` is a bisect and two additions, no lock.
+
+    Written only from the event loop that serves RPCs; a scrape reads a slightly
+    stale but never torn total (each count is one Python int).
+    """
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+
+class Latency(Collector):
+    """A histogram labelled by ``api`` whose samples become a family only at scrape time."""
+
+    def __init__(self, name: str, documentation: str, bounds: tuple[float, ...]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.bounds = bounds
+        self.series: dict[str, Buckets] = {}
+
+    def labels(self, api: str) -> Buckets:
+        """The series for ``api`` (look it up once, then call ``observe`` per RPC)."""
+        series = self.series.get(api)
+        if series is None:
+            series = self.series[api] = Buckets(self.bounds)
+        return series
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=["api"])
+        edges = [floatToGoString(b) for b in self.bounds] + ["+Inf"]
+        for api, series in list(self.series.items()):
+            total, cumulative = 0, []
+            for edge, count in zip(edges, list(series.counts), strict=True):
+                total += count
+                cumulative.append((edge, total))
+            family.add_metric([api], cumulative, series.sum)
+        yield family
+
+
 # How workers' gauges combine (default: max).
 GAUGES: dict[str, Callable[[list[float]], float]] = {
     "limiter_config_last_reload_successful": min,
     "limiter_config_last_success_timestamp_seconds": min,
     "limiter_permits_held": sum,
+    "limiter_queue_depth": sum,
 }
 
 
@@ -166,7 +221,16 @@ class _EngineCollector(Collector):
             "Backend failures answered per the rule's failure_mode.",
             labels=["domain", "rule"],
         )
+        adaptive = GaugeMetricFamily(
+            "limiter_adaptive_limit",
+            "Current limit of adaptive rules (per second, or calls in flight); on Redis, "
+            "the limit every replica shares.",
+            labels=["domain", "rule"],
+        )
         for state in engine.all_states():
+            current = getattr(state.kernel, "current_limit", None)
+            if current is not None:
+                adaptive.add_metric([state.domain, state.label], current)
             series = [(state.label, "false", state.stats)]
             if state.detailed:
                 series += [(d, "true", s) for d, s in list(state.detailed.items())]
@@ -176,6 +240,7 @@ class _EngineCollector(Collector):
             errors.add_metric([state.domain, state.label], state.backend_errors)
         yield from families.values()
         yield errors
+        yield adaptive
         yield CounterMetricFamily(
             "limiter_unknown_domain",
             "RLS requests for a domain the config does not define (answered OK).",

@@ -118,7 +118,8 @@ async def _decide_remote(work: list[Work]) -> dict[int, Any]:
             single.extend(members)
     jobs = [m[0][2].acquire_many([x[3] for x in m], [x[4] for x in m]) for m in batches]
     jobs += [w[2].acquire_async(w[3], w[4], True) for w in single]
-    answers = await asyncio.gather(*jobs)
+    # One job (one batch or one check) is awaited directly: no Task for gather to wrap.
+    answers = [await jobs[0]] if len(jobs) == 1 else await asyncio.gather(*jobs)
     decided: dict[int, Any] = {}
     for members, batch in zip(batches, answers, strict=False):
         for w, d in zip(members, batch, strict=True):

@@ -9,6 +9,7 @@ config sections subscribe to receive each new ``Config`` after it is swapped in.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -64,11 +65,11 @@ class Reloader:
 
     async def run(self) -> None:
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.interval)
-                forced = True
-            except TimeoutError:
-                forced = False
+            # Read and clear with no await between: a request that lands as the wait times
+            # out is still seen (reading "forced" from the timeout lost such a SIGHUP).
+            forced = self._wake.is_set()
             self._wake.clear()
             seen = fingerprint(self.path)
             if forced or seen != self._seen:

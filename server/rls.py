@@ -146,7 +146,10 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
         # Shared-backend rules are asked concurrently: one pipelined round trip.
         remote = [w for w in work if w[1].remote is not None and w[4] is None]
         decided: dict[int, Any] = {}
-        if remote:
+        if len(remote) == 1:  # the common case: no Task for gather to wrap
+            w = remote[0]
+            decided = {w[0]: await w[1].acquire_async(w[3], w[2])}
+        elif remote:
             answers = await asyncio.gather(*(w[1].acquire_async(w[3], w[2]) for w in remote))
             decided = {w[0]: d for w, d in zip(remote, answers, strict=True)}
         if self.admission is not None and self.admission.holds(snapshot):

@@ -133,7 +133,7 @@ class RedisBackend:
             raise InvalidParameter(f"backend URL scheme {scheme!r} is not supported: {masked(url)}")
         parts = urlsplit(url)
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
-        own = {k: query.pop(k) for k in list(query) if k in _OPTION_NAMES}
+        own = {k: query.pop(k) for k in list(query) if k in OPTION_NAMES}
         given = {
             "timeout": timeout, "prefix": prefix, "breaker_cooldown": breaker_cooldown,
             "batch_window": batch_window, "require_at_start": require_at_start,
@@ -141,7 +141,7 @@ class RedisBackend:
         }  # fmt: skip
         opts = {k: v for k, v in given.items() if v is not None}
         for name, text in own.items():
-            opts.setdefault(name, _OPTION_NAMES[name](name, text, url))
+            opts.setdefault(name, OPTION_NAMES[name](name, text, url))
         self.timeout = float(opts.get("timeout", 0.02))
         if not 0 < self.timeout <= 60:
             raise InvalidParameter(f"timeout must be seconds in (0, 60], got {self.timeout!r}")
@@ -539,7 +539,7 @@ class RedisBound:
         return call.result[call.offset + 1]
 
 
-_OPTION_NAMES = {
+OPTION_NAMES = {
     "timeout": _float,
     "prefix": lambda name, text, url: text,
     "breaker_cooldown": _float,

@@ -95,9 +95,39 @@
     return node;
   }
 
-  // Rows keyed by an id are updated in place so focus and charts survive each poll.
-  function syncRows(table, items, keyOf, build, update) {
+  // Column headings of every table, in the order its renderer writes the cells; an
+  // empty heading is a column of buttons, named for screen readers only.
+  const COLUMNS = {
+    rules: [
+      "Rule", "Limit", "Hits/s", "Over/s", "Total hits", "Over limit", "Near limit",
+      "Adaptive limit", "Latency pct.", "Switch", "Last minute", "",
+    ],
+    breakers: ["Breaker", "State", "Mode", "Calls", "Failures", "Rejected", ""],
+    levels: ["Service", "Level", "Computed", "Pressure", ""],
+    "top-clients": ["Rule", "Client", "Count", "Share"],
+    "top-rules": ["Rule", "Over limit", "Total", "Ratio", "Throttling"],
+    switches: ["Switch", "Setting", "Expires", "Who", "Why", ""],
+    audit: ["When", "Change", "Switch", "Who", "Why"],
+    events: ["When", "Event", "Subject", "Details"],
+  };
+
+  function header(table, columns) {
+    const row = el("tr");
+    for (const name of columns) {
+      const th = el("th", name || null);
+      th.scope = "col";
+      if (!name) th.append(el("span", "Actions", "sr-only"));
+      row.append(th);
+    }
+    table.createTHead().append(row);
+    table.createTBody();
+  }
+
+  // Rows keyed by an id are updated in place so focus and charts survive each poll. A new
+  // row gets one empty cell per column, then ``setup`` (if any) adds what stays (buttons).
+  function syncRows(table, items, keyOf, update, setup) {
     const body = table.tBodies[0];
+    const width = table.tHead.rows[0].cells.length;
     const seen = new Set();
     let previous = null;
     for (const item of items) {
@@ -105,7 +135,9 @@
       seen.add(key);
       let row = body.querySelector(`tr[data-key="${CSS.escape(key)}"]`);
       if (!row) {
-        row = build(item);
+        row = el("tr");
+        for (let i = 0; i < width; i++) row.append(el("td"));
+        if (setup) setup(row, item);
         row.dataset.key = key;
       }
       update(row, item);
@@ -120,7 +152,7 @@
       const empty = el("tr", null, "empty");
       empty.dataset.key = "";
       const cell = el("td", "none");
-      cell.colSpan = table.tHead.rows[0].cells.length;
+      cell.colSpan = width;
       empty.append(cell);
       body.append(empty);
     }
@@ -132,12 +164,6 @@
       const text = value === null || value === undefined ? "–" : String(value);
       if (row.cells[i + offset].textContent !== text) row.cells[i + offset].textContent = text;
     });
-  }
-
-  function plainRow(n) {
-    const row = el("tr");
-    for (let i = 0; i < n; i++) row.append(el("td"));
-    return row;
   }
 
   function switchButton(label, kind, target) {
@@ -200,21 +226,6 @@
       $("rules"),
       rules,
       (r) => r.key,
-      (r) => {
-        const row = plainRow(12);
-        const fields = [
-          "rule", "limit", "hits_per_s", "over_per_s", "total_hits", "over_limit",
-          "near_limit", "adaptive_limit", "observed", "switch",
-        ];
-        fields.forEach((f, i) => {
-          row.cells[i].dataset.field = f;
-          if (i > 0 && f !== "switch") row.cells[i].classList.add("num");
-        });
-        row.cells[0].replaceChildren(el("span", null, "name"), el("span", null, "algo"));
-        row.cells[10].append(newChart());
-        row.cells[11].append(switchButton(`Switch for rule ${r.rule}`, "rule", r.rule));
-        return row;
-      },
       (row, r) => {
         const [name, algo] = row.cells[0].children;
         name.textContent = r.rule;
@@ -239,6 +250,19 @@
         cells(row, values, 1);
         chart(row.cells[10].firstChild, r.history, r.rule);
       },
+      (row, r) => {
+        const fields = [
+          "rule", "limit", "hits_per_s", "over_per_s", "total_hits", "over_limit",
+          "near_limit", "adaptive_limit", "observed", "switch",
+        ];
+        fields.forEach((f, i) => {
+          row.cells[i].dataset.field = f;
+          if (i > 0 && f !== "switch") row.cells[i].classList.add("num");
+        });
+        row.cells[0].replaceChildren(el("span", null, "name"), el("span", null, "algo"));
+        row.cells[10].append(newChart());
+        row.cells[11].append(switchButton(`Switch for rule ${r.rule}`, "rule", r.rule));
+      },
     );
   }
 
@@ -258,11 +282,6 @@
       $("breakers"),
       rows,
       (b) => b.name,
-      (b) => {
-        const row = plainRow(7);
-        row.cells[6].append(switchButton(`Switch for breaker ${b.name}`, "breaker", b.name));
-        return row;
-      },
       (row, b) => {
         const sw = forced.get(b.name);
         const stateText = b.idle ? "no calls in this process" : b.state;
@@ -276,6 +295,9 @@
         ]);
         row.classList.toggle("over", !b.idle && b.state !== "closed");
       },
+      (row, b) => {
+        row.cells[6].append(switchButton(`Switch for breaker ${b.name}`, "breaker", b.name));
+      },
     );
   }
 
@@ -285,11 +307,6 @@
       $("levels"),
       rows,
       (l) => l.service,
-      (l) => {
-        const row = plainRow(5);
-        row.cells[4].append(switchButton(`Switch for level of ${l.service}`, "level", l.service));
-        return row;
-      },
       (row, l) => {
         cells(row, [
           l.service,
@@ -297,6 +314,9 @@
           l.computed === undefined ? null : l.computed,
           l.pressure === undefined ? null : number.format(l.pressure),
         ]);
+      },
+      (row, l) => {
+        row.cells[4].append(switchButton(`Switch for level of ${l.service}`, "level", l.service));
       },
     );
   }
@@ -325,16 +345,14 @@
       $("switches"),
       switches,
       (s) => s.id,
-      (s) => {
-        const row = plainRow(6);
+      (row, s) => cells(row, [s.id, setting(s), expiresText(s), s.who, s.why]),
+      (row, s) => {
         const b = el("button", "Remove…", "small");
         b.type = "button";
         b.setAttribute("aria-label", `Remove switch ${s.id}`);
         b.addEventListener("click", () => askRemove(s.id));
         row.cells[5].append(b);
-        return row;
       },
-      (row, s) => cells(row, [s.id, setting(s), expiresText(s), s.who, s.why]),
     );
   }
 
@@ -344,7 +362,6 @@
       $("audit"),
       rows,
       (a) => a.key,
-      () => plainRow(5),
       (row, a) => {
         const change = a.op === "put" ? `set ${setting(a.after || {})}` : a.op;
         cells(row, [when(a.at), change, a.id, a.who, a.why]);
@@ -377,7 +394,6 @@
       $("events"),
       rows,
       (e) => String(e.seq),
-      () => plainRow(4),
       (row, e) => cells(row, [when(e.at), e.event, eventSubject(e), eventDetails(e)]),
     );
   }
@@ -387,14 +403,12 @@
       $("top-clients"),
       clients.map((c, i) => ({ ...c, key: `${c.rule}|${c.client}|${i}` })),
       (c) => c.key,
-      () => plainRow(4),
       (row, c) => cells(row, [c.rule, keyText(c.client), fmt(c.count), pct(c.share)]),
     );
     syncRows(
       $("top-rules"),
       rules,
       (r) => r.rule,
-      () => plainRow(5),
       (row, r) => {
         cells(row, [r.rule, fmt(r.over_limit), fmt(r.total), pct(r.ratio), r.throttling ? "yes" : "no"]);
       },
@@ -724,6 +738,7 @@
   // -- wiring --------------------------------------------------------------------------
 
   function init() {
+    for (const [id, columns] of Object.entries(COLUMNS)) header($(id), columns);
     $("login").addEventListener("submit", (ev) => {
       ev.preventDefault();
       const token = $("token").value.trim();

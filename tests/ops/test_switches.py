@@ -205,3 +205,18 @@ def test_malformed_redis_entry_is_ignored(redis_url, wall):
         assert [x.id for x in s.list()] == ["rule:ok"]
     finally:
         s.close()
+
+
+def test_the_service_redis_url_may_carry_backend_options(redis_url, wall):
+    # ``limiter serve --redis redis://...?timeout=0.5&prefix=x:`` configures the limiter
+    # backend; redis-py refuses those options, so the switch store leaves them out.
+    store = open_switches(None, f"{redis_url}?timeout=0.5&prefix=x:&local_cache=0", clock=wall)
+    try:
+        assert isinstance(store, RedisSwitches) and store.healthy
+        body = {"action": "force_deny", "who": "t", "why": "w", "ttl": 60}
+        store.put(Switch.from_request("rule:a/b", body, wall()))
+        assert store.rule("a/b").action == "force_deny"
+    finally:
+        store.close()
+    with pytest.raises(ConfigError, match=r"switches: bad Redis URL redis://.*bogus"):
+        RedisSwitches(f"{redis_url}?bogus=1", clock=wall)

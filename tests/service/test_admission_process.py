@@ -61,6 +61,17 @@ def check(rule: str, key: str, priority: int = 0, max_wait: float = MAX_WAIT) ->
     return v1.Check(domain="q", rule=rule, key=key, priority=priority, max_wait=max_wait)
 
 
+def queued(
+    proc: ServiceProcess, stub: v1.LimiterStub, rule: str, key: str, priority: int
+) -> grpc.Future:
+    """Send a check that may wait 30 s; return its future once the service holds it."""
+    request = v1.DecideRequest(checks=[check(rule, key, priority, 30.0)])
+    future = stub.Decide.future(request, timeout=60)
+    labels = {"domain": "q", "rule": rule, "priority": "critical"}
+    assert wait_until(lambda: proc.metric("limiter_queue_depth", **labels) == 1, 10)
+    return future
+
+
 def test_mixed_priorities_under_sustained_overload(service: ServiceProcess) -> None:
     """Weights 3:2:1 at a 40/s rule: served ratio follows them, the top class waits least,
     and no admitted check waited past its max_wait."""
@@ -177,11 +188,7 @@ def test_cancelled_caller_leaves_the_queue_without_leaking_the_permit(
         holder = stub.Decide(v1.DecideRequest(checks=[check("inflight", "c", 0, 0)]), timeout=10)
         permit = holder.results[0].permit
         assert holder.results[0].allowed and permit
-        future = stub.Decide.future(
-            v1.DecideRequest(checks=[check("inflight", "c", 0, 30.0)]), timeout=60
-        )
-        assert wait_until(lambda: service.metric("limiter_queue_depth", **labels) == 1, 10)
-        future.cancel()
+        queued(service, stub, "inflight", "c", 0).cancel()
         assert wait_until(
             lambda: service.metric("limiter_queue_cancelled_total", **labels) == before + 1, 10
         )
@@ -245,11 +252,7 @@ def test_shutdown_answers_held_checks_busy_at_once(tmp_path: Path) -> None:
         with grpc.insecure_channel(proc.target) as channel:
             stub = native_stub(channel)
             stub.Decide(v1.DecideRequest(checks=[check("tiny", "t", 2, 0)]), timeout=10)
-            future = stub.Decide.future(
-                v1.DecideRequest(checks=[check("tiny", "t", 2, 30.0)]), timeout=60
-            )
-            labels = {"domain": "q", "rule": "tiny", "priority": "critical"}
-            assert wait_until(lambda: proc.metric("limiter_queue_depth", **labels) == 1, 10)
+            future = queued(proc, stub, "tiny", "t", 2)
             start = time.monotonic()
             proc.signal(signal.SIGTERM)
             result = future.result(timeout=15).results[0]
@@ -270,11 +273,7 @@ def test_reload_with_new_queue_settings_answers_held_checks(tmp_path: Path) -> N
         with grpc.insecure_channel(proc.target) as channel:
             stub = native_stub(channel)
             stub.Decide(v1.DecideRequest(checks=[check("tiny", "r", 2, 0)]), timeout=10)
-            future = stub.Decide.future(
-                v1.DecideRequest(checks=[check("tiny", "r", 2, 30.0)]), timeout=60
-            )
-            labels = {"domain": "q", "rule": "tiny", "priority": "critical"}
-            assert wait_until(lambda: proc.metric("limiter_queue_depth", **labels) == 1, 10)
+            future = queued(proc, stub, "tiny", "r", 2)
             start = time.monotonic()
             path.write_text(CONFIG.replace("queue: {max_queue: 1}", "queue: {max_queue: 2}"))
             result = future.result(timeout=15).results[0]

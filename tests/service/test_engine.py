@@ -209,3 +209,19 @@ def test_worker_metrics_merge_sums_counters_and_histograms() -> None:
     assert 'limiter_decision_latency_seconds_count{api="rls"} 5.0' in lines
     assert 'limiter_decision_latency_seconds_bucket{api="rls",le="0.00025"} 5.0' in lines
     assert "limiter_config_last_reload_successful 0.0" in lines  # min: one worker is stale
+
+
+def test_latency_histogram_buckets_are_cumulative_and_inclusive() -> None:
+    metrics = Metrics()
+    series = metrics.latency.labels("native")
+    for value in (0.00001, 0.00001, 0.0003, 7.0):  # on a bound, between bounds, past the last
+        series.observe(value)
+    lines = set(metrics.render().decode().splitlines())
+    bucket = "limiter_decision_latency_seconds_bucket"
+    assert f'{bucket}{{api="native",le="1e-05"}} 2.0' in lines  # le: a value on a bound counts
+    assert f'{bucket}{{api="native",le="0.00025"}} 2.0' in lines
+    assert f'{bucket}{{api="native",le="0.0005"}} 3.0' in lines
+    assert f'{bucket}{{api="native",le="0.5"}} 3.0' in lines
+    assert f'{bucket}{{api="native",le="+Inf"}} 4.0' in lines
+    assert 'limiter_decision_latency_seconds_count{api="native"} 4.0' in lines
+    assert 'limiter_decision_latency_seconds_sum{api="native"} 7.00032' in lines

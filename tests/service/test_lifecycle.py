@@ -197,3 +197,39 @@ def test_stop_drains_in_flight_rpcs(tmp_path: Path) -> None:
 
     answer, took = asyncio.run(scenario())
     assert answer == b"done" and took >= 0.3
+
+
+def test_a_sighup_landing_as_the_poll_interval_ends_is_not_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from limiter.server.engine import Engine
+    from limiter.server.metrics import Metrics
+    from limiter.server.reload import Reloader
+
+    from limiter import config
+
+    path = tmp_path / "rules.yaml"
+    path.write_text(rules(5))
+    reloader = Reloader(str(path), Engine(config.load(path)), Metrics(), interval=0.01)
+    reasons: list[str] = []
+    monkeypatch.setattr(reloader, "reload", lambda reason: reasons.append(reason) or True)
+    polls = 0
+
+    async def poll_that_times_out(waiter, timeout):  # type: ignore[no-untyped-def]
+        nonlocal polls
+        polls += 1
+        waiter.close()
+        await asyncio.sleep(0)
+        if polls == 1:
+            reloader.request()  # the signal handler runs just as the wait times out
+        raise TimeoutError
+
+    async def main() -> None:
+        task = asyncio.create_task(reloader.run())
+        while polls < 3:
+            await asyncio.sleep(0)
+        task.cancel()
+
+    monkeypatch.setattr(asyncio, "wait_for", poll_that_times_out)
+    asyncio.run(main())
+    assert reasons == ["signal"]  # exactly one forced reload (the file did not change)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 from pathlib import Path
@@ -10,7 +11,10 @@ import grpc
 import pytest
 from envoy.service.ratelimit.v3 import rls_pb2
 from limiter.server import v1
+from limiter.server.engine import Engine, SharedAdaptive
 
+from limiter import config as rules
+from limiter._core import AdaptiveLimiter
 from tests.service.conftest import ServiceProcess, request, rls_stub, wait_until
 from tests.support import RedisServer
 
@@ -32,6 +36,13 @@ descriptors:
 """
 
 
+def patient(url: str) -> str:
+    """``url`` with a Redis timeout a loaded 2-CPU machine always meets: these tests count
+    exact answers, and at the 20 ms default a stalled round trip is answered per the rule's
+    failure mode (allowed) instead. The timeout path is tested with Redis killed."""
+    return f"{url}?timeout=1"
+
+
 def code(target: str, **entries: str) -> int:
     with grpc.insecure_channel(target) as channel:
         return (
@@ -42,8 +53,8 @@ def code(target: str, **entries: str) -> int:
 def test_two_service_processes_share_limits(tmp_path: Path, redis_url: str) -> None:
     path = tmp_path / "rules.yaml"
     path.write_text(CONFIG)
-    a = ServiceProcess(path, "--redis", redis_url).start()
-    b = ServiceProcess(path, "--redis", redis_url).start()
+    a = ServiceProcess(path, "--redis", patient(redis_url)).start()
+    b = ServiceProcess(path, "--redis", patient(redis_url)).start()
     try:
         codes = [code(s.target, user="u1") for s in (a, b) * 4]
         assert codes == [OK] * 6 + [OVER] * 2
@@ -71,10 +82,110 @@ def test_two_service_processes_share_limits(tmp_path: Path, redis_url: str) -> N
         assert b.stop() == 0
 
 
+def test_a_released_lease_is_free_for_other_replicas_when_release_returns(
+    redis_url: str,
+) -> None:
+    config = rules.parse(CONFIG)
+    mine = Engine(config, backend=redis_url).snapshot.by_name[("shared", "inflight")]
+    # Another backend object (own connection and queue), as another replica has.
+    other = Engine(config, backend=redis_url + "?timeout=2").snapshot.by_name[
+        ("shared", "inflight")
+    ]
+    assert mine.remote is not other.remote
+
+    async def hold(key: str) -> object:
+        return await mine.acquire_async(key, 1, hold=True)
+
+    for i in range(20):
+        key = f"{mine.prefix}job{i}"
+        leases = [asyncio.run(hold(key)) for _ in range(2)]
+        assert all(lease.allowed for lease in leases)
+        assert not other.acquire(key, 1).allowed
+        leases[0].release()  # what the Release RPC runs before answering
+        again = other.acquire(key, 1, True)
+        assert again.allowed, i
+        again.release()
+        leases[1].release()
+
+
+ADAPTIVE = """
+domain: shared
+descriptors:
+  - key: backend
+    rate_limit: {algorithm: adaptive, unit: second, requests_per_unit: 1000, target_latency: 0.05,
+                 name: adaptive}
+"""
+
+
+def test_engine_shares_rate_mode_adaptive_rules_through_redis(redis_url: str) -> None:
+    config = rules.parse(
+        ADAPTIVE
+        + """
+  - key: pool
+    rate_limit: {algorithm: adaptive, mode: concurrency, requests_per_unit: 8, unit: second,
+                 name: pool}
+"""
+    )
+    engine = Engine(config, backend=redis_url)
+    rate = engine.snapshot.by_name[("shared", "adaptive")]
+    pool = engine.snapshot.by_name[("shared", "pool")]
+    assert isinstance(rate.kernel, SharedAdaptive) and rate.remote is rate.kernel
+    # No shared in-flight count exists: a concurrency-mode rule stays per process.
+    assert isinstance(pool.kernel, AdaptiveLimiter) and pool.remote is None
+    first = rate.acquire("k", 1)
+    assert first.allowed and first.limit == 1000  # the adaptive limit, not the GCRA burst
+    shared = rate.kernel.shared
+    count = len(shared.reports)
+    rate.kernel.record(0.5, outcome="ignored")
+    assert len(shared.reports) == count  # an ignored call is no sample
+    rate.kernel.record(0.5, outcome="dropped")
+    assert shared.reports[-1] == b"500000000:0"
+    assert asyncio.run(rate.acquire_async("k", 1)).limit == 1000
+    assert [d.limit for d in rate.kernel.acquire_batch(["a", "b"], [1, 1])] == [1000, 1000]
+
+
+@pytest.mark.timeout(60)
+def test_adaptive_rules_converge_on_one_limit_across_processes(
+    tmp_path: Path, redis_url: str
+) -> None:
+    path = tmp_path / "adaptive.yaml"
+    path.write_text(ADAPTIVE)
+    a = ServiceProcess(path, "--redis", patient(redis_url)).start()
+    b = ServiceProcess(path, "--redis", patient(redis_url)).start()
+    check = v1.Check(domain="shared", rule="adaptive", key="any")
+    slow = [v1.Observation(domain="shared", rule="adaptive", latency=1.0)] * 50
+    try:
+        with grpc.insecure_channel(a.target) as ca, grpc.insecure_channel(b.target) as cb:
+            stubs = (v1.LimiterStub(ca), v1.LimiterStub(cb))
+
+            def limits() -> list[int]:
+                request = v1.DecideRequest(checks=[check])
+                return [s.Decide(request, timeout=10).results[0].limit for s in stubs]
+
+            assert limits() == [1000, 1000]
+            # Only A's callers report slow calls; whichever process holds the lease cuts
+            # the one shared limit, so B (which saw no slow call) follows it.
+            deadline = time.monotonic() + 20
+            while max(limits()) >= 1000 and time.monotonic() < deadline:
+                assert stubs[0].Observe(v1.ObserveRequest(observations=slow)).accepted == 50
+                time.sleep(0.1)
+            seen: list[int] = []
+            assert wait_until(
+                lambda: len(set(seen := limits())) == 1 and seen[0] < 1000, timeout=10
+            ), seen
+        # /metrics of both processes shows the same adaptive limit.
+        gauge = "limiter_adaptive_limit"
+        shown = [s.metric(gauge, domain="shared", rule="adaptive") for s in (a, b)]
+        assert shown[0] == shown[1] < 1000, shown
+    finally:
+        assert a.stop() == 0
+        assert b.stop() == 0
+
+
 def test_workers_share_one_port_and_one_limit(tmp_path: Path, redis_url: str) -> None:
     path = tmp_path / "rules.yaml"
     path.write_text(CONFIG)
-    service = ServiceProcess(path, "--redis", redis_url, "--workers", "2").start()
+    service = ServiceProcess(path, "--redis", patient(redis_url), "--workers", "2").start()
     try:
         # Separate connections land on either worker; the limit is still 6 in total.
         codes = [code(service.target, user="w") for _ in range(8)]
@@ -99,7 +210,7 @@ def test_redis_down_follows_each_rules_failure_mode(tmp_path: Path) -> None:
     path = tmp_path / "rules.yaml"
     path.write_text(CONFIG)
     with RedisServer() as redis:
-        service = ServiceProcess(path, "--redis", redis.url).start()
+        service = ServiceProcess(path, "--redis", patient(redis.url)).start()
         try:
             assert code(service.target, open="a") == OK
             assert code(service.target, open="a") == OVER
