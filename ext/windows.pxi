@@ -84,6 +84,8 @@ cdef class SlidingWindow(_Window):
         out.wait_ns = 0
         if estimate + cost > self.limit:
             out.allowed = False
+            if not out.detail:
+                return 0
             out.remaining = <int64_t>floor(self.limit - estimate)
             out.reset_ns = start + (2 * P if cur > 0 else P) - now
             need = self.limit - cur - cost
