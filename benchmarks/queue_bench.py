@@ -38,7 +38,7 @@ import random
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -130,20 +130,18 @@ def admission_cells() -> dict[str, Callable[[int], None]]:
     empty.acquire("k")
     q_full = AdmissionQueue(empty, classes=3, max_queue=1, auto_poll=False)
 
-    def bare_allowed(n: int) -> None:
-        acquire = free.acquire
-        for _ in range(n):
-            acquire("k")
+    def bare(bucket: TokenBucket) -> Callable[[int], None]:
+        def run(n: int) -> None:
+            acquire = bucket.acquire
+            for _ in range(n):
+                acquire("k")
+
+        return run
 
     def queue_allowed(n: int) -> None:
         acquire = q_free.acquire
         for _ in range(n):
             acquire("k", priority=1)
-
-    def bare_refused(n: int) -> None:
-        acquire = empty.acquire
-        for _ in range(n):
-            acquire("k")
 
     def queue_busy(n: int) -> None:
         acquire = q_full.acquire
@@ -188,9 +186,9 @@ def admission_cells() -> dict[str, Callable[[int], None]]:
         asyncio.run(main())
 
     return {
-        "TokenBucket.acquire, allowed (bare)": bare_allowed,
+        "TokenBucket.acquire, allowed (bare)": bare(free),
         "AdmissionQueue.acquire, admitted at once": queue_allowed,
-        "TokenBucket.acquire, refused (plain rejection)": bare_refused,
+        "TokenBucket.acquire, refused (plain rejection)": bare(empty),
         "AdmissionQueue.acquire, busy at once (timeout=0)": queue_busy,
         "AdmissionQueue.acquire_async, waited (enqueue+admit+wake)": waited,
         "asyncio task awaiting a future (floor for the row above)": task_floor,
@@ -244,6 +242,34 @@ def queue_args(kwargs: dict) -> dict:
     return {"max_queue": MAX_QUEUE, "max_wait": MAX_WAIT, **kwargs}
 
 
+def offered(stream: list[tuple[float, int]]) -> list[Outcome]:
+    """One Outcome per class, with the requests the stream offers it counted."""
+    out = [Outcome() for _ in SHARES]
+    for _, c in stream:
+        out[c].offered += 1
+    return out
+
+
+def reject_plainly(bucket: TokenBucket, out: Outcome) -> None:
+    """The strategy without a queue: admitted now, or refused now."""
+    if bucket.acquire("rule").allowed:
+        out.admitted += 1
+        out.waits.append(0)
+    else:
+        out.full += 1
+
+
+async def paced(stream: list[tuple[float, int]]) -> AsyncIterator[int]:
+    """Each arrival's class, at its time (seconds from now) on the event loop's clock."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for t, c in stream:
+        delay = start + t - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        yield c
+
+
 async def serve(q: AdmissionQueue, out: list[Outcome], c: int, now: Callable[[], int]) -> None:
     priority = min(c, q.classes - 1)
     start = now()
@@ -263,17 +289,11 @@ def simulate(kwargs: dict | None, stream: list[tuple[float, int]], rate: float) 
     clock = Manual()
     t0 = clock.now
     bucket = TokenBucket(rate=rate, burst=BURST, clock=clock)
-    out = [Outcome() for _ in SHARES]
-    for _, c in stream:
-        out[c].offered += 1
+    out = offered(stream)
     if kwargs is None:
         for t, c in stream:
             clock.now = t0 + round(t * 1e9)
-            if bucket.acquire("rule").allowed:
-                out[c].admitted += 1
-                out[c].waits.append(0)
-            else:
-                out[c].full += 1
+            reject_plainly(bucket, out[c])
         return out
     q = AdmissionQueue(bucket, clock=clock, auto_poll=False, **queue_args(kwargs))
 
@@ -304,29 +324,20 @@ def realtime(stream: list[tuple[float, int]], rate: float) -> dict[str, list[Out
     results: dict[str, list[Outcome]] = {}
     setups = []
     for name, kwargs in STRATEGIES.items():
-        out = [Outcome() for _ in SHARES]
-        for _, c in stream:
-            out[c].offered += 1
+        out = offered(stream)
         bucket = TokenBucket(rate=rate, burst=BURST)
         q = None if kwargs is None else AdmissionQueue(bucket, **queue_args(kwargs))
         results[name] = out
         setups.append((bucket, q, out))
 
     async def main() -> None:
-        loop = asyncio.get_running_loop()
-        start, tasks = loop.time(), []
-        for t, c in stream:
-            delay = start + t - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
+        tasks: list[asyncio.Task[None]] = []
+        async for c in paced(stream):
             for bucket, q, out in setups:
                 if q is not None:
                     tasks.append(asyncio.create_task(serve(q, out, c, time.monotonic_ns)))
-                elif bucket.acquire("rule").allowed:
-                    out[c].admitted += 1
-                    out[c].waits.append(0)
                 else:
-                    out[c].full += 1
+                    reject_plainly(bucket, out[c])
         await asyncio.gather(*tasks)
 
     asyncio.run(main())
@@ -473,12 +484,8 @@ def service_overload(
         async with grpc.aio.insecure_channel(target) as channel:
             stub = v1.LimiterStub(channel)
             await stub.Decide(v1.DecideRequest(checks=[v1.Check(domain="bench", rule="free")]))
-            loop = asyncio.get_running_loop()
-            start, tasks = loop.time(), []
-            for t, c in stream:
-                delay = start + t - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
+            tasks: list[asyncio.Task[None]] = []
+            async for c in paced(stream):
                 for i, (name, (_, priority)) in enumerate(SERVICE_STRATEGIES.items()):
                     results[name][c].offered += 1
                     tasks.append(asyncio.create_task(one(stub, name, f"s{i}", c, priority)))

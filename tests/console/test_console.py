@@ -174,6 +174,33 @@ def test_live_numbers_move_under_load(driver, service, artifacts):
     assert script_errors(driver) == []
 
 
+TABLE_LAYOUT = """
+return Array.from(document.querySelectorAll("main table")).map((t) => [
+  t.id,
+  Array.from(t.tHead.rows[0].cells).map((c) => [c.scope, c.textContent]),
+  Array.from(t.tBodies[0].rows).map((r) =>
+    Array.from(r.cells).reduce((n, c) => n + c.colSpan, 0)),
+]);
+"""
+
+
+def test_every_table_has_scoped_headings_as_wide_as_its_rows(driver, service):
+    """The page builds its table heads; each must name every column its rows fill."""
+    open_console(driver, service)
+    wait(driver, lambda: connected(driver), what="the dashboard")
+    layout = {name: (heads, widths) for name, heads, widths in driver.execute_script(TABLE_LAYOUT)}
+    assert set(layout) == {
+        "rules", "breakers", "levels", "top-clients", "top-rules", "switches", "audit", "events",
+    }  # fmt: skip
+    for name, (heads, widths) in layout.items():
+        assert {scope for scope, _ in heads} == {"col"}, name
+        assert widths and set(widths) == {len(heads)}, (name, widths, heads)
+    names = [text for _, text in layout["breakers"][0]]
+    assert names == ["Breaker", "State", "Mode", "Calls", "Failures", "Rejected", "Actions"]
+    assert [text for _, text in layout["rules"][0]][-3:] == ["Switch", "Last minute", "Actions"]
+    assert script_errors(driver) == []
+
+
 def test_switch_flipped_from_the_page_changes_decisions(driver, service, artifacts):
     open_console(driver, service)
     wait(driver, lambda: connected(driver), what="the dashboard")

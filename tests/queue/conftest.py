@@ -39,3 +39,11 @@ async def settle() -> None:
     """Let every ready task run until it blocks again."""
     for _ in range(5):
         await asyncio.sleep(0)
+
+
+async def held_and_queued(q: AdmissionQueue, key: str = "k") -> tuple[Any, asyncio.Task[Any]]:
+    """Take ``key``'s only slot, then queue one task behind it (settled, still waiting)."""
+    holder = q.acquire(key)
+    waiter = asyncio.create_task(q.acquire_async(key))
+    await settle()
+    return holder, waiter

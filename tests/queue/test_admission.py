@@ -20,7 +20,7 @@ from limiter import (
 from limiter._core import AdaptiveLimiter
 from limiter.admission import AdmissionQueue, DeadlineExceeded, QueuedPermit, QueueFull
 from limiter.errors import InvalidParameter, LimiterError
-from tests.queue.conftest import TICK, settle
+from tests.queue.conftest import TICK, held_and_queued, settle
 
 
 def run(coro):
@@ -351,9 +351,7 @@ def test_cancel_after_admission_releases_the_permit(make_queue):
     q = make_queue(limit)
 
     async def main():
-        holder = q.acquire("k")
-        waiter = asyncio.create_task(q.acquire_async("k"))
-        await settle()
+        holder, waiter = await held_and_queued(q)
         holder.release()  # grants waiter the slot (its future is done)...
         waiter.cancel()  # ...but it is cancelled before it resumes
         with pytest.raises(asyncio.CancelledError):
@@ -391,9 +389,7 @@ def test_dropped_permit_is_released_and_wakes_the_queue(make_queue):
     q = make_queue(limit)
 
     async def main():
-        holder = q.acquire("k")
-        waiter = asyncio.create_task(q.acquire_async("k"))
-        await settle()
+        holder, waiter = await held_and_queued(q)
         del holder
         gc.collect()
         await settle()
@@ -531,9 +527,7 @@ def test_outcome_report_on_a_permit_wakes_the_queue(make_queue):
     q = make_queue(limiter)
 
     async def main():
-        first = q.acquire("k")
-        waiter = asyncio.create_task(q.acquire_async("k"))
-        await settle()
+        first, waiter = await held_and_queued(q)
         assert not waiter.done()
         first.success()  # not release(): the queue still hears of it
         await settle()

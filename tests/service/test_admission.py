@@ -148,25 +148,26 @@ def test_rule_max_wait_caps_what_the_caller_asks() -> None:
     assert result.code == Result.QUEUE_TIMEOUT and 0.1 <= result.waited < 1
 
 
-def test_rpc_budget_caps_the_wait() -> None:
-    _, _, _, native, _ = build()
+def wait_within_budget(native: LimiterService, key: str, budget: float):  # type: ignore[no-untyped-def]
+    """Spend the hourly rule's token for ``key``, then ask to wait 30 s in a ``budget`` s RPC."""
 
     async def main() -> list[object]:
-        await decide(native, check("hour", key="b", max_wait=0))
-        return await decide(native, check("hour", key="b", max_wait=30), budget=0.1)
+        await decide(native, check("hour", key=key, max_wait=0))
+        return await decide(native, check("hour", key=key, max_wait=30), budget=budget)
 
     (result,) = asyncio.run(main())
+    return result
+
+
+def test_rpc_budget_caps_the_wait() -> None:
+    _, _, _, native, _ = build()
+    result = wait_within_budget(native, "b", budget=0.1)
     assert result.code == Result.QUEUE_TIMEOUT and 0.05 <= result.waited <= 0.1
 
 
 def test_no_budget_left_answers_at_once() -> None:
     _, _, admission, native, _ = build()
-
-    async def main() -> list[object]:
-        await decide(native, check("hour", key="n", max_wait=0))
-        return await decide(native, check("hour", key="n", max_wait=30), budget=0.005)
-
-    (result,) = asyncio.run(main())
+    result = wait_within_budget(native, "n", budget=0.005)
     assert result.code == Result.OVER_LIMIT and result.waited == 0
     assert admission.depth() == 0
 
