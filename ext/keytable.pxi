@@ -372,7 +372,7 @@ cdef class RateKernel(KeyedLimiter):
         cdef int64_t now = self._now()
         cdef Outcome o
         o.detail = True
-        self._decide(key, c, now, &o)
+        self._decide_row(self.table.get(key, now), c, now, &o)
         return make_decision(o.allowed, self.limit_value, o.remaining, o.reset_ns,
                              o.retry_ns, o.wait_ns)
 
@@ -392,7 +392,7 @@ cdef class RateKernel(KeyedLimiter):
         cdef int64_t now = self._now()
         cdef Outcome o
         o.detail = False
-        self._decide(key, c, now, &o)
+        self._decide_row(self.table.get(key, now), c, now, &o)
         return o.allowed
 
     def allow_batch(self, keys, costs=None):
