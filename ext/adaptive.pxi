@@ -34,7 +34,14 @@
 # - the big cut re-arms (next cut 1/2, growth exponential again) once the limit
 #   climbs clearly past its previous peak, after ``rearm_after`` healthy growth
 #   evaluations at full use (the backend got faster), or after ``horizon`` seconds
-#   without a cut.
+#   without a cut;
+# - rate mode, re-probe (re-armed by healthy growth, not by climbing past the peak):
+#   a paced stream over capacity builds a queue within one probe interval, so the
+#   first probe step is gentle (x (1 + 4 x ``additive``), just past the peak) and only
+#   the steps after it multiply by ``growth``; a re-probe the backend could not
+#   deliver is trimmed no lower than the level it started from (that level was
+#   delivered over a full interval; the probe's own interval is too short to
+#   measure the delivered rate well).
 
 from libc.math cimport INFINITY, ldexp
 
@@ -84,7 +91,7 @@ cdef class AdaptiveLimit:
     per slow-start step, ``additive`` step (fraction of the level last cut from),
     ``headroom`` below the target where growth stops (default 0.35 in concurrency
     mode, 0.2 in rate mode), ``min_cut`` (smallest cut), ``rearm_after`` healthy
-    growth steps (0 = never; default 1, rate mode 2), ``seed``.
+    growth steps (0 = never; default 1), ``seed``.
 
     ``mode`` only says what the limit counts (admissions per second or calls in
     flight) for the saturation test; enforcing it is ``AdaptiveLimiter``'s job, so
@@ -107,6 +114,9 @@ cdef class AdaptiveLimit:
     cdef readonly int64_t window_samples
     cdef readonly int32_t rearm_after
     cdef int32_t healthy_run
+    cdef bint reprobe
+    cdef bint gentle
+    cdef double probe_base
     cdef int64_t completed
     cdef readonly int64_t cuts
     cdef readonly int64_t evaluations
@@ -192,9 +202,9 @@ cdef class AdaptiveLimit:
         if rearm_after is None:
             # With calls in flight capped, latency well under the target at full use
             # means spare capacity. In rate mode latency stays flat right up to
-            # capacity, so ask for two such evaluations (the guard and the delivered
-            # rate bound an overshoot, see _trim).
-            rearm_after = 2 if self.rate_mode else 1
+            # capacity, but a re-probe starts gently and the guard and the delivered
+            # rate bound its overshoot (see _grow and _trim), so one is enough there too.
+            rearm_after = 1
         self.rearm_after = <int32_t>check_count("rearm_after", rearm_after, 0, 1_000_000)
         self.max_shift = 1
         while ldexp(1.0, -(self.max_shift + 1)) >= self.min_cut * (1 - 1e-12):
@@ -362,12 +372,19 @@ cdef class AdaptiveLimit:
         self.quiet_since = -1
         self.healthy_run = 0
         self.cuts += 1
+        self.reprobe = False
+        self.gentle = False
         self.evidence._clear()
 
     cdef void _grow(self) noexcept:
         cdef double new
+        cdef bint past_peak
         if self.phase == PHASE_SLOW_START:
-            new = self.limit_value * self.growth
+            if self.gentle:
+                new = self.limit_value * (1.0 + 4 * self.additive)
+                self.gentle = False
+            else:
+                new = self.limit_value * self.growth
             if self.ceiling > 0 and self.limit_value < self.ceiling <= new:
                 new = self.ceiling
                 self.phase = PHASE_ADDITIVE
@@ -375,11 +392,15 @@ cdef class AdaptiveLimit:
         else:
             new = self.limit_value + self.step
             self.healthy_run += 1
-            if (new > self.ceiling * (1.0 + 4 * self.additive)
-                    or 0 < self.rearm_after <= self.healthy_run):
+            past_peak = new > self.ceiling * (1.0 + 4 * self.additive)
+            if past_peak or 0 < self.rearm_after <= self.healthy_run:
                 # Clearly past the previous peak, or comfortably fast at full use for
                 # a while: the backend got faster. Probe exponentially again, and
-                # meet the next overload with a big cut.
+                # meet the next overload with a big cut. In rate mode a re-probe on
+                # healthy growth alone starts gently (see the control law).
+                self.reprobe = self.rate_mode and not past_peak
+                self.gentle = self.reprobe
+                self.probe_base = self.limit_value
                 self.next_shift = 1
                 self.phase = PHASE_SLOW_START
                 self.ceiling = 0.0
@@ -392,6 +413,8 @@ cdef class AdaptiveLimit:
         Like TCP HyStart, leaving slow start on a delay increase rather than on loss
         avoids overshooting into the SLO breach that a cut would then have to undo.
         """
+        self.reprobe = False
+        self.gentle = False
         if self.phase == PHASE_SLOW_START and self.ceiling == 0:
             # Only the open-ended probe: after a cut, slow start returns to the level
             # it was cut from, whatever the backlog left by the overload says.
@@ -404,12 +427,18 @@ cdef class AdaptiveLimit:
         """Rate mode, backend-bound: limit to one additive step over the delivered rate.
 
         Ends slow start there (the knee is found, as HyStart ends it on delay). Not a
-        cut: the cut sequence does not advance and the evidence is kept.
+        cut: the cut sequence does not advance and the evidence is kept. A re-probe
+        comes down no lower than the level it started from.
         """
         cdef double elapsed = ns_to_seconds(now - self.last_eval)
         if elapsed <= 0 or self.completed == 0:
             return
         cdef double level = self.completed / elapsed * (1.0 + self.additive)
+        if (self.reprobe and self.phase == PHASE_SLOW_START and self.ceiling == 0
+                and level < self.probe_base):
+            level = self.probe_base
+        self.reprobe = False
+        self.gentle = False
         if level < self.limit_value:
             self.limit_value = self._clamp(level)
         if self.phase == PHASE_SLOW_START:

@@ -348,6 +348,54 @@ def test_rate_mode_backend_bound_comes_down_to_the_delivered_rate() -> None:
     assert bound.state["phase"] == "additive" and bound.cuts == 0
 
 
+def _rate_tick(d: Driver, latency: float, *, admitted: int, guarded: int = 0,
+               completed: int = 50) -> float:  # fmt: skip
+    """One rate-mode interval: ``admitted`` paced admissions, ``guarded`` refusals by
+    the in-flight guard, ``completed`` calls finishing with ``latency``."""
+    for i in range(admitted):
+        d.lim.on_decision(True, now=d.t + 1 + i)
+    for i in range(guarded):
+        d.lim.on_decision(False, now=d.t + 5_000 + i, guarded=True)
+    d.lim.on_decision(False, now=d.t + 9_000)
+    for i in range(completed):
+        d.lim.record(latency, now=d.t + S // 2 + i)
+    d.t += S
+    d.lim.evaluate(now=d.t)
+    return d.lim.limit
+
+
+def _rearmed_rate_driver() -> Driver:
+    """Rate mode cut from 100, climbed back, then re-armed by one healthy step."""
+    d = Driver(mode="rate", rearm_after=1, additive=0.01, growth=1.5)
+    assert d.tick(SLOW) == 50
+    assert _rate_tick(d, FAST, admitted=50) == 75
+    assert _rate_tick(d, FAST, admitted=75) == 100
+    assert _rate_tick(d, FAST, admitted=100) == pytest.approx(101)  # additive, re-arms
+    assert d.lim.state["phase"] == "slow_start" and d.lim.next_cut == 1 / 2
+    return d
+
+
+def test_rate_mode_reprobe_starts_gently_then_grows_exponentially() -> None:
+    # A paced stream over capacity queues within one probe interval: the first step of
+    # a re-probe only goes just past the old peak (x (1 + 4 * additive)).
+    d = _rearmed_rate_driver()
+    assert _rate_tick(d, FAST, admitted=101) == pytest.approx(101 * 1.04)
+    assert _rate_tick(d, FAST, admitted=106) == pytest.approx(101 * 1.04 * 1.5)
+
+
+def test_rate_mode_failed_reprobe_is_trimmed_no_lower_than_its_start() -> None:
+    # The probe's own interval measured only 30 deliveries (too short to trust): the
+    # trim stops at the level the re-probe started from, which was delivered before.
+    d = _rearmed_rate_driver()
+    assert _rate_tick(d, FAST, admitted=101, guarded=20, completed=30) == pytest.approx(100)
+    assert d.lim.state["phase"] == "additive" and d.lim.cuts == 1
+    # Outside a re-probe the same evidence comes down to the delivered rate.
+    plain = Driver(mode="rate", additive=0.01)
+    assert _rate_tick(plain, FAST, admitted=100, guarded=20, completed=30) == pytest.approx(
+        30 * 1.01
+    )
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from([FAST, 0.075, 0.09, SLOW]), st.booleans()),
                 min_size=1, max_size=40))  # fmt: skip
