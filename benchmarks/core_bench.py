@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import peers
+from machine import cpu_model, git_revision
 
 import limiter
 from limiter import (
@@ -767,24 +768,12 @@ def bench_extras(s: Settings, log) -> tuple[list[GroupResult], list[str]]:
 
 
 def machine_info() -> dict:
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
-        ).stdout.strip()
-    except OSError:
-        rev = "?"
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "commit": rev or "?",
+        "commit": git_revision(),
         "versions": peers.versions(),
     }
 

@@ -47,6 +47,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from limiter.server import v1  # noqa: E402
+from machine import cpu_model, git_revision  # noqa: E402
 
 from limiter import TokenBucket  # noqa: E402
 from limiter._core import PriorityQueue  # noqa: E402
@@ -542,22 +543,11 @@ def pct(waits: list[int], p: float) -> float:
 
 
 def machine() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor() or "unknown CPU"
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
-        ).stdout.strip()
-    except OSError:
-        rev = "?"
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     return (
-        f"{cpu}, {os.cpu_count()} CPUs (load average {load} at the end), "
+        f"{cpu_model()}, {os.cpu_count()} CPUs (load average {load} at the end), "
         f"Python {platform.python_version()}, "
-        f"{platform.system()} {platform.release()}, git {rev or '?'}"
+        f"{platform.system()} {platform.release()}, git {git_revision()}"
     )
 
 
