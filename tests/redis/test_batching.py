@@ -76,3 +76,25 @@ def test_threads_asyncio_and_posted_releases_share_the_flusher(redis_url: str) -
     assert sum(admitted) == 500  # 8 * 60 + 200 = 680 asked
     assert fw.remote.failures == 0 and cl.remote.failures == 0
     assert cl.in_flight("jobs") == 0  # releases were posted before this call queued
+
+
+def test_every_blocked_thread_of_a_batch_is_woken(redis_url: str) -> None:
+    """64 threads blocked on shared round trips: every one is woken, none is left asleep, and
+    each gets its own key's results."""
+    backend = RedisBackend(redis_url, local_cache=False, timeout=1.0)
+    tb = limiter.TokenBucket(0.001, 20, backend=backend)
+    admitted = [0] * 64
+    start = threading.Barrier(64)
+
+    def work(i: int) -> None:
+        start.wait(timeout=30)
+        admitted[i] = sum(tb.acquire(f"own{i}").allowed for _ in range(30))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(64)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads)
+    assert admitted == [20] * 64
+    assert backend.combiner.batches < 64 * 30  # they really shared round trips
