@@ -1,7 +1,8 @@
 """Build glue: the Cython core and the namespaced package layout.
 
-ext/_core.pyx compiles to ``limiter._core``; ``server/`` and ``clients/`` install as
-``limiter.server`` and ``limiter.clients`` (never as top-level modules).
+ext/_core.pyx compiles to ``limiter._core`` and ext/wire.pyx (the decision service's protobuf
+wire codecs) to ``limiter._wire``; ``server/`` and ``clients/`` install as ``limiter.server``
+and ``limiter.clients`` (never as top-level modules).
 """
 
 import os
@@ -38,7 +39,8 @@ extensions = [
         include_dirs=[numpy.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=["-O3"],
-    )
+    ),
+    Extension("limiter._wire", sources=["ext/wire.pyx"], extra_compile_args=["-O3"]),
 ]
 
 setup(

@@ -13,7 +13,8 @@ median over repeats, so machine noise hits every target alike; ratios to the no-
 server are taken per repeat (same minute, same load) before the median. Every
 measurement records the 1-minute load average, reported as a range per row. RLS
 calls carry one descriptor over 10,000 distinct users; native ``Decide`` calls carry
-``--batch`` checks. Run: ``python benchmarks/service_bench.py [--redis auto] [--out FILE]``.
+each of the ``--batch`` sizes of checks (1, the like-for-like call, and 100 by default).
+Run: ``python benchmarks/service_bench.py [--redis auto] [--out FILE]``.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def native_requests(batch: int) -> list[object]:
 # --- the no-op server ---------------------------------------------------------------
 
 
-async def noop_server(port: int, batch: int) -> None:
+async def noop_server(port: int, batches: list[int]) -> None:
     """RLS + limiter.v1 answering constant responses shaped like the real ones."""
     rls_answer = rls_pb2.RateLimitResponse(overall_code=rls_pb2.RateLimitResponse.OK)
     status = rls_answer.statuses.add(code=rls_pb2.RateLimitResponse.OK, limit_remaining=999)
@@ -91,16 +92,22 @@ async def noop_server(port: int, batch: int) -> None:
     ):
         rls_answer.response_headers_to_add.add(key=key, value=value)
     rls_answer.request_headers_to_add.add(key="x-limiter-level", value="0")
-    decide_answer = v1.DecideResponse(
-        results=[v1.Result(allowed=True, code=1, limit=10**6, remaining=999) for _ in range(batch)]
-    )
+    # One constant answer per batch size, picked by the request's number of checks.
+    decide_answers = {
+        batch: v1.DecideResponse(
+            results=[
+                v1.Result(allowed=True, code=1, limit=10**6, remaining=999) for _ in range(batch)
+            ]
+        )
+        for batch in batches
+    }
 
     class Noop(rls_pb2_grpc.RateLimitServiceServicer):
         async def ShouldRateLimit(self, request, context):
             return rls_answer
 
         async def Decide(self, request, context):
-            return decide_answer
+            return decide_answers[len(request.checks)]
 
         async def Release(self, request, context):
             return v1.ReleaseResponse()
@@ -252,7 +259,7 @@ async def measure(target: Target, api: str, args: argparse.Namespace) -> Result:
         if api == "rls":
             call, requests = rls_pb2_grpc.RateLimitServiceStub(channel).ShouldRateLimit, RLS
         else:
-            call, requests = v1.LimiterStub(channel).Decide, NATIVE
+            call, requests = v1.LimiterStub(channel).Decide, NATIVE[int(api.removeprefix("x"))]
         await closed_loop(call, requests, args.concurrency, 0.5, errors)  # warm up
         cpu = target.cpu_seconds()
         best, calls = await closed_loop(call, requests, args.concurrency, args.seconds, errors)
@@ -265,7 +272,7 @@ async def measure(target: Target, api: str, args: argparse.Namespace) -> Result:
 
 
 RLS: list = []
-NATIVE: list = []
+NATIVE: dict[int, list] = {}  # batch size -> requests
 
 
 def main() -> int:
@@ -273,17 +280,20 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=4.0, help="per measurement")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=64, help="closed-loop calls in flight")
-    parser.add_argument("--batch", type=int, default=100, help="checks per native Decide")
+    parser.add_argument(
+        "--batch", default="1,100", help="checks per native Decide (comma-separated sizes)"
+    )
     parser.add_argument("--redis", default="auto", help="URL, 'auto' (start one) or 'none'")
     parser.add_argument("--workers", type=int, default=2, help="also measure --workers N (Redis)")
     parser.add_argument("--out", type=Path, help="write a markdown report here")
     parser.add_argument("--noop-server", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.batches = [int(b) for b in args.batch.split(",")]
     if args.noop_server:
-        asyncio.run(noop_server(args.noop_server, args.batch))
+        asyncio.run(noop_server(args.noop_server, args.batches))
         return 0
     RLS.extend(rls_requests())
-    NATIVE.extend(native_requests(args.batch))
+    NATIVE.update({b: native_requests(b) for b in args.batches})
     config = Path(tempfile.mkdtemp(prefix="limiter-bench-")) / "bench.yaml"
     config.write_text(CONFIG)
     redis_server = None
@@ -326,7 +336,7 @@ def main() -> int:
         for target in targets:
             target.start()
         for repeat in range(args.repeats):
-            for api in ("rls", "native"):
+            for api in ("rls", *(f"x{b}" for b in args.batches)):
                 for target in targets:
                     result = asyncio.run(measure(target, api, args))
                     target.results.setdefault(api, []).append(result)
@@ -367,8 +377,8 @@ def render(targets: list[Target], args: argparse.Namespace) -> str:
         "| CPU vs no-op | p50 ms | p99 ms | errors | load |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for api in ("rls", "native"):
-        per_call = 1 if api == "rls" else args.batch
+    for api in ("rls", *(f"x{b}" for b in args.batches)):
+        per_call = 1 if api == "rls" else int(api.removeprefix("x"))
         label = "RLS ShouldRateLimit" if api == "rls" else f"native Decide x{per_call}"
         base = targets[0].results[api]
         for target in targets:

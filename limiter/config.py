@@ -20,7 +20,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import yaml
 
@@ -176,11 +176,6 @@ class Rule:
         return self.limit.name or self.id
 
 
-class Entry(Protocol):
-    key: str
-    value: str
-
-
 class Node:
     """One level of a domain's descriptor tree."""
 
@@ -192,10 +187,12 @@ class Node:
         self.keys: dict[str, Node] = {}
         self.rule: Rule | None = None
 
-    def child(self, key: str, value: str) -> Node | None:
-        node = self.exact.get((key, value))
+    def child(self, entry: tuple[str, str]) -> Node | None:
+        """The node for one request entry, a (key, value) pair: exact, prefix, key-only."""
+        node = self.exact.get(entry)
         if node is not None:
             return node
+        key, value = entry
         for wkey, prefix, wnode in self.wild:
             if wkey == key and value.startswith(prefix):
                 return wnode
@@ -212,11 +209,11 @@ class Domain:
     rules: list[Rule] = field(default_factory=list)
     by_name: dict[str, Rule] = field(default_factory=dict)
 
-    def match(self, entries: Sequence[Entry]) -> Rule | None:
-        """The rule for a request descriptor's entries, or None (not limited)."""
+    def match(self, entries: Sequence[tuple[str, str]]) -> Rule | None:
+        """The rule for a request descriptor's (key, value) entries, or None (not limited)."""
         node = self.root
         for entry in entries:
-            node = node.child(entry.key, entry.value)
+            node = node.child(entry)
             if node is None:
                 return None
         return node.rule

@@ -89,21 +89,35 @@ def retry_after(quotas: Iterable[Quota]) -> int | None:
 def build(
     quotas: Sequence[Quota], *, ietf: bool = True, legacy: bool = False
 ) -> list[tuple[str, str]]:
-    """Every header for a response, in a stable order; empty when there are no quotas."""
+    """Every header for a response, in a stable order; empty when there are no quotas.
+
+    One pass over the quotas (it runs once per answered check in the decision service).
+    """
     if not quotas:
         return []
+    policy: list[str] = []
+    state: list[str] = []
+    wait = -1  # the latest t among refused quotas
+    for q in quotas:
+        t = _ceil(q.reset_after if q.allowed else q.retry_after)
+        if not q.allowed and t > wait:
+            wait = t
+        if ietf:
+            policy.append(_policy_member(q.name, q.limit, q.window, q.unit))
+            remaining = q.remaining
+            r = remaining if 0 <= remaining <= SF_MAX_INT else sf_int(max(remaining, 0))
+            state.append(f"{sf_string(q.name)};r={r};t={t}")
     headers: list[tuple[str, str]] = []
     if ietf:
-        headers.append(("RateLimit-Policy", policy_field(quotas)))
-        headers.append(("RateLimit", ratelimit_field(quotas)))
+        headers.append(("RateLimit-Policy", ", ".join(policy)))
+        headers.append(("RateLimit", ", ".join(state)))
     if legacy:
         # One number each: the quota closest to exhaustion, as envoyproxy/ratelimit picks.
         tight = min(quotas, key=lambda q: (q.allowed, q.remaining))
         headers.append(("X-RateLimit-Limit", sf_int(tight.limit)))
         headers.append(("X-RateLimit-Remaining", sf_int(max(tight.remaining, 0))))
         headers.append(("X-RateLimit-Reset", sf_int(tight.t)))
-    wait = retry_after(quotas)
-    if wait is not None:
+    if wait >= 0:
         headers.append(("Retry-After", str(wait)))
     return headers
 

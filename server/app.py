@@ -27,7 +27,7 @@ from types import ModuleType
 from typing import Any
 
 import grpc
-from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+from envoy.service.ratelimit.v3 import rls_pb2
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
@@ -39,6 +39,7 @@ from limiter.server.http import HttpServer, Request, Response
 from limiter.server.metrics import CONTENT_TYPE, Metrics, SharedMetrics
 from limiter.server.native import LimiterService
 from limiter.server.reload import Reloader
+from limiter.server.rls import SERVICE as RLS_SERVICE
 from limiter.server.rls import HeaderOptions, RateLimitService
 
 from limiter import config as rules
@@ -47,7 +48,6 @@ log = logging.getLogger("limiter.server")
 
 # Optional modules that plug into every service (and the CLI) when they exist.
 EXTENSIONS = ("limiter.server.admin",)
-RLS_SERVICE = rls_pb2.DESCRIPTOR.services_by_name["RateLimitService"].full_name
 
 
 @dataclass
@@ -111,7 +111,7 @@ class Service:
         self.grpc = grpc.aio.server(
             options=[("grpc.so_reuseport", 1 if settings.reuse_port else 0)]
         )
-        rls_pb2_grpc.add_RateLimitServiceServicer_to_server(self.rls, self.grpc)
+        self.grpc.add_generic_rpc_handlers((self.rls.handler(),))
         v1.add_limiter_servicer(self.grpc, self.native)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection(

@@ -20,11 +20,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from envoy.service.ratelimit.v3.rls_pb2 import RateLimitResponse
+
 from limiter import Decision, InvalidParameter
 from limiter.config import Config, Limit, Rule, build_limiter, window_seconds
 
 log = logging.getLogger("limiter.server")
 
+RateLimit = RateLimitResponse.RateLimit
+MAX_UINT32 = 2**32 - 1
 NEAR_LIMIT_RATIO = 0.8
 # Distinct label sets a detailed_metric rule may create before folding into "_other".
 MAX_DETAILED_SERIES = 1000
@@ -70,10 +74,10 @@ class RuleState:
         "priority",
         "remote",
         "replaces",
+        "rls_limit",
         "rule",
         "shadow",
         "stats",
-        "unit_enum",
         "unlimited",
         "window",
     )
@@ -87,7 +91,11 @@ class RuleState:
         self.name = lim.name
         self.label = rule.label
         self.limit = lim.requests_per_unit
-        self.unit_enum = lim.unit_enum
+        # What every RLS status of this rule echoes, encoded once (RateLimitResponse.RateLimit;
+        # its requests_per_unit is a uint32, our limits may go higher).
+        self.rls_limit = RateLimit(
+            requests_per_unit=min(self.limit, MAX_UINT32), unit=lim.unit_enum, name=self.name
+        ).SerializeToString()
         self.unlimited = lim.unlimited
         self.shadow = rule.shadow_mode
         self.detailed: dict[str, Stats] | None = {} if rule.detailed_metric else None

@@ -29,6 +29,7 @@ import time
 from typing import Any
 
 import grpc
+from limiter._wire import WireError, encode_decide_response, parse_decide_request
 from limiter.server import v1
 from limiter.server.engine import BadRequest, Engine, RuleState
 from limiter.server.metrics import Metrics
@@ -38,6 +39,7 @@ from limiter import Decision
 Result = v1.Result
 MAX_CHECKS = 4096
 MAX_KEY_CHARS = 4096
+MAX_WAIT_SECONDS = 3600.0  # the longest a check may ask to be held
 MAX_UINT32 = 2**32 - 1
 PRIORITIES = frozenset(v1.Priority.values())
 # limiter.v1 Observation.Outcome -> the adaptive kernel's outcome (an error counts as a drop).
@@ -51,10 +53,17 @@ ANSWER_MARGIN = 0.02
 ANSWER_SHARE = 0.05
 
 
-# A check waiting for I/O: (index, check, state, key, cost, shadow).
-Work = tuple[int, Any, RuleState, str, int, bool]
-UNKNOWN = {"allowed": True, "code": Result.UNKNOWN_RULE}
-UNLIMITED = {"allowed": True, "code": Result.OK, "remaining": MAX_UINT32}
+# A check waiting for I/O: (index, check, state, key, cost, shadow); a check is the tuple
+# limiter._wire.parse_decide_request gives: (domain, rule, key, cost, priority, tenant,
+# max_wait).
+Work = tuple[int, tuple[Any, ...], RuleState, str, int, bool]
+# A Result as limiter._wire.encode_decide_response takes it: (allowed, code, limit,
+# remaining, reset_after, retry_after, waited, permit).
+Answer = tuple[bool, int, int, int, float, float, float, str | None]
+UNKNOWN: Answer = (True, Result.UNKNOWN_RULE, 0, 0, 0.0, 0.0, 0.0, None)
+UNLIMITED: Answer = (True, Result.OK, 0, MAX_UINT32, 0.0, 0.0, 0.0, None)
+# Check tuple fields.
+DOMAIN, RULE, KEY, COST, PRIORITY, TENANT, MAX_WAIT = range(7)
 
 
 def _answer(
@@ -64,8 +73,8 @@ def _answer(
     waited: float = 0.0,
     failed: bool = False,
     shadow: bool = False,
-) -> dict[str, Any]:
-    """A Result's fields for one decided check (a held permit gets its token here)."""
+) -> Answer:
+    """The Result for one decided check (a held permit gets its token here)."""
     allowed = decision.allowed
     shadow = shadow or state.shadow
     if failed:
@@ -76,20 +85,19 @@ def _answer(
         code = Result.QUEUE_TIMEOUT
     else:
         code = Result.OVER_LIMIT
-    answer = {
-        "allowed": allowed or shadow,
-        "code": code,
-        "limit": getattr(decision, "limit", state.limit),
-        "remaining": max(decision.remaining, 0),
-        "reset_after": decision.reset_after,
-    }
-    if not allowed:
-        answer["retry_after"] = decision.retry_after
-    if waited:
-        answer["waited"] = waited
+    permit = None
     if allowed and type(decision) is not Decision:
-        answer["permit"] = engine.hold(decision)
-    return answer
+        permit = engine.hold(decision)
+    return (
+        allowed or shadow,
+        code,
+        getattr(decision, "limit", state.limit),
+        decision.remaining,
+        decision.reset_after,
+        0.0 if allowed else decision.retry_after,
+        waited,
+        permit,
+    )
 
 
 # Checks of one shared-backend rule in one call from which on they go as one batch.
@@ -138,7 +146,10 @@ class LimiterService:
         self.admission = admission
         self._latency = metrics.latency.labels("native")
 
-    async def Decide(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    # Decide is registered on raw bytes (limiter.server.v1.add_limiter_servicer).
+    raw_methods = frozenset({"Decide"})
+
+    async def Decide(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         start = time.perf_counter()
         try:
             response, held = await self._decide(request, context.time_remaining())
@@ -150,68 +161,60 @@ class LimiterService:
         return response
 
     async def decide(self, request: Any, budget: float | None = None) -> Any:
-        """The answer to ``request``; ``budget``: seconds until the caller's deadline."""
-        return (await self._decide(request, budget))[0]
+        """The DecideResponse to a DecideRequest; ``budget``: seconds until the deadline."""
+        answer, _ = await self._decide(request.SerializeToString(), budget)
+        return v1.DecideResponse.FromString(answer)
 
-    async def _decide(self, request: Any, budget: float | None) -> tuple[Any, bool]:
-        checks = request.checks
-        if len(checks) > MAX_CHECKS:
-            raise BadRequest(f"checks: {len(checks)} checks, at most {MAX_CHECKS} allowed")
-        for i, check in enumerate(checks):
-            if check.priority not in PRIORITIES:
-                raise BadRequest(f"checks[{i}].priority: {check.priority} is not a Priority")
-            if len(check.key) > MAX_KEY_CHARS:
-                raise BadRequest(f"checks[{i}].key: {len(check.key)} characters, at most 4096")
-            wait = check.max_wait
-            if not (0.0 <= wait <= 3600.0):  # also refuses NaN
-                raise BadRequest(f"checks[{i}].max_wait: must be in [0, 3600] s, got {wait!r}")
+    async def _decide(self, request: bytes, budget: float | None) -> tuple[bytes, bool]:
+        """The encoded DecideResponse, and whether any check was held for admission."""
+        try:
+            checks = parse_decide_request(
+                request, MAX_CHECKS, PRIORITIES, MAX_KEY_CHARS, MAX_WAIT_SECONDS
+            )
+        except WireError as exc:
+            raise BadRequest(str(exc)) from None
         engine = self.engine
         level = engine.level()
         by_name = engine.snapshot.by_name
         admission = self.admission
         ops = engine.ops
-        answers: list[dict[str, Any]] = []
-        # Checks that must wait for I/O: (index, check, state, key, cost, shadow).
-        work: list[Work] = []
+        answers: list[Answer] = []
+        work: list[Work] = []  # checks that must wait for I/O
         for check in checks:
-            state = by_name.get((check.domain, check.rule))
+            state = by_name.get((check[DOMAIN], check[RULE]))
             if state is None:
                 answers.append(UNKNOWN)
                 continue
             if state.unlimited:
                 answers.append(UNLIMITED)
                 continue
-            cost = check.cost or 1
+            cost = check[COST] or 1
             shadow = state.shadow
             if ops is not None:
-                tier = PRIORITY_NAMES.get(check.priority) or state.priority
-                forced, state, shadow = engine.verdict(state, check.key, cost, tier)
+                tier = PRIORITY_NAMES.get(check[PRIORITY]) or state.priority
+                forced, state, shadow = engine.verdict(state, check[KEY], cost, tier)
                 if forced is not None:
                     state.count(forced, cost)
                     ops.after(state.ops_name, forced.allowed, cost)
                     answers.append(_answer(engine, state, forced))
                     continue
-            if state.remote is None and (admission is None or not check.max_wait):
-                decision = state.acquire(state.prefix + check.key, cost, True)
+            if state.remote is None and (admission is None or not check[MAX_WAIT]):
+                decision = state.acquire(state.prefix + check[KEY], cost, True)
                 state.count(decision, cost, None, shadow)
                 if ops is not None:
                     ops.after(state.ops_name, decision.allowed or shadow, cost)
                 answers.append(_answer(engine, state, decision, shadow=shadow))
             else:
                 answers.append(UNKNOWN)  # replaced below
-                key = state.prefix + check.key
+                key = state.prefix + check[KEY]
                 work.append((len(answers) - 1, check, state, key, cost, shadow))
         held = False
         if work:
             held = await self._decide_waiting(work, answers, budget)
-        response = v1.DecideResponse(level=level)
-        add = response.results.add
-        for answer in answers:
-            add(level=level, **answer)
-        return response, held
+        return encode_decide_response(answers, level), held
 
     async def _decide_waiting(
-        self, work: list[Work], answers: list[dict[str, Any]], budget: float | None
+        self, work: list[Work], answers: list[Answer], budget: float | None
     ) -> bool:
         """Shared-backend checks (together) and checks that may be held for admission.
 
@@ -224,7 +227,7 @@ class LimiterService:
         # Checks that line up behind checks already held for their key (fairness).
         queued = set()
         if waiting is not None:
-            queued = {w[0] for w in work if w[1].max_wait > 0 and not w[5] and waiting(w[2], w[3])}
+            queued = {w[0] for w in work if w[1][MAX_WAIT] > 0 and not w[5] and waiting(w[2], w[3])}
         remote = [w for w in work if w[2].remote is not None and w[0] not in queued]
         errors = {id(w[2]): w[2].backend_errors for w in remote}
         decided = await _decide_remote(remote) if remote else {}
@@ -236,7 +239,7 @@ class LimiterService:
                 if decision is None:
                     decision = state.acquire(key, cost, True)
                 # A shadow check is answered allowed anyway: nothing to wait for.
-                if decision.allowed or shadow or not (check.max_wait and may_hold):
+                if decision.allowed or shadow or not (check[MAX_WAIT] and may_hold):
                     self._finish(w, decision, 0.0, errors, answers)
                     continue
             hold.append(w)
@@ -249,9 +252,9 @@ class LimiterService:
                     w[2],
                     w[3],
                     w[4],
-                    priority=w[1].priority,
-                    tenant=w[1].tenant,
-                    max_wait=min(w[1].max_wait, cap),
+                    priority=w[1][PRIORITY],
+                    tenant=w[1][TENANT],
+                    max_wait=min(w[1][MAX_WAIT], cap),
                 )
                 for w in hold
             )
@@ -266,7 +269,7 @@ class LimiterService:
         decision: Any,
         waited: float,
         errors: dict[int, int],
-        answers: list[dict[str, Any]],
+        answers: list[Answer],
     ) -> None:
         """Count one decided check and store its answer."""
         index, _, state, _, cost, shadow = w

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
-from limiter.server.engine import BadRequest, Engine, RuleState
+from envoy.service.ratelimit.v3 import rls_pb2
+from limiter._wire import WireError, encode_rls_response, parse_rls_request
+from limiter.server.engine import MAX_UINT32, BadRequest, Engine, RuleState
 from limiter.server.metrics import Metrics
 
 from limiter import Decision
@@ -29,9 +30,13 @@ from limiter import headers as rl_headers
 from limiter.config import UNIT_BY_ENUM
 
 Response = rls_pb2.RateLimitResponse
+SERVICE = rls_pb2.DESCRIPTOR.services_by_name["RateLimitService"].full_name
 OK = Response.OK
 OVER_LIMIT = Response.OVER_LIMIT
-MAX_UINT32 = 2**32 - 1
+# Status tuples for encode_response: (code, current_limit, limit_remaining, seconds, nanos).
+UNMATCHED = (OK, None, 0, 0, 0)  # no rule limits the descriptor
+UNLIMITED = (OK, None, MAX_UINT32, 0, 0)  # an ``unlimited`` rule matched
+MAX_RESET = 1e12  # seconds: a Duration holds far more; no real window comes near
 
 # Bounds on what one request may carry; real Envoy sends a handful of short entries.
 MAX_DESCRIPTORS = 1024
@@ -58,8 +63,14 @@ class HeaderOptions:
         return cls(ietf, legacy)
 
 
-class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
-    """The RLS v3 servicer (grpc.aio)."""
+class RateLimitService:
+    """The RLS v3 servicer (grpc.aio), answering from and to wire bytes.
+
+    ``ShouldRateLimit`` is registered without protobuf (de)serialisers (``handler``):
+    ``limiter._wire`` reads the request and writes the response, and the constant part
+    of each status is encoded once per rule (``RuleState.rls_limit``). ``decide`` is the
+    same answer for protobuf messages (the ``/json`` endpoint, tests).
+    """
 
     def __init__(
         self, engine: Engine, metrics: Metrics, options: HeaderOptions, admission: Any = None
@@ -71,12 +82,15 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
         self.admission = admission
         self._latency = metrics.latency.labels("rls")
 
-    async def ShouldRateLimit(
-        self, request: rls_pb2.RateLimitRequest, context: grpc.aio.ServicerContext
-    ) -> Response:
+    def handler(self) -> grpc.GenericRpcHandler:
+        """``ShouldRateLimit`` on raw bytes, for ``server.add_generic_rpc_handlers``."""
+        method = grpc.unary_unary_rpc_method_handler(self.ShouldRateLimit)
+        return grpc.method_handlers_generic_handler(SERVICE, {"ShouldRateLimit": method})
+
+    async def ShouldRateLimit(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         start = time.perf_counter()
         try:
-            response = await self.decide(request)
+            response = await self.answer(request)
         except BadRequest as exc:
             self.metrics.invalid_requests.labels("rls").inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -85,66 +99,65 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
 
     async def decide(self, request: rls_pb2.RateLimitRequest) -> Response:
         """The RLS answer for ``request``; raises BadRequest naming the bad field."""
-        name = request.domain
-        if not name:
-            raise BadRequest("domain: must not be empty")
-        descriptors = request.descriptors
+        return Response.FromString(await self.answer(request.SerializeToString()))
+
+    async def answer(self, data: bytes) -> bytes:
+        """The encoded RateLimitResponse for an encoded RateLimitRequest (or BadRequest)."""
+        try:
+            name, default_hits, descriptors = parse_rls_request(
+                data, MAX_DESCRIPTORS, MAX_ENTRIES, MAX_VALUE_CHARS
+            )
+        except WireError as exc:
+            raise BadRequest(str(exc)) from None
         n = len(descriptors)
-        if n == 0:
-            raise BadRequest("descriptors: must not be empty")
-        if n > MAX_DESCRIPTORS:
-            raise BadRequest(f"descriptors: {n} descriptors, at most {MAX_DESCRIPTORS} allowed")
         engine = self.engine
         snapshot = engine.snapshot
         domain = snapshot.config.domains.get(name)
         states: list[RuleState | None] = [None] * n
         replaced: set[str] = set()
         for i, descriptor in enumerate(descriptors):
-            entries = descriptor.entries
-            _check_entries(i, entries)
-            if descriptor.HasField("limit"):
-                override = descriptor.limit
-                if override.unit not in UNIT_BY_ENUM:
-                    raise BadRequest(
-                        f"descriptors[{i}].limit.unit: {override.unit} is not a known unit"
-                    )
+            override = descriptor.limit
+            if override is not None:
+                requests_per_unit, unit = override
+                if unit not in UNIT_BY_ENUM:
+                    raise BadRequest(f"descriptors[{i}].limit.unit: {unit} is not a known unit")
                 if domain is not None:
-                    states[i] = engine.override(name, override.requests_per_unit, override.unit)
+                    states[i] = engine.override(name, requests_per_unit, unit)
             elif domain is not None:
-                rule = domain.match(entries)
+                rule = domain.match(descriptor.entries)
                 if rule is not None:
                     state = states[i] = snapshot.states[rule]
                     if state.replaces:
                         replaced.update(state.replaces)
-        response = Response()
-        level = engine.level()
-        response.request_headers_to_add.add(key=self.options.level_header, value=str(level))
+        level_header = [(self.options.level_header, str(engine.level()))]
         if domain is None:
             engine.unknown_domain += 1
-            response.overall_code = OK
-            for _ in range(n):
-                response.statuses.add(code=OK)
-            return response
-        default_hits = request.hits_addend or 1
+            return encode_rls_response(OK, [UNMATCHED] * n, [], level_header)
+        default_hits = default_hits or 1
         ops = engine.ops
+        statuses: list[tuple[int, bytes | None, int, int, int]] = [UNMATCHED] * n
         # (index, state, hits, key, forced decision, shadow)
         work: list[tuple[int, RuleState, int, str, Any, bool]] = []
-        for i, descriptor in enumerate(descriptors):
-            state = states[i]
-            if state is None or state.unlimited or (replaced and state.name in replaced):
+        remote: list[tuple[int, RuleState, int, str, Any, bool]] = []  # shared-backend checks
+        for i, state in enumerate(states):
+            if state is None or (replaced and state.name in replaced):
                 continue
-            if descriptor.HasField("hits_addend"):
-                hits = descriptor.hits_addend.value or 1
-            else:
-                hits = default_hits
-            values = "\x1f".join([e.value for e in descriptor.entries])
+            if state.unlimited:
+                statuses[i] = UNLIMITED
+                continue
+            descriptor = descriptors[i]
+            hits = descriptor.hits
+            hits = default_hits if hits is None else hits or 1
+            values = descriptor.values
             if ops is None:
-                work.append((i, state, hits, state.prefix + values, None, state.shadow))
+                forced, shadow = None, state.shadow
             else:
                 forced, state, shadow = engine.verdict(state, values, hits, state.priority)
-                work.append((i, state, hits, state.prefix + values, forced, shadow))
+            item = (i, state, hits, state.prefix + values, forced, shadow)
+            work.append(item)
+            if state.remote is not None and forced is None:
+                remote.append(item)
         # Shared-backend rules are asked concurrently: one pipelined round trip.
-        remote = [w for w in work if w[1].remote is not None and w[4] is None]
         decided: dict[int, Any] = {}
         if len(remote) == 1:  # the common case: no Task for gather to wrap
             w = remote[0]
@@ -156,43 +169,28 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
             await self._hold(work, decided)
         overall = OK
         quotas: list[rl_headers.Quota] = []
-        statuses = response.statuses
-        pending = iter(work)
-        item = next(pending, None)
-        for i, descriptor in enumerate(descriptors):
-            status = statuses.add()
-            if item is None or item[0] != i:
-                state = states[i]
-                status.code = OK
-                if state is not None and state.unlimited and state.name not in replaced:
-                    status.limit_remaining = MAX_UINT32
-                continue
-            _, state, hits, key, decision, shadow = item
-            item = next(pending, None)
+        for i, state, hits, key, decision, shadow in work:
             if decision is None:
                 decision = decided[i] if i in decided else state.acquire(key, hits)
-            entries = descriptor.entries
-            detail = _detail(entries) if state.detailed is not None else None
+            detail = _detail(descriptors[i].entries) if state.detailed is not None else None
             state.count(decision, hits, detail, shadow)
             allowed = decision.allowed or shadow
             if ops is not None:
                 ops.after(state.ops_name, allowed, hits)
-            current = status.current_limit
-            current.requests_per_unit = state.limit
-            current.unit = state.unit_enum
-            if state.name:
-                current.name = state.name
             remaining = decision.remaining
-            status.limit_remaining = remaining if remaining < MAX_UINT32 else MAX_UINT32
             reset = decision.reset_after if decision.allowed else decision.retry_after
+            # Clamped to what Duration holds (and NaN, never expected, to 0).
+            reset = min(reset, MAX_RESET) if reset > 0 else 0.0
             whole = int(reset)
-            status.duration_until_reset.seconds = whole
-            status.duration_until_reset.nanos = int((reset - whole) * 1e9)
-            if allowed:
-                status.code = OK
-            else:
-                status.code = OVER_LIMIT
+            if not allowed:
                 overall = OVER_LIMIT
+            statuses[i] = (
+                OK if allowed else OVER_LIMIT,
+                state.rls_limit,
+                min(max(remaining, 0), MAX_UINT32),
+                whole,
+                int((reset - whole) * 1e9),
+            )
             quotas.append(
                 rl_headers.Quota(
                     state.label,
@@ -204,13 +202,11 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
                     decision.retry_after,
                 )
             )
-        response.overall_code = overall
+        headers: list[tuple[str, str]] = []
         if quotas:
             options = self.options
-            add = response.response_headers_to_add.add
-            for key, value in rl_headers.build(quotas, ietf=options.ietf, legacy=options.legacy):
-                add(key=key, value=value)
-        return response
+            headers = rl_headers.build(quotas, ietf=options.ietf, legacy=options.legacy)
+        return encode_rls_response(overall, statuses, headers, level_header)
 
     async def _hold(self, work: list[tuple[Any, ...]], decided: dict[int, Any]) -> None:
         """Checks of rules with a ``hold``: refused ones wait (together) for admission."""
@@ -248,23 +244,6 @@ def _give_back(permit: Any) -> None:
     permit.release()
 
 
-def _check_entries(i: int, entries: Any) -> None:
-    if not entries:
-        raise BadRequest(f"descriptors[{i}].entries: must not be empty")
-    if len(entries) > MAX_ENTRIES:
-        raise BadRequest(
-            f"descriptors[{i}].entries: {len(entries)} entries, at most {MAX_ENTRIES} allowed"
-        )
-    for j, entry in enumerate(entries):
-        if not entry.key:
-            raise BadRequest(f"descriptors[{i}].entries[{j}].key: must not be empty")
-        if len(entry.key) > MAX_VALUE_CHARS or len(entry.value) > MAX_VALUE_CHARS:
-            raise BadRequest(
-                f"descriptors[{i}].entries[{j}]: key and value must be at most "
-                f"{MAX_VALUE_CHARS} characters (got {len(entry.key)} and {len(entry.value)})"
-            )
-
-
-def _detail(entries: Any) -> str:
+def _detail(entries: tuple[tuple[str, str], ...]) -> str:
     """The per-value series name of a detailed_metric rule: ``key_value.key_value``."""
-    return ".".join([f"{e.key}_{e.value}" for e in entries])
+    return ".".join([f"{key}_{value}" for key, value in entries])

@@ -4,7 +4,8 @@ The message classes are built at import from the compiled ``limiter.proto``
 (``descriptor.py``), so this package needs only protobuf and grpcio at runtime.
 Clients use ``LimiterStub(channel)`` (sync or ``grpc.aio`` channels); servers call
 ``add_limiter_servicer(server, servicer)`` with an object defining async or sync
-``Decide``, ``Release`` and ``Observe`` methods.
+``Decide``, ``Release`` and ``Observe`` methods (on messages, or on encoded bytes for
+those it lists in ``raw_methods``).
 """
 
 from __future__ import annotations
@@ -61,12 +62,16 @@ class LimiterStub:
 
 
 def add_limiter_servicer(server: grpc.Server | grpc.aio.Server, servicer: Any) -> None:
-    """Register ``servicer``'s Decide/Release/Observe on ``server``."""
+    """Register ``servicer``'s Decide/Release/Observe on ``server``.
+
+    Methods named in the servicer's ``raw_methods`` take and return encoded bytes.
+    """
+    raw = getattr(servicer, "raw_methods", frozenset())
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
             getattr(servicer, name),
-            request_deserializer=request.FromString,
-            response_serializer=response.SerializeToString,
+            request_deserializer=None if name in raw else request.FromString,
+            response_serializer=None if name in raw else response.SerializeToString,
         )
         for name, (request, response) in METHODS.items()
     }

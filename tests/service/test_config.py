@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from dataclasses import dataclass
 
 import pytest
 
@@ -53,14 +52,8 @@ descriptors:
 """
 
 
-@dataclass
-class E:
-    key: str
-    value: str
-
-
 def match(config: rules.Config, domain: str, *pairs: tuple[str, str]) -> rules.Rule | None:
-    return config.domains[domain].match([E(k, v) for k, v in pairs])
+    return config.domains[domain].match(pairs)
 
 
 def test_envoy_format_loads_unchanged() -> None:
