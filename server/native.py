@@ -180,6 +180,7 @@ class LimiterService:
         ops = engine.ops
         answers: list[Answer] = []
         work: list[Work] = []  # checks that must wait for I/O
+        tallies: dict[tuple[str, bool], int] = {}  # (rule, allowed) -> hits, for ops.after
         for check in checks:
             state = by_name.get((check[DOMAIN], check[RULE]))
             if state is None:
@@ -195,19 +196,24 @@ class LimiterService:
                 forced, state, shadow = engine.verdict(state, check[KEY], cost, tier)
                 if forced is not None:
                     state.count(forced, cost)
-                    ops.after(state.ops_name, forced.allowed, cost)
+                    tally = (state.ops_name, forced.allowed)
+                    tallies[tally] = tallies.get(tally, 0) + cost
                     answers.append(_answer(engine, state, forced))
                     continue
             if state.remote is None and (admission is None or not check[MAX_WAIT]):
                 decision = state.acquire(state.prefix + check[KEY], cost, True)
                 state.count(decision, cost, None, shadow)
                 if ops is not None:
-                    ops.after(state.ops_name, decision.allowed or shadow, cost)
+                    tally = (state.ops_name, decision.allowed or shadow)
+                    tallies[tally] = tallies.get(tally, 0) + cost
                 answers.append(_answer(engine, state, decision, shadow=shadow))
             else:
                 answers.append(UNKNOWN)  # replaced below
                 key = state.prefix + check[KEY]
                 work.append((len(answers) - 1, check, state, key, cost, shadow))
+        # The operations side counts each rule's answers once per request, not per check.
+        for (name, allowed), hits in tallies.items():
+            ops.after(name, allowed, hits)
         held = False
         if work:
             held = await self._decide_waiting(work, answers, budget)
