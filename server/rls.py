@@ -1,7 +1,8 @@
 """Envoy RLS v3 (``RateLimitService/ShouldRateLimit``) with envoyproxy/ratelimit semantics.
 
-One ``decide`` serves both gRPC ``ShouldRateLimit`` and the HTTP ``/json`` endpoint:
-validate the whole request first (malformed → ``BadRequest`` → INVALID_ARGUMENT),
+One ``answer`` (encoded request in, encoded response out) serves both gRPC
+``ShouldRateLimit`` and the HTTP ``/json`` endpoint: read and validate the whole request
+first (undecodable or malformed → ``BadRequest`` → INVALID_ARGUMENT),
 match each descriptor to a rule (or a request-supplied ``limit`` override), drop
 rules another matched rule ``replaces``, ask the kernels, then build statuses in
 request order. ``overall_code`` is OVER_LIMIT if any non-shadow descriptor is, else
