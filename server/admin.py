@@ -202,13 +202,15 @@ class Ops:
         hits: int,
         limit: int,
         criticality: Criticality | str | None = None,
+        level: int | None = None,
     ) -> Verdict | None:
         """Switches, tier shedding, abnormal-client blocks and top-client shedding.
 
         ``criticality`` is the check's tier (a ``Criticality`` or its name; None = not
         shed by tier): at a degradation level from which ``degradation.shed`` refuses that
-        tier, the check is refused. Never raises for odd input: ``hits`` beyond the
-        sketch's range count as its maximum.
+        tier, the check is refused. ``level``: the default service's level if the caller
+        read it already (once per request). Never raises for odd input: ``hits`` beyond
+        the sketch's range count as its maximum.
         """
         sw = self.switches.rule(rule)
         if sw is not None:
@@ -224,7 +226,8 @@ class Ops:
                 return Verdict(shadow=True)
             return Verdict(limit=sw.limit)
         if criticality is not None and self.levels.config.shed:
-            level = self.levels.level()
+            if level is None:
+                level = self.levels.level()
             if level and self.levels.config.sheds(Criticality.parse(criticality), level):
                 return Verdict(Decision(False, limit, 0, 1.0, 1.0))
         if not 1 <= hits <= MAX_WEIGHT:

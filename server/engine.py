@@ -429,14 +429,15 @@ class Engine:
         return Snapshot(config, states, by_name)
 
     def verdict(
-        self, state: RuleState, client: str, hits: int, criticality: str
+        self, state: RuleState, client: str, hits: int, criticality: str, level: int | None = None
     ) -> tuple[Decision | None, RuleState, bool]:
         """Ask the operations side about one check before the kernel.
 
         Returns (forced decision or None, the state to ask, shadow): a switch may force
-        the answer, put the rule in shadow mode, or override its limit.
+        the answer, put the rule in shadow mode, or override its limit. ``level``: this
+        request's degradation level (``level()``), if read already.
         """
-        verdict = self.ops.before(state.ops_name, client, hits, state.limit, criticality)
+        verdict = self.ops.before(state.ops_name, client, hits, state.limit, criticality, level)
         if verdict is None:
             return None, state, state.shadow
         if verdict.decision is not None:

@@ -193,7 +193,7 @@ class LimiterService:
             shadow = state.shadow
             if ops is not None:
                 tier = PRIORITY_NAMES.get(check[PRIORITY]) or state.priority
-                forced, state, shadow = engine.verdict(state, check[KEY], cost, tier)
+                forced, state, shadow = engine.verdict(state, check[KEY], cost, tier, level)
                 if forced is not None:
                     state.count(forced, cost)
                     tally = (state.ops_name, forced.allowed)

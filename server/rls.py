@@ -130,7 +130,8 @@ class RateLimitService:
                     state = states[i] = snapshot.states[rule]
                     if state.replaces:
                         replaced.update(state.replaces)
-        level_header = [(self.options.level_header, str(engine.level()))]
+        level = engine.level()
+        level_header = [(self.options.level_header, str(level))]
         if domain is None:
             engine.unknown_domain += 1
             return encode_rls_response(OK, [UNMATCHED] * n, [], level_header)
@@ -153,7 +154,7 @@ class RateLimitService:
             if ops is None:
                 forced, shadow = None, state.shadow
             else:
-                forced, state, shadow = engine.verdict(state, values, hits, state.priority)
+                forced, state, shadow = engine.verdict(state, values, hits, state.priority, level)
             item = (i, state, hits, state.prefix + values, forced, shadow)
             work.append(item)
             if state.remote is not None and forced is None:
