@@ -11,8 +11,8 @@ writing the answer in one pass, takes a fraction of that.
 
 It follows the protobuf wire format as protobuf's own parser does: unknown fields (and known
 fields with an unexpected wire type) are skipped, the last value of a scalar wins, repeated
-messages append, and a singular message given twice is merged. Groups (wire types 3 and 4,
-deprecated and never sent by Envoy) are refused. Strings must be valid UTF-8 (proto3).
+messages append, and a singular message given twice is merged; unknown groups (wire types
+3 and 4, deprecated) are skipped to their end. Strings must be valid UTF-8 (proto3).
 Field numbers are those of envoy/service/ratelimit/v3/rls.proto,
 envoy/extensions/common/ratelimit/v3/ratelimit.proto and server/v1/limiter.proto; the
 tests check every message both ways against the generated protobuf classes.
@@ -24,6 +24,9 @@ from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
 ctypedef const unsigned char* cptr
+
+cdef enum:
+    MAX_GROUP_DEPTH = 100  # as protobuf's default recursion limit
 
 
 class WireError(ValueError):
@@ -99,7 +102,11 @@ cdef str _string(Cursor* c, str field):
         _fail(c, f"{field}: not valid UTF-8")
 
 
-cdef int _skip(Cursor* c, int wire_type, str field) except -1:
+cdef int _skip(Cursor* c, uint32_t tag, str field, int depth=0) except -1:
+    """Skip one unknown field. A group (wire types 3 and 4, deprecated) is skipped to its
+    matching end, as protobuf does, nested at most MAX_GROUP_DEPTH deep."""
+    cdef int wire_type = tag & 7
+    cdef uint32_t inner
     if wire_type == 0:
         _varint(c, field)
     elif wire_type == 2:
@@ -108,8 +115,18 @@ cdef int _skip(Cursor* c, int wire_type, str field) except -1:
         if c.end - c.p < (8 if wire_type == 1 else 4):
             _fail(c, f"{field}: truncated fixed-width value")
         c.p += 8 if wire_type == 1 else 4
+    elif wire_type == 3:
+        if depth >= MAX_GROUP_DEPTH:
+            _fail(c, f"{field}: groups nested more than {MAX_GROUP_DEPTH} deep")
+        while True:
+            if c.p >= c.end:
+                _fail(c, f"{field}: group {tag >> 3} is not closed")
+            inner = _tag(c, field)
+            if inner == (tag & ~7u) | 4:
+                return 0
+            _skip(c, inner, field, depth + 1)
     else:
-        _fail(c, f"{field}: wire type {wire_type} (groups) is not supported")
+        _fail(c, f"{field}: unexpected end of group {tag >> 3}")
     return 0
 
 
@@ -163,7 +180,7 @@ cdef tuple _entry(Cursor* c, Py_ssize_t max_chars):
         elif tag == (2 << 3 | 2):
             value = _string(&sub, ".value")
         else:
-            _skip(&sub, tag & 7, "")
+            _skip(&sub, tag, "")
     if not key:
         raise WireError(".key: must not be empty")
     if len(key) > max_chars or len(value) > max_chars:
@@ -186,7 +203,7 @@ cdef tuple _limit(Cursor* c, str field, tuple merged):
         elif tag == (2 << 3 | 0):
             unit = <int32_t>_varint(&sub, field + ".unit")
         else:
-            _skip(&sub, tag & 7, field)
+            _skip(&sub, tag, field)
     return (requests, unit)
 
 
@@ -200,7 +217,7 @@ cdef object _uint64_value(Cursor* c, str field, object merged):
         if tag == (1 << 3 | 0):
             value = _varint(&sub, field + ".value")
         else:
-            _skip(&sub, tag & 7, field)
+            _skip(&sub, tag, field)
     return value
 
 
@@ -221,7 +238,7 @@ cdef Descriptor _descriptor(Cursor* c, Py_ssize_t max_entries, Py_ssize_t max_ch
         elif tag == (3 << 3 | 2):
             d.hits = _uint64_value(&sub, ".hits_addend", d.hits)
         else:
-            _skip(&sub, tag & 7, "")
+            _skip(&sub, tag, "")
     if not entries:
         raise WireError(".entries: must not be empty")
     if len(entries) > max_entries:
@@ -260,7 +277,7 @@ def parse_rls_request(
         elif tag == (3 << 3 | 0):
             hits_addend = <uint32_t>_varint(&c, "hits_addend")
         else:
-            _skip(&c, tag & 7, "request")
+            _skip(&c, tag, "request")
     if not domain:
         raise WireError("domain: must not be empty")
     if not descriptors:
@@ -407,7 +424,7 @@ cdef tuple _check(Cursor* c, frozenset priorities, Py_ssize_t max_key_chars,
         elif tag == (7 << 3 | 1):
             max_wait = _double(&sub, ".max_wait")
         else:
-            _skip(&sub, tag & 7, "")
+            _skip(&sub, tag, "")
     if priority not in priorities:
         raise WireError(f".priority: {priority} is not a Priority")
     if len(key) > max_key_chars:
@@ -440,7 +457,7 @@ def parse_decide_request(
             except WireError as exc:
                 raise WireError(f"checks[{len(checks)}]{exc}") from None
         else:
-            _skip(&c, tag & 7, "request")
+            _skip(&c, tag, "request")
     if len(checks) > max_checks:
         raise WireError(f"checks: {len(checks)} checks, at most {max_checks} allowed")
     return checks

@@ -100,7 +100,8 @@ def test_unknown_fields_are_skipped_like_protobuf(message, extra: bytes) -> None
 @given(st.binary(max_size=64))
 @example(b"\x12\x04\x0a\x02\x0a\x00")  # an entry with an empty key
 @example(b"\x0a\x02\xc3\x28")  # a domain that is not UTF-8
-@example(b"\x0b\x0c")  # a group
+@example(b"\x0b\x0c")  # a group (skipped: then the domain is empty)
+@example(b"\x5b\x5c\x0a\x01d")  # an unknown group, skipped
 def test_random_bytes_are_read_or_refused_like_protobuf(data: bytes) -> None:
     try:
         reference = rls_pb2.RateLimitRequest.FromString(data)
@@ -134,7 +135,9 @@ def test_random_bytes_are_read_or_refused_like_protobuf(data: bytes) -> None:
         (b"\x0a\x01d\x12\x00", "descriptors[0].entries: must not be empty"),
         (b"\x0a\x01d\x12\x04\x0a\x02\x12\x00", "descriptors[0].entries[0].key: must not be empty"),
         (b"\x0a\x01d\x12\x04\x0a\x03\x0a\x01", "descriptors[0].entries[0]: length 3 runs past"),
-        (b"\x0b", "request: wire type 3 (groups) is not supported"),
+        (b"\x0b", "request: group 1 is not closed"),
+        (b"\x0b\x14", "request: unexpected end of group 2"),
+        (b"\x0b" * 101, "request: groups nested more than 100 deep"),
         (b"\x80" * 11, "request: varint longer than 10 bytes"),
     ],
 )
