@@ -23,14 +23,28 @@
 #   per evaluation). It never grows while it is not the bottleneck. Before there are
 #   ``min_samples`` to estimate the percentile, slow start still grows if even the
 #   slowest call so far is healthy;
+# - queue drained (saturated, no breach, and the median of the freshest
+#   sub-windows holding ``min_samples`` calls under 3/5 of the window's median at
+#   the last evaluation that did not bring the limit down by more than an additive
+#   step): healthy, whatever the percentile window says, which still holds slow
+#   calls from before a capacity step (the median of a hundred fresh calls sees the
+#   step at once).
+#   Concurrency mode: the backend got faster, so re-arm and grow at once, even
+#   mid-interval, by the speed-up the median shows (old / fresh, at least ``growth``,
+#   at most ``growth`` squared: by Little's law the same calls in flight now go
+#   through that much faster). Rate mode grows as on any healthy evaluation: a paced
+#   stream also drains its queue whenever the rate dips under capacity (see
+#   ``_drained``);
 # - in between, near the target: hold; in the upper half of that band ease off by
 #   one additive step (rate mode: to no more than the backend delivered). This keeps
 #   the percentile under the target without waiting for a breach, and ends an
-#   open-ended slow start before it overshoots (as TCP HyStart does on delay);
+#   open-ended slow start before it overshoots (as TCP HyStart does on delay), or a
+#   slow start back to the level last cut from once that cut is two intervals old;
 # - rate mode, backend-bound (the enforcer's in-flight guard refused calls and the
 #   backend delivered less than the rate): latency stays flat up to capacity, so the
 #   knee shows as throughput instead; the rate comes down to one additive step over
-#   what was delivered and slow start ends there (see ``_trim``);
+#   what was delivered (past slow start: at most one additive step lower per
+#   evaluation) and slow start ends there (see ``_trim``);
 # - the big cut re-arms (next cut 1/2, growth exponential again) once the limit
 #   climbs clearly past its previous peak, after ``rearm_after`` healthy growth
 #   evaluations at full use (the backend got faster), or after ``horizon`` seconds
@@ -125,6 +139,8 @@ cdef class AdaptiveLimit:
     cdef double ceiling
     cdef double step
     cdef double last_percentile
+    cdef double ref_median
+    cdef double speedup
     cdef int32_t next_shift
     cdef int32_t max_shift
     cdef int32_t last_shift
@@ -228,6 +244,7 @@ cdef class AdaptiveLimit:
         self.ceiling = 0.0
         self.step = 0.0
         self.last_percentile = NAN
+        self.ref_median = NAN
         self.last_eval = -1
         self.last_cut = -1
         self.quiet_since = -1
@@ -271,6 +288,11 @@ cdef class AdaptiveLimit:
         elif self.slow >= self.early_after and (
                 self.last_cut < 0 or now - self.last_cut >= self.interval_ns):
             self._check_overload(now)
+        elif (not self.rate_mode and self.completed == self.min_samples
+                and self.ref_median > 0 and self._saturated(now) and self._drained(now)):
+            # Concurrency mode: the queue drained mid-interval (the backend got
+            # faster), grow now.
+            self._evaluate(now)
         return 0
 
     cdef int _check_overload(self, int64_t now) except -1:
@@ -318,15 +340,21 @@ cdef class AdaptiveLimit:
                 # well under the target: nothing to cut, so keep probing upward
                 # (a slow-start at a low initial limit would otherwise idle).
                 self.last_was_cut = False
-                self._grow()
+                self._grow(self.growth)
                 self._next_interval(now)
             elif now - self.last_eval >= 4 * self.interval_ns:
                 self._next_interval(now)
             return 0
         cdef double pct = self.evidence._quantile(self.percentile, now, self.window_samples)
+        cdef double before = self.limit_value
+        cdef double median = self.evidence._quantile(0.5, now, self.window_samples)
         self.last_percentile = pct
         self.evaluations += 1
         cdef double ratio = pct / self.target_latency
+        cdef bint drained = ratio <= 1.0 and saturated and self._drained(now)
+        if drained and ratio > 1.0 - self.headroom:
+            # The window still holds calls from before the queue drained.
+            ratio = 1.0 - self.headroom
         if ratio > 1.0:
             if self.last_cut < 0 or now - self.last_cut >= self.interval_ns:
                 self._cut(now)
@@ -344,16 +372,45 @@ cdef class AdaptiveLimit:
                 self.next_shift = 1
             if ratio <= 1.0 - self.headroom:
                 if saturated:
-                    self._grow()
+                    if drained and not self.rate_mode:
+                        # Calls in flight capped and the queue gone: the backend
+                        # got faster.
+                        self._rearm(False)
+                        self._grow(self.speedup)
+                    else:
+                        self._grow(self.growth)
                 else:
                     self.healthy_run = 0
             else:
                 self.healthy_run = 0
-                self._end_slow_start()
+                self._end_slow_start(now)
                 if ratio > 1.0 - self.headroom / 2 and saturated:
                     self._ease(now)
+        # The reference for _drained, unless the limit came down by more than one
+        # additive step (a cut drains the queue by itself).
+        if self.limit_value < before * (1.0 - self.additive) * (1.0 - 1e-9):
+            median = NAN
+        self.ref_median = median
         self._next_interval(now)
         return 0
+
+    cdef bint _drained(self, int64_t now) noexcept:
+        """The queue drained: the freshest calls wait much less than the window's.
+
+        The freshest sub-windows holding ``min_samples`` calls have a median under 3/5
+        of the window's at the last evaluation (a queue wait gone, not noise: the
+        median of a hundred calls varies by a few percent). A P99 window needs
+        hundreds of fresh calls before the slow ones from before a capacity step age
+        out; the median of a hundred sees the step at once. Sets ``speedup``, the growth step for
+        concurrency mode (see the control law).
+        """
+        if not self.ref_median > 0:
+            return False
+        cdef double fresh = self.evidence._quantile(0.5, now, self.min_samples)
+        if not fresh <= 0.6 * self.ref_median:
+            return False
+        self.speedup = min(self.growth * self.growth, max(self.growth, self.ref_median / fresh))
+        return True
 
     cdef void _cut(self, int64_t now) noexcept:
         cdef int32_t shift = self.next_shift
@@ -376,7 +433,7 @@ cdef class AdaptiveLimit:
         self.gentle = False
         self.evidence._clear()
 
-    cdef void _grow(self) noexcept:
+    cdef void _grow(self, double factor) noexcept:
         cdef double new
         cdef bint past_peak
         if self.phase == PHASE_SLOW_START:
@@ -384,7 +441,7 @@ cdef class AdaptiveLimit:
                 new = self.limit_value * (1.0 + 4 * self.additive)
                 self.gentle = False
             else:
-                new = self.limit_value * self.growth
+                new = self.limit_value * factor
             if self.ceiling > 0 and self.limit_value < self.ceiling <= new:
                 new = self.ceiling
                 self.phase = PHASE_ADDITIVE
@@ -395,31 +452,37 @@ cdef class AdaptiveLimit:
             past_peak = new > self.ceiling * (1.0 + 4 * self.additive)
             if past_peak or 0 < self.rearm_after <= self.healthy_run:
                 # Clearly past the previous peak, or comfortably fast at full use for
-                # a while: the backend got faster. Probe exponentially again, and
-                # meet the next overload with a big cut. In rate mode a re-probe on
-                # healthy growth alone starts gently (see the control law).
-                self.reprobe = self.rate_mode and not past_peak
-                self.gentle = self.reprobe
-                self.probe_base = self.limit_value
-                self.next_shift = 1
-                self.phase = PHASE_SLOW_START
-                self.ceiling = 0.0
-                self.healthy_run = 0
+                # a while: the backend got faster. In rate mode a re-probe on healthy
+                # growth alone starts gently (see the control law).
+                self._rearm(self.rate_mode and not past_peak)
         self.limit_value = self._clamp(new)
 
-    cdef void _end_slow_start(self) noexcept:
+    cdef void _rearm(self, bint gentle) noexcept:
+        """The backend got faster: probe exponentially again (open-ended slow start)
+        and meet the next overload with a big cut."""
+        self.reprobe = gentle
+        self.gentle = gentle
+        self.probe_base = self.limit_value
+        self.next_shift = 1
+        self.phase = PHASE_SLOW_START
+        self.ceiling = 0.0
+        self.healthy_run = 0
+
+    cdef void _end_slow_start(self, int64_t now) noexcept:
         """Latency rising toward the target: the knee is near, stop doubling.
 
         Like TCP HyStart, leaving slow start on a delay increase rather than on loss
         avoids overshooting into the SLO breach that a cut would then have to undo.
+        Right after a cut, slow start returns to the level it was cut from, whatever
+        the backlog left by the overload says; once that backlog has drained (two
+        intervals on), latency near the target means the knee is below that level.
         """
         self.reprobe = False
         self.gentle = False
-        if self.phase == PHASE_SLOW_START and self.ceiling == 0:
-            # Only the open-ended probe: after a cut, slow start returns to the level
-            # it was cut from, whatever the backlog left by the overload says.
+        if self.phase == PHASE_SLOW_START and (
+                self.ceiling == 0 or now - self.last_cut >= 2 * self.interval_ns):
             self.phase = PHASE_ADDITIVE
-            if self.ceiling < self.limit_value:
+            if self.ceiling == 0 or self.ceiling > self.limit_value:
                 self.ceiling = self.limit_value
                 self.step = self.additive * self.ceiling
 
@@ -428,7 +491,11 @@ cdef class AdaptiveLimit:
 
         Ends slow start there (the knee is found, as HyStart ends it on delay). Not a
         cut: the cut sequence does not advance and the evidence is kept. A re-probe
-        comes down no lower than the level it started from.
+        comes down no lower than the level it started from. Past slow start (the
+        rate is near the knee already) it comes down by at most one additive step
+        per evaluation: a run of slow service times lowers what an interval
+        delivers, not the capacity, and a deeper trim left the rate 8% under
+        capacity for over a second.
         """
         cdef double elapsed = ns_to_seconds(now - self.last_eval)
         if elapsed <= 0 or self.completed == 0:
@@ -437,6 +504,8 @@ cdef class AdaptiveLimit:
         if (self.reprobe and self.phase == PHASE_SLOW_START and self.ceiling == 0
                 and level < self.probe_base):
             level = self.probe_base
+        if self.phase == PHASE_ADDITIVE and level < self.limit_value * (1.0 - self.additive):
+            level = self.limit_value * (1.0 - self.additive)
         self.reprobe = False
         self.gentle = False
         if level < self.limit_value:

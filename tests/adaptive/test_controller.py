@@ -240,6 +240,62 @@ def test_holds_then_eases_near_the_target() -> None:
     assert d.lim.cuts == 1
 
 
+def test_stale_post_cut_slow_start_ends_near_the_target() -> None:
+    # Right after a cut, slow start heads back to the level it was cut from even with
+    # latency near the target (the backlog of the overload); two intervals on, that
+    # latency means the knee is lower: slow start ends there and growth is additive.
+    d = Driver(headroom=0.3)
+    assert d.tick(SLOW) == 50
+    assert d.tick(0.075) == 50
+    assert d.lim.state["phase"] == "slow_start"
+    assert d.tick(0.075) == 50
+    assert d.lim.state["phase"] == "additive" and d.lim.state["ceiling"] == 50
+    assert d.tick(0.06) == pytest.approx(50.5)  # additive, not x growth up to 100
+
+
+def _hold_then(lim: AdaptiveLimit, t: int, fresh: list[float]) -> float:
+    """An interval at a saturated limit with latency in the hold band, then the
+    ``fresh`` calls of the next one; returns the limit after them (rate mode: after
+    that interval's evaluation)."""
+    for at in (t, t + S):
+        _saturate(lim, at + 1)
+        for i in range(100 if lim.mode == "rate" else 0):
+            lim.on_decision(True, now=at + 10 + i)  # paced admissions at the limit
+        for i, latency in enumerate([0.075] * 50 if at == t else fresh):
+            lim.record(latency, now=at + S // 2 + i)
+        if at == t or lim.mode == "rate":
+            lim.evaluate(now=at + S)
+        if at == t:
+            assert lim.limit == 100  # hold
+    return lim.limit
+
+
+def test_concurrency_drained_queue_grows_before_the_interval_ends() -> None:
+    # The median of the freshest calls fell under 3/5 of the last one at a saturated
+    # limit: the queue drained, the backend got faster. Re-armed, it grows at once,
+    # though the tail (P90 here) still sits in the hold band, by the speed-up the
+    # median shows (75 ms -> 40 ms: x 1.875), at most growth squared (75 -> 30 ms).
+    lim, t = _limit(growth=1.5)
+    assert _hold_then(lim, t, [0.04] * 8 + [0.08] * 2) == pytest.approx(187.5)
+    assert lim.state["phase"] == "slow_start" and lim.next_cut == 1 / 2
+    lim, t = _limit(growth=1.5)
+    assert _hold_then(lim, t, [0.03] * 8 + [0.08] * 2) == pytest.approx(225)
+    # The same tail with a median that did not fall: hold.
+    lim, t = _limit(growth=1.5)
+    assert _hold_then(lim, t, [0.05] * 8 + [0.08] * 2) == 100
+
+
+def test_rate_mode_drained_queue_counts_as_healthy_without_rearming() -> None:
+    # A paced stream drains its queue whenever the rate dips under capacity, so the
+    # same evidence only grows the rate as a healthy evaluation does: one additive
+    # step (3% of 100), at the interval, and the cut sequence is not re-armed.
+    lim, t = _limit(growth=1.5, mode="rate", headroom=0.35, additive=0.03)
+    assert _hold_then(lim, t, [0.03] * 8 + [0.08] * 2) == pytest.approx(103)
+    assert lim.state["phase"] == "additive"
+    lim, t = _limit(growth=1.5, mode="rate", headroom=0.35, additive=0.03)
+    assert _hold_then(lim, t, [0.05] * 8 + [0.08] * 2) == 100
+
+
 def test_waits_for_enough_samples() -> None:
     d = Driver(min_samples=30)
     assert d.tick(SLOW, n=20) == 100
@@ -396,6 +452,15 @@ def test_rate_mode_failed_reprobe_is_trimmed_no_lower_than_its_start() -> None:
     )
 
 
+def test_rate_mode_trim_past_slow_start_is_one_additive_step() -> None:
+    # Past slow start the rate is near the knee: one interval that delivered less (a
+    # run of slow service times) lowers it by one additive step, not to that level.
+    d = Driver(mode="rate", additive=0.01)
+    assert _rate_tick(d, FAST, admitted=100, guarded=20, completed=90) == pytest.approx(90.9)
+    assert d.lim.state["phase"] == "additive"
+    assert _rate_tick(d, FAST, admitted=91, guarded=20, completed=30) == pytest.approx(90.9 * 0.99)
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from([FAST, 0.075, 0.09, SLOW]), st.booleans()),
                 min_size=1, max_size=40))  # fmt: skip
@@ -403,12 +468,15 @@ def test_limit_stays_bounded_and_grows_only_when_saturated(
     steps: list[tuple[float, bool]],
 ) -> None:
     d = Driver(initial_limit=20, min_limit=3, max_limit=500)
+    recent: list[float] = []
     for latency, saturated in steps:
         before = d.lim.limit
         after = d.tick(latency, saturated=saturated)
         assert 3 <= after <= 500
         if after > before:
-            assert saturated and latency == FAST
+            # Healthy, or (concurrency) the median just fell: a drained queue.
+            assert saturated and (latency == FAST or any(x != latency for x in recent))
+        recent = [*recent[-1:], latency]
         if latency == SLOW:
             assert after < before or before == 3
         if before > 3 and after < before and latency != SLOW:
