@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 from limiter.server import v1
+from limiter.server.cli import with_batch_window
 
 from tests.service.conftest import ServiceProcess, request, rls_stub, wait_until
 from tests.support import free_port
@@ -46,8 +47,27 @@ def test_help_explains_every_option() -> None:
         capture_output=True, text=True, timeout=30,
     ).stdout  # fmt: skip
     for option in ("--config", "--redis", "--grpc-port", "--http-port", "--workers", "--headers",
-                   "--drain-seconds", "LIMITER_GRPC_PORT", "SIGTERM", "SIGHUP"):  # fmt: skip
+                   "--drain-seconds", "--redis-batch-window", "LIMITER_GRPC_PORT", "SIGTERM",
+                   "SIGHUP"):  # fmt: skip
         assert option in out, option
+
+
+def test_redis_batch_window_is_added_unless_the_url_sets_one(tmp_path: Path) -> None:
+    assert with_batch_window("redis://h:1/0", 0.0005) == "redis://h:1/0?batch_window=0.0005"
+    assert (
+        with_batch_window("redis://h/0?timeout=0.02", 0)
+        == "redis://h/0?timeout=0.02&batch_window=0"
+    )
+    assert with_batch_window("redis://h?batch_window=0.01", 0.0005) == "redis://h?batch_window=0.01"
+    assert with_batch_window(None, 0.0005) is None
+    path = tmp_path / "r.yaml"
+    path.write_text(rules(3))
+    for bad in ("-1", "0.5", "nan", "soon"):
+        run = subprocess.run(
+            [sys.executable, "-m", "limiter.server.cli", "serve", "--config", str(path),
+             "--redis-batch-window", bad], capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert run.returncode == 2 and "--redis-batch-window" in run.stderr, (bad, run.stderr)
 
 
 def test_workers_without_redis_are_refused(tmp_path: Path) -> None:
