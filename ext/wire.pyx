@@ -107,6 +107,7 @@ cdef int _skip(Cursor* c, uint32_t tag, str field, int depth=0) except -1:
     matching end, as protobuf does, nested at most MAX_GROUP_DEPTH deep."""
     cdef int wire_type = tag & 7
     cdef uint32_t inner
+    cdef uint64_t raw
     if wire_type == 0:
         _varint(c, field)
     elif wire_type == 2:
@@ -121,7 +122,11 @@ cdef int _skip(Cursor* c, uint32_t tag, str field, int depth=0) except -1:
         while True:
             if c.p >= c.end:
                 _fail(c, f"{field}: group {tag >> 3} is not closed")
-            inner = _tag(c, field)
+            # Inside an unknown group protobuf refuses only a zero tag, not field 0.
+            raw = _varint(c, field)
+            if raw == 0 or raw > 0xFFFFFFFF:
+                _fail(c, f"{field}: invalid field tag {raw}")
+            inner = <uint32_t>raw
             if inner == (tag & ~7u) | 4:
                 return 0
             _skip(c, inner, field, depth + 1)

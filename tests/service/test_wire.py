@@ -245,6 +245,7 @@ def test_decide_request_reads_what_protobuf_reads(a, b) -> None:  # type: ignore
 
 @settings(max_examples=3000, deadline=None)
 @given(st.binary(max_size=64))
+@example(b"\n\x0b+\x01\x00\x00\x00\x00\x00\x00\x00\x00,")  # field 0 inside an unknown group
 def test_random_decide_bytes_are_read_or_refused_like_protobuf(data: bytes) -> None:
     try:
         reference = [check_view(c) for c in v1.DecideRequest.FromString(data).checks]
