@@ -6,21 +6,25 @@ tasks for limiter), each with p50/p99 per-call latency, and for the threaded run
 time per call of this process and of redis-server (robust to other load on the host,
 unlike throughput). Every limit is set high so all calls really go to Redis (nothing is
 answered by a local cache). Contenders are interleaved within each round and ratios are
-taken within a round, so load from other processes hits all of them alike.
+taken within a round, so load from other processes hits all of them alike. Each round
+also measures the thread hand-off ceiling (``handoff_ceiling``): what CPython on this
+host can do at best when every decision must resume its caller's thread.
 
-    .venv/bin/python benchmarks/redis_bench.py [--calls 4000] [--out benchmarks/results/redis.md]
+    .venv/bin/python benchmarks/redis_bench.py [--calls 4000] [--rounds 7] [--out FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import platform
 import statistics
 import sys
 import threading
 import time
+from _thread import allocate_lock
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,6 +40,7 @@ BIG = 10**9
 CONNECTION_INCR = "raw INCR on one redis-py Connection"
 SEQUENTIAL_ONLY = {CONNECTION_INCR}  # one Connection is not thread-safe
 OURS: list[RedisBackend] = []
+THREADED_OURS = ("limiter TokenBucket (redis)", "limiter FixedWindow (redis)")
 
 
 def ours(url: str) -> RedisBackend:
@@ -173,6 +178,40 @@ def threaded(call: Callable[[str], object], n: int, callers: int) -> tuple[float
     return (per * callers / total, *percentiles([x for lat in lats for x in lat]))
 
 
+def handoff_ceiling(callers: int, hops: int = 100_000) -> tuple[float, float]:
+    """The most thread hand-offs CPython makes here: ``callers`` threads pass a token around
+    a ring (wake the next, block on its own lock), with no other work. Any design in which
+    every decision resumes its caller's thread pays at least one such hand-off per decision.
+    Returns (hand-offs per second, CPU us per hand-off)."""
+    locks = [allocate_lock() for _ in range(callers)]
+    for lock in locks:
+        lock.acquire()
+    left = itertools.count(hops, -1)
+    done = threading.Event()
+
+    def work(i: int) -> None:
+        me, after = locks[i], locks[(i + 1) % callers]
+        while True:
+            me.acquire()
+            if next(left) <= 0:
+                done.set()
+                after.release()  # lets every other thread see the count and stop
+                return
+            after.release()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(callers)]
+    for t in threads:
+        t.start()
+    before, t0 = os.times(), time.perf_counter()
+    locks[0].release()
+    done.wait()
+    total, after = time.perf_counter() - t0, os.times()
+    for t in threads:
+        t.join()
+    cpu = after.user - before.user + after.system - before.system
+    return hops / total, cpu / hops * 1e6
+
+
 def with_asyncio(factory, n: int, callers: int) -> tuple[float, float, float]:
     """``factory`` runs inside the loop: async clients bind to the loop that made them."""
     per = max(n // callers, 20)
@@ -231,6 +270,26 @@ def _per_round(par: dict[str, list], name: str, others: list[str]) -> float:
     return statistics.median(par[name][r][0] / max(par[o][r][0] for o in others) for r in rounds)
 
 
+def ceiling_lines(par: dict[str, list], peers: list[str], ceiling: list, callers: int) -> list:
+    """Where the threaded results stand against the hand-off ceiling (same rounds)."""
+    rounds = range(len(ceiling))
+    ops, cpu = _median(ceiling)
+    lines = [
+        f"Thread hand-off ceiling ({callers} threads passing a token, no other work; median "
+        f"over rounds): {ops:.0f} hand-offs/s, {cpu:.1f} us CPU each."
+    ]
+    for name in THREADED_OURS:
+        share = statistics.median(par[name][r][0] / ceiling[r][0] for r in rounds)
+        need = statistics.median(
+            5 * max(par[p][r][0] for p in peers) / ceiling[r][0] for r in rounds
+        )
+        lines.append(
+            f"{name} (threads): {share:.0%} of the ceiling; 5x the best peer would be "
+            f"{need:.0%} of it."
+        )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=4000)
@@ -240,6 +299,7 @@ def main() -> None:
     args = parser.parse_args()
     seq: dict[str, list] = {}
     par: dict[str, list] = {}
+    ceiling: list[tuple[float, float]] = []
     load_before = load_average()
     started = time.strftime("%H:%M UTC %Y-%m-%d", time.gmtime())
     with RedisServer() as server:
@@ -255,6 +315,7 @@ def main() -> None:
                     par.setdefault(name, []).append(result)
             for name, acall in acalls.items():
                 par.setdefault(name, []).append(with_asyncio(acall, args.calls * 2, args.callers))
+            ceiling.append(handoff_ceiling(args.callers))
             print(f"round {r + 1}/{args.rounds} done (load {load_average()})", flush=True)
         failures = sum(b.breaker.trips for b in OURS)
     incr = "raw redis-py INCR"
@@ -295,6 +356,7 @@ def main() -> None:
         else:
             p_txt = "- | - | - | - | -"
         lines.append(f"| {name} ({mode}) | {s_txt} | {p_txt} |")
+    lines += ["", *ceiling_lines(par, peers, ceiling, args.callers)]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -1,7 +1,7 @@
 """Redis backend: limiter state shared by every process that names the same Redis.
 
 Each decision is one atomic Lua script run on the Redis server, timed by the server's
-clock. Concurrent decisions are batched into one pipelined round trip (``batching``),
+clock. Concurrent decisions are batched into one pipelined round trip (``combiner``),
 refusals are remembered locally until they expire (``overlimit``), and a breaker per
 Redis node turns a dead node into the rule's failure mode within microseconds, for the
 keys that node serves: ``closed`` refuses, ``open`` admits, ``local`` decides with an
@@ -32,8 +32,8 @@ from limiter._core import Decision
 from limiter.backends import REDIS_SCHEMES
 from limiter.backends.algorithms import Codec, codec_for, decision
 from limiter.backends.base import Spec
-from limiter.backends.batching import Call, Combiner
 from limiter.backends.breaker import NodeBreakers
+from limiter.backends.combiner import Call, Combiner
 from limiter.backends.keys import hash_tag
 from limiter.backends.overlimit import OverLimitCache
 from limiter.backends.scripts import LEASE_RELEASE

@@ -18,7 +18,7 @@ from typing import Any
 
 from limiter._core import AdaptiveLimit, Decision
 from limiter.backends.base import Spec
-from limiter.backends.batching import Call
+from limiter.backends.combiner import Call
 from limiter.backends.keys import hash_tag
 from limiter.backends.redis import RedisBackend, RedisBound, RuleOptions, shared_backend
 from limiter.backends.scripts import ADAPTIVE_SYNC

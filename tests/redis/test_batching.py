@@ -98,3 +98,56 @@ def test_every_blocked_thread_of_a_batch_is_woken(redis_url: str) -> None:
     assert not any(t.is_alive() for t in threads)
     assert admitted == [20] * 64
     assert backend.combiner.batches < 64 * 30  # they really shared round trips
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_interrupted_wait_leaves_the_relay_and_the_next_call_intact(redis_url: str) -> None:
+    """A signal interrupts the main thread while it waits on a shared round trip: the threads
+    woken after it still get their results, and its next call waits for its own result
+    (not for the wake-up the interrupted wait left behind)."""
+    import signal
+    import time
+
+    import redis
+
+    backend = RedisBackend(redis_url, local_cache=False, timeout=3.0)
+    fw = limiter.FixedWindow(1000, 3600.0, backend=backend)
+    fw.acquire("warm")
+    admin = redis.Redis.from_url(redis_url)
+    results: list = []
+    admin.client_pause(400)  # the round trip in flight stalls; later calls queue behind it
+
+    def later(i: int) -> None:
+        time.sleep(0.05 * i)
+        results.append(fw.acquire("k"))
+
+    threads = [threading.Thread(target=later, args=(i,)) for i in (0, 2, 3, 4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.07)  # the first thread's round trip is in flight: this call queues
+
+    def interrupt(signum, frame):
+        raise Interrupted
+
+    old = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        with pytest.raises(Interrupted):
+            fw.acquire("k")  # sent with the queued batch all the same
+    finally:
+        signal.signal(signal.SIGALRM, old)
+    for t in threads:
+        t.join(timeout=10)
+    assert not any(t.is_alive() for t in threads)
+    assert [d.allowed for d in results] == [True] * 4
+    admin.client_pause(200)
+    in_flight = threading.Thread(target=later, args=(0,))
+    in_flight.start()
+    time.sleep(0.07)
+    d = fw.acquire("k")  # queued again: 5 threads + the interrupted call + this one
+    in_flight.join(timeout=10)
+    assert d.allowed and d.remaining == 1000 - 7
+    assert fw.remote.failures == 0

@@ -3,21 +3,31 @@
 No timer: a caller that finds no round trip in flight sends its own requests at once,
 so a lone caller pays no added delay. Callers arriving while a round trip is in flight
 queue up; when it ends, one flusher thread sends everything queued in the next round
-trip and keeps doing so, back to back, while the queue refills, then goes idle. Under
-load the batch grows with the concurrency, and each waiting thread is woken exactly
-once, by the flusher, with its results ready. Handing the lead to a woken caller
-instead puts a GIL hand-off on the critical path of every round trip (measured with 64
-threads: 75k decisions/s that way, 85k/s with the flusher; medians of 8 interleaved runs).
-The requests of one ``run`` share a round trip, and a caller's next request starts
-after its last one ended, so every caller sees its own requests in order.
-An optional ``window`` (seconds) makes the sender wait a little to gather more, like
-Envoy ratelimit's pipeline window. Asyncio callers enqueue without blocking; the
-flusher hands results back to their event loop.
+trip and keeps doing so while the queue refills, then goes idle. Under load the batch
+grows with the concurrency. The requests of one ``run`` share a round trip, and a
+caller's next request starts after its last one ended, so every caller sees its own
+requests in order. An optional ``window`` (seconds) makes the sender wait a little to
+gather more, like Envoy ratelimit's pipeline window. Asyncio callers enqueue without
+blocking; the flusher hands results back to their event loop.
+
+Blocked threads are woken as a relay (``Relay``): the flusher wakes the first
+``RELAY_WIDTH`` threads of a batch and each woken thread wakes the next one. Only one
+thread holds the GIL at a time however many are awake; waking a whole batch at once
+made most of them sleep twice (on their lock, then on the GIL). The flusher then waits
+until half of the batch is awake (at most ``PACE_TIMEOUT``) before sending again, so
+that the woken threads' next requests make one large batch rather than a few small
+ones. Measured with 64 threads against the previous design, which woke every thread of
+a batch from the flusher (6 sessions of 16-40 interleaved rounds): throughput +4% to
++13% (median per session; two copies of one design differed by -4% to +9%), client CPU
+-4% to -10%, voluntary context switches 2.5 -> 2.1-2.3 per decision, 29 -> 42 decisions per
+round trip. The relay without the pause gained 16% on a quiet host but lost 2-10% on a
+busy one (batches fell to 17); one eventfd waking a whole batch at once: 0.6x.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 from _thread import allocate_lock
@@ -25,12 +35,17 @@ from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
+# Threads of a batch awake at once: one on the GIL, one ready to take it. At least 2, so
+# that a wait interrupted in the main thread does not stop the relay.
+RELAY_WIDTH = 2
+PACE_MIN_THREADS = 8  # smaller batches are sent again at once
+PACE_TIMEOUT = 0.001  # seconds the flusher waits at most for half of a batch to wake
+
 
 class Call:
     """One request in a batch; ``flush`` fills ``result`` or ``error``."""
 
-    __slots__ = ("args", "error", "future", "group", "keys", "offset", "result", "slot", "waiter",
-                 "width")  # fmt: skip
+    __slots__ = ("args", "error", "future", "group", "keys", "offset", "result", "slot", "width")
 
     def __init__(self, group: Any, keys: Any, args: Any, width: int, slot: int = 0) -> None:
         # Calls with the same group (a Codec) merge into one script run and carry their
@@ -43,8 +58,30 @@ class Call:
         self.result: Any = None  # a script run's reply, shared by the calls it decided
         self.offset = 0  # where this call's fields start in ``result``
         self.error: BaseException | None = None
-        self.waiter: Any = None  # lock a blocked caller sleeps on
         self.future: asyncio.Future | None = None
+
+
+class Relay:
+    """The blocked threads of one batch, woken in turn once its results are in."""
+
+    __slots__ = ("cursor", "half", "locks", "paced")
+
+    def __init__(self) -> None:
+        self.locks: list[Any] = []  # each blocked thread's wait lock, in arrival order
+        self.cursor = itertools.count()  # next() is atomic: each lock is released once
+        self.half = -1  # waking this index releases ``paced``
+        self.paced: Any = None  # the lock the flusher waits on before its next send
+
+    def wake_next(self) -> None:
+        i = next(self.cursor)
+        if i < len(self.locks):
+            self.locks[i].release()
+            if i == self.half:
+                self.paced.release()
+
+    def start(self) -> None:
+        for _ in range(RELAY_WIDTH):
+            self.wake_next()
 
 
 def _resolve(calls: list[Call]) -> None:
@@ -64,6 +101,7 @@ class Combiner:
         # posts its release from this very thread.
         self.mutex = threading.RLock()
         self.queue: list[Call] = []
+        self.relay: Relay | None = None  # the threads blocked on the queued calls
         self.busy = False  # a round trip is in flight (a caller's own, or the flusher's)
         self.batches = 0
         self.signal = allocate_lock()  # released to start the flusher when it is idle
@@ -84,21 +122,38 @@ class Combiner:
         with self.mutex:
             if self.busy:
                 self.queue.extend(calls)
-                waiter = calls[0].waiter = self._waiter()
+                relay = self.relay
+                if relay is None:
+                    relay = self.relay = Relay()
+                waiter = self._waiter()
+                relay.locks.append(waiter)
             else:
                 self.busy = True
-                waiter = None
-        if waiter is not None:
-            waiter.acquire()  # released by the flusher once the results are in
+                relay = None
+        if relay is not None:
+            try:
+                waiter.acquire()  # released, once the results are in, by the relay
+            except BaseException:  # e.g. KeyboardInterrupt in the main thread
+                # Its wake-up may still come to this lock: take a fresh one next time. The
+                # turn it would have passed on is lost; the relay's other one goes on.
+                del self.waiters.lock
+                raise
+            relay.wake_next()
             return
-        batch = self._send(calls)
+        batch, relay = calls, None
+        if self.window > 0:
+            time.sleep(self.window)
+            with self.mutex:
+                batch, self.queue = calls + self.queue, []
+                relay, self.relay = self.relay, None
+        self._send(batch)
         if batch is not calls:
-            self._wake(batch)  # the window added others' calls
+            self._wake(batch, relay)  # the window added others' calls
         with self.mutex:
             if not self.queue:
                 self.busy = False
                 return
-        self._kick()  # others queued meanwhile: the flusher takes over
+        self._kick()
 
     def submit(self, calls: list[Call], loop: asyncio.AbstractEventLoop) -> asyncio.Future:
         """Queue ``calls`` for an asyncio caller; the future completes when all are done."""
@@ -122,11 +177,7 @@ class Combiner:
             self.flusher.start()
         self.signal.release()
 
-    def _send(self, batch: list[Call]) -> list[Call]:
-        if self.window > 0:
-            time.sleep(self.window)
-            with self.mutex:
-                batch, self.queue = batch + self.queue, []
+    def _send(self, batch: list[Call]) -> None:
         try:
             self.flush(batch)
         except BaseException as exc:  # handed to every caller, never lost
@@ -134,15 +185,14 @@ class Combiner:
                 if call.result is None and call.error is None:
                     call.error = exc
         self.batches += 1
-        return batch
 
     @staticmethod
-    def _wake(batch: list[Call]) -> None:
+    def _wake(batch: list[Call], relay: Relay | None) -> None:
+        if relay is not None:
+            relay.start()
         loops: dict[asyncio.AbstractEventLoop, list[Call]] = {}
         for call in batch:
-            if call.waiter is not None:
-                call.waiter.release()
-            elif call.future is not None:
+            if call.future is not None:
                 loops.setdefault(call.future.get_loop(), []).append(call)
         for loop, calls in loops.items():
             with suppress(RuntimeError):  # a closed loop: nobody awaits these any more
@@ -152,9 +202,20 @@ class Combiner:
         while True:
             self.signal.acquire()
             while True:
+                if self.window > 0:
+                    time.sleep(self.window)
                 with self.mutex:
                     batch, self.queue = self.queue, []
+                    relay, self.relay = self.relay, None
                     if not batch:
                         self.busy = False
                         break
-                self._wake(self._send(batch))
+                self._send(batch)
+                if relay is None or len(relay.locks) < PACE_MIN_THREADS:
+                    self._wake(batch, relay)
+                    continue
+                paced = relay.paced = allocate_lock()
+                paced.acquire()
+                relay.half = len(relay.locks) // 2
+                self._wake(batch, relay)
+                paced.acquire(timeout=PACE_TIMEOUT)
