@@ -7,8 +7,9 @@ trip and keeps doing so while the queue refills, then goes idle. Under load the 
 grows with the concurrency. The requests of one ``run`` share a round trip, and a
 caller's next request starts after its last one ended, so every caller sees its own
 requests in order. An optional ``window`` (seconds) makes the sender wait a little to
-gather more, like Envoy ratelimit's pipeline window. Asyncio callers enqueue without
-blocking; the flusher hands results back to their event loop.
+gather more, like Envoy ratelimit's pipeline window (not when ``FULL_BATCH`` calls are
+queued already). Asyncio callers enqueue without blocking; the flusher hands results
+back to their event loop.
 
 Blocked threads are woken as a relay (``Relay``): the flusher wakes the first
 ``RELAY_WIDTH`` threads of a batch and each woken thread wakes the next one. Only one
@@ -37,6 +38,8 @@ from typing import Any
 
 # Threads of a batch awake at once: one on the GIL, one ready to take it. At least 2, so
 # that a wait interrupted in the main thread does not stop the relay.
+# Calls that go at once even with a ``window``: it is there to gather small batches.
+FULL_BATCH = 32
 RELAY_WIDTH = 2
 PACE_MIN_THREADS = 8  # smaller batches are sent again at once
 PACE_TIMEOUT = 0.001  # seconds the flusher waits at most for half of a batch to wake
@@ -141,7 +144,7 @@ class Combiner:
             relay.wake_next()
             return
         batch, relay = calls, None
-        if self.window > 0:
+        if self.window > 0 and len(calls) < FULL_BATCH:
             time.sleep(self.window)
             with self.mutex:
                 batch, self.queue = calls + self.queue, []
@@ -202,7 +205,7 @@ class Combiner:
         while True:
             self.signal.acquire()
             while True:
-                if self.window > 0:
+                if self.window > 0 and len(self.queue) < FULL_BATCH:
                     time.sleep(self.window)
                 with self.mutex:
                     batch, self.queue = self.queue, []
