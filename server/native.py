@@ -31,7 +31,7 @@ from typing import Any
 import grpc
 from limiter._wire import WireError, encode_decide_response, parse_decide_request
 from limiter.server import v1
-from limiter.server.engine import BadRequest, Engine, RuleState
+from limiter.server.engine import MAX_UINT32, BadRequest, Engine, RuleState
 from limiter.server.metrics import Metrics
 
 from limiter import Decision
@@ -40,7 +40,6 @@ Result = v1.Result
 MAX_CHECKS = 4096
 MAX_KEY_CHARS = 4096
 MAX_WAIT_SECONDS = 3600.0  # the longest a check may ask to be held
-MAX_UINT32 = 2**32 - 1
 PRIORITIES = frozenset(v1.Priority.values())
 # limiter.v1 Observation.Outcome -> the adaptive kernel's outcome (an error counts as a drop).
 OUTCOMES = {0: "ok", 1: "ok", 2: "dropped", 3: "dropped", 4: "ignored"}

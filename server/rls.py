@@ -34,7 +34,7 @@ Response = rls_pb2.RateLimitResponse
 SERVICE = rls_pb2.DESCRIPTOR.services_by_name["RateLimitService"].full_name
 OK = Response.OK
 OVER_LIMIT = Response.OVER_LIMIT
-# Status tuples for encode_response: (code, current_limit, limit_remaining, seconds, nanos).
+# Status tuples for encode_rls_response: (code, current_limit, limit_remaining, seconds, nanos).
 UNMATCHED = (OK, None, 0, 0, 0)  # no rule limits the descriptor
 UNLIMITED = (OK, None, MAX_UINT32, 0, 0)  # an ``unlimited`` rule matched
 MAX_RESET = 1e12  # seconds: a Duration holds far more; no real window comes near
