@@ -20,6 +20,10 @@ tests check every message both ways against the generated protobuf classes.
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeUTF8
+
+
+cdef extern from "Python.h":
+    const char* PyUnicode_AsUTF8AndSize(object text, Py_ssize_t* size) except NULL
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
@@ -309,6 +313,44 @@ cdef bytes _utf8(object text, str field):
     return (<str>text).encode("utf-8")
 
 
+cdef const char* _text(object text, str field, Py_ssize_t* size) except NULL:
+    """``text``'s UTF-8 bytes, borrowed from the str object itself (no copy)."""
+    if type(text) is not str:
+        raise TypeError(f"{field}: expected str, got {type(text).__name__}")
+    return PyUnicode_AsUTF8AndSize(text, size)
+
+
+cdef int _refuse(object values, tuple kinds, str field) except -1:
+    """Raise the TypeError naming the first value of ``values`` not of exactly its kind.
+
+    Sizes are computed in one pass and bytes written in another, so nothing read twice may
+    run Python code (an ``__index__``, ``__float__`` or ``__iter__``) that could answer
+    differently the second time: only exact types go in.
+    """
+    cdef Py_ssize_t k
+    if type(values) is not tuple or len(values) != len(kinds):
+        raise TypeError(f"{field}: expected a tuple of {len(kinds)} values")
+    for k in range(len(kinds)):
+        kind = kinds[k]
+        if type(values[k]) is not kind and not (type(kind) is tuple and type(values[k]) in kind):
+            raise TypeError(f"{field}[{k}]: {type(values[k]).__name__} is not allowed here")
+    return 0
+
+
+cdef inline bint _number(object value) noexcept:
+    return type(value) is float or type(value) is int
+
+
+STATUS_KINDS = (int, (bytes, type(None)), int, int, int)
+HEADER_KINDS = (str, str)
+RESULT_KINDS = (bool, int, int, int, (float, int), (float, int), (float, int), (str, type(None)))
+
+
+cdef inline Py_ssize_t _header_size(Py_ssize_t key_size, Py_ssize_t value_size) noexcept:
+    """A HeaderValue{key = 1, value = 2}'s encoded size."""
+    return 2 + _varint_size(key_size) + key_size + _varint_size(value_size) + value_size
+
+
 def encode_rls_response(
     int overall_code, list statuses not None, list response_headers not None,
     list request_headers not None,
@@ -327,11 +369,19 @@ def encode_rls_response(
     cdef int32_t nanos
     cdef bytes limit_wire
     cdef list sizes = [None] * n_statuses
-    cdef list encoded = []  # (tag, key bytes, value bytes) per header
+    cdef Py_ssize_t key_size, value_size, header_size
+    cdef const char* key_text
+    cdef const char* value_text
     if overall_code:
         size += 1 + _varint_size(<uint64_t><int64_t>overall_code)
     for i in range(n_statuses):
         status = statuses[i]
+        if not (type(status) is tuple and len(<tuple>status) == 5
+                and type((<tuple>status)[0]) is int
+                and ((<tuple>status)[1] is None or type((<tuple>status)[1]) is bytes)
+                and type((<tuple>status)[2]) is int and type((<tuple>status)[3]) is int
+                and type((<tuple>status)[4]) is int):
+            _refuse(status, STATUS_KINDS, f"statuses[{i}]")
         code, limit, remaining, seconds, nanos = status
         status_size = 0
         if code:
@@ -345,12 +395,15 @@ def encode_rls_response(
             status_size += 1 + _varint_size(remaining)
         sizes[i] = status_size
         size += 1 + _varint_size(status_size) + status_size
-    for tag, headers in ((3 << 3 | 2, response_headers), (4 << 3 | 2, request_headers)):
-        for key, value in headers:
-            k = _utf8(key, "header key")
-            v = _utf8(value, "header value")
-            header_size = 1 + _varint_size(len(k)) + len(k) + 1 + _varint_size(len(v)) + len(v)
-            encoded.append((tag, k, v, header_size))
+    for headers in (response_headers, request_headers):
+        for header in headers:
+            if not (type(header) is tuple and len(<tuple>header) == 2
+                    and type((<tuple>header)[0]) is str and type((<tuple>header)[1]) is str):
+                _refuse(header, HEADER_KINDS, "header")
+            key, value = header
+            _text(key, "header key", &key_size)
+            _text(value, "header value", &value_size)
+            header_size = _header_size(key_size, value_size)
             size += 1 + _varint_size(header_size) + header_size
     out_bytes = PyBytes_FromStringAndSize(NULL, size)
     cdef unsigned char* out = <unsigned char*>PyBytes_AS_STRING(out_bytes)
@@ -379,11 +432,14 @@ def encode_rls_response(
             if nanos:
                 out = _put_varint(out, 2 << 3 | 0)
                 out = _put_varint(out, <uint64_t><int64_t>nanos)
-    for tag, k, v, header_size in encoded:
-        out = _put_varint(out, tag)
-        out = _put_varint(out, <Py_ssize_t>header_size)
-        out = _put_bytes(out, 1 << 3 | 2, PyBytes_AS_STRING(k), len(k))
-        out = _put_bytes(out, 2 << 3 | 2, PyBytes_AS_STRING(v), len(v))
+    for tag, headers in ((3 << 3 | 2, response_headers), (4 << 3 | 2, request_headers)):
+        for key, value in headers:
+            key_text = _text(key, "header key", &key_size)
+            value_text = _text(value, "header value", &value_size)
+            out = _put_varint(out, tag)
+            out = _put_varint(out, <uint64_t>_header_size(key_size, value_size))
+            out = _put_bytes(out, 1 << 3 | 2, key_text, key_size)
+            out = _put_bytes(out, 2 << 3 | 2, value_text, value_size)
     return out_bytes
 
 
@@ -529,7 +585,14 @@ def encode_decide_response(list results not None, uint32_t level):
     cdef list permits = [None] * n
     cdef list sizes = [None] * n
     for i in range(n):
-        r = <tuple?>results[i]
+        value_ = results[i]
+        if not (type(value_) is tuple and len(<tuple>value_) == 8):
+            _refuse(value_, RESULT_KINDS, f"results[{i}]")
+        r = <tuple>value_
+        if not (type(r[0]) is bool and type(r[1]) is int and type(r[2]) is int
+                and type(r[3]) is int and _number(r[4]) and _number(r[5]) and _number(r[6])
+                and (r[7] is None or type(r[7]) is str)):
+            _refuse(r, RESULT_KINDS, f"results[{i}]")
         permit = r[7]
         permit_size = 0
         if permit:

@@ -87,33 +87,37 @@ def retry_after(quotas: Iterable[Quota]) -> int | None:
 
 
 def build(
-    quotas: Sequence[Quota], *, ietf: bool = True, legacy: bool = False
+    quotas: Sequence[tuple[str, int, float, int, float, bool, float, str]],
+    *,
+    ietf: bool = True,
+    legacy: bool = False,
 ) -> list[tuple[str, str]]:
     """Every header for a response, in a stable order; empty when there are no quotas.
 
-    One pass over the quotas (it runs once per answered check in the decision service).
+    ``quotas``: ``Quota`` objects, or plain tuples in ``Quota``'s field order (all eight:
+    the decision service builds one per answered check, and a plain tuple costs a fifth of
+    a NamedTuple). One pass over the quotas.
     """
     if not quotas:
         return []
     policy: list[str] = []
     state: list[str] = []
     wait = -1  # the latest t among refused quotas
-    for q in quotas:
-        t = _ceil(q.reset_after if q.allowed else q.retry_after)
-        if not q.allowed and t > wait:
+    for name, limit, window, remaining, reset_after, allowed, retry_after, unit in quotas:
+        t = _ceil(reset_after if allowed else retry_after)
+        if not allowed and t > wait:
             wait = t
         if ietf:
-            policy.append(_policy_member(q.name, q.limit, q.window, q.unit))
-            remaining = q.remaining
+            policy.append(_policy_member(name, limit, window, unit))
             r = remaining if 0 <= remaining <= SF_MAX_INT else sf_int(max(remaining, 0))
-            state.append(f"{sf_string(q.name)};r={r};t={t}")
+            state.append(f"{sf_string(name)};r={r};t={t}")
     headers: list[tuple[str, str]] = []
     if ietf:
         headers.append(("RateLimit-Policy", ", ".join(policy)))
         headers.append(("RateLimit", ", ".join(state)))
     if legacy:
         # One number each: the quota closest to exhaustion, as envoyproxy/ratelimit picks.
-        tight = min(quotas, key=lambda q: (q.allowed, q.remaining))
+        tight = Quota(*min(quotas, key=lambda q: (q[5], q[3])))
         headers.append(("X-RateLimit-Limit", sf_int(tight.limit)))
         headers.append(("X-RateLimit-Remaining", sf_int(max(tight.remaining, 0))))
         headers.append(("X-RateLimit-Reset", sf_int(tight.t)))

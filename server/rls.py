@@ -170,7 +170,7 @@ class RateLimitService:
         if self.admission is not None and self.admission.holds(snapshot):
             await self._hold(work, decided)
         overall = OK
-        quotas: list[rl_headers.Quota] = []
+        quotas: list[tuple[str, int, float, int, float, bool, float, str]] = []  # Quota order
         for i, state, hits, key, decision, shadow in work:
             if decision is None:
                 decision = decided[i] if i in decided else state.acquire(key, hits)
@@ -194,7 +194,7 @@ class RateLimitService:
                 int((reset - whole) * 1e9),
             )
             quotas.append(
-                rl_headers.Quota(
+                (
                     state.label,
                     state.limit,
                     state.window,
@@ -202,6 +202,7 @@ class RateLimitService:
                     decision.reset_after,
                     allowed,
                     decision.retry_after,
+                    "requests",
                 )
             )
         headers: list[tuple[str, str]] = []

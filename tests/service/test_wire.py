@@ -207,9 +207,21 @@ def test_rls_response_is_what_protobuf_builds(overall, statuses, response_header
         assert got.HasField("duration_until_reset") == (wire is not None)
 
 
-def test_rls_response_refuses_non_text_headers() -> None:
-    with pytest.raises(TypeError, match="header value"):
+def test_encoders_refuse_values_that_are_not_plain() -> None:
+    # Sizes are computed in one pass and bytes written in another: only exact types, whose
+    # conversions run no Python code, may go in.
+    class Shifty(int):
+        def __index__(self) -> int:
+            return 2**40
+
+    with pytest.raises(TypeError, match=r"header\[1\]: int is not allowed"):
         encode_rls_response(1, [], [("RateLimit", 3)], [])
+    with pytest.raises(TypeError, match=r"statuses\[0\]\[2\]: Shifty is not allowed"):
+        encode_rls_response(1, [(1, None, Shifty(1), 0, 0)], [], [])
+    with pytest.raises(TypeError, match=r"statuses\[0\]: expected a tuple"):
+        encode_rls_response(1, [[1, None, 1, 0, 0]], [], [])
+    with pytest.raises(TypeError, match=r"results\[0\]\[0\]: int is not allowed"):
+        encode_decide_response([(1, 1, 0, 0, 0.0, 0.0, 0.0, None)], 0)
 
 
 # --- limiter.v1 Decide -----------------------------------------------------------------
