@@ -87,7 +87,8 @@ class Relay:
             self.wake_next()
 
 
-def _resolve(calls: list[Call]) -> None:
+def resolve(calls: list[Call]) -> None:
+    """Complete the futures of asyncio callers among ``calls`` (on their loop's thread)."""
     for call in calls:
         fut = call.future
         if fut is not None and not fut.done():
@@ -199,7 +200,7 @@ class Combiner:
                 loops.setdefault(call.future.get_loop(), []).append(call)
         for loop, calls in loops.items():
             with suppress(RuntimeError):  # a closed loop: nobody awaits these any more
-                loop.call_soon_threadsafe(_resolve, calls)
+                loop.call_soon_threadsafe(resolve, calls)
 
     def _work(self) -> None:
         while True:

@@ -19,10 +19,12 @@ from dataclasses import dataclass, replace
 from time import monotonic_ns
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+from weakref import WeakKeyDictionary
 
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
+from redis.connection import Connection, UnixDomainSocketConnection
 from redis.crc import key_slot
 from redis.exceptions import RedisClusterException, RedisError
 from redis.retry import Retry
@@ -35,6 +37,7 @@ from limiter.backends.base import Spec
 from limiter.backends.breaker import NodeBreakers
 from limiter.backends.combiner import Call, Combiner
 from limiter.backends.keys import hash_tag
+from limiter.backends.loop_transport import Endpoint, LoopTransport
 from limiter.backends.overlimit import OverLimitCache
 from limiter.backends.scripts import LEASE_RELEASE
 from limiter.backends.transport import ClusterServers, Command, SingleServer, Unavailable, bulk
@@ -88,6 +91,25 @@ def _float(name: str, text: str, url: str) -> float:
         return float(text)
     except ValueError:
         raise ConfigError(f"{name} must be a number, got {text!r} in {masked(url)}") from None
+
+
+# Connection settings the event-loop connection honours; any other (TLS, RESP3, client
+# name, keep-alive...) keeps asyncio callers on redis-py's connections.
+LOOP_SETTINGS = {"host", "port", "path", "db", "username", "password", "socket_timeout",
+                 "socket_connect_timeout", "retry", "health_check_interval"}  # fmt: skip
+
+
+def _endpoint(client: redis.Redis) -> Endpoint | None:
+    pool = client.connection_pool
+    if pool.connection_class not in (Connection, UnixDomainSocketConnection):
+        return None
+    kwargs = {k: v for k, v in pool.connection_kwargs.items() if v is not None}
+    ignored = {k for k in kwargs if k.startswith(("orig_", "maint_notifications", "himport"))}
+    if set(kwargs) - ignored - LOOP_SETTINGS:
+        return None
+    return Endpoint(host=kwargs.get("host", "127.0.0.1"), port=int(kwargs.get("port", 6379)),
+                    path=kwargs.get("path"), db=int(kwargs.get("db", 0)),
+                    username=kwargs.get("username"), password=kwargs.get("password"))  # fmt: skip
 
 
 def _hosts(netloc: str, url: str, default_port: int) -> list[tuple[str, int]]:
@@ -158,8 +180,17 @@ class RedisBackend:
         self.lease_ids = itertools.count()
         self.lease_prefix = os.urandom(6).hex().encode() + b"-"
         self.cluster = scheme.endswith("+cluster")
-        self.connect_args = (scheme, parts._replace(query=urlencode(query)).geturl(), redis_options)
+        # Only the query changes (geturl() would drop the empty host of unix:///path).
+        base = url.partition("?")[0].partition("#")[0]
+        rebuilt = f"{base}?{urlencode(query)}" if query else base
+        self.connect_args = (scheme, rebuilt, redis_options)
         self.transport: Any = None  # connected on first use when Redis was away at start
+        # Set for a plain TCP or Unix-socket server: asyncio callers then get a
+        # connection on their own event loop (``loop_transport``).
+        self.endpoint: Endpoint | None = None
+        self.loop_transports: WeakKeyDictionary[asyncio.AbstractEventLoop, LoopTransport] = (
+            WeakKeyDictionary()
+        )
         try:
             self.transport = self._connect(*self.connect_args)
             if opts.get("require_at_start", True):
@@ -205,7 +236,9 @@ class RedisBackend:
                 path[0], username=user, password=password, db=db, ssl=tls, **query, **common
             )
             return SingleServer(master, self.breaker)
-        return SingleServer(redis.Redis.from_url(url, **common), self.breaker)
+        client = redis.Redis.from_url(url, **common)
+        self.endpoint = _endpoint(client)
+        return SingleServer(client, self.breaker)
 
     def _transport(self) -> Any:
         if self.transport is None:
@@ -256,6 +289,10 @@ class RedisBackend:
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+        for loop, transport in list(self.loop_transports.items()):
+            if not loop.is_closed():  # a closed loop's sockets close when it is collected
+                loop.call_soon_threadsafe(transport.close)
+        self.loop_transports.clear()
 
     def _commands(self, calls: list[Call]) -> list[Command]:
         """One script run per (algorithm, slot) for up to MAX_KEYS_PER_SCRIPT requests."""
@@ -271,17 +308,17 @@ class RedisBackend:
                 commands.append(_script_run(group, members[i : i + MAX_KEYS_PER_SCRIPT]))
         return commands
 
-    def _flush(self, calls: list[Call]) -> None:
+    def _commands_for(self, calls: list[Call]) -> list[Command]:
         group, slot = calls[0].group, calls[0].slot
         for call in calls:  # usually one algorithm and one slot: no grouping needed
             if call.group is not group or call.slot != slot:
-                commands = self._commands(calls)
-                break
-        else:
-            if isinstance(group, Codec) and len(calls) <= MAX_KEYS_PER_SCRIPT:
-                commands = [_script_run(group, calls)]
-            else:
-                commands = self._commands(calls)
+                return self._commands(calls)
+        if isinstance(group, Codec) and len(calls) <= MAX_KEYS_PER_SCRIPT:
+            return [_script_run(group, calls)]
+        return self._commands(calls)
+
+    def _flush(self, calls: list[Call]) -> None:
+        commands = self._commands_for(calls)
         try:
             transport = self._transport()
         except Unavailable as exc:
@@ -295,26 +332,60 @@ class RedisBackend:
             for call in calls:
                 call.error = exc
             return
-        for cmd in commands:
-            reply = cmd.reply
-            if isinstance(reply, Exception):
-                for call in cmd.calls:
-                    call.error = reply
-            elif cmd.script is None or not isinstance(cmd.calls[0].group, Codec):
-                cmd.calls[0].result = reply
-            else:
-                offset = 1
-                for call in cmd.calls:
-                    call.result = reply
-                    call.offset = offset
-                    offset += call.width
+        _deliver(commands)
 
     def run(self, calls: list[Call]) -> None:
         """Decide ``calls`` in one (shared) round trip; errors are left on the calls."""
         self.combiner.run(calls)
 
     async def run_async(self, calls: list[Call]) -> None:
-        await self.combiner.submit(calls, asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        if self.endpoint is None:
+            await self.combiner.submit(calls, loop)
+        else:
+            await self._on_loop(loop).submit(calls)
+
+    def post(self, calls: list[Call]) -> None:
+        """Send ``calls`` without waiting: on the running event loop's connection if
+        there is one (after that loop's earlier requests), else through the combiner."""
+        if self.endpoint is not None:
+            loop = asyncio._get_running_loop()
+            if loop is not None:
+                self._on_loop(loop).post(calls)
+                return
+        self.combiner.post(calls)
+
+    def _on_loop(self, loop: asyncio.AbstractEventLoop) -> LoopTransport:
+        """This event loop's own connection (one per loop, made on first use)."""
+        found = self.loop_transports.get(loop)
+        if found is None:
+            found = self.loop_transports[loop] = LoopTransport(
+                loop,
+                self.endpoint,
+                self.timeout,
+                self.breaker,
+                self._commands_for,
+                _deliver,
+                self.combiner.window,
+            )
+        return found
+
+
+def _deliver(commands: list[Command]) -> None:
+    """Hand each command's reply (or error) to the calls it decided."""
+    for cmd in commands:
+        reply = cmd.reply
+        if isinstance(reply, Exception):
+            for call in cmd.calls:
+                call.error = reply
+        elif cmd.script is None or not isinstance(cmd.calls[0].group, Codec):
+            cmd.calls[0].result = reply
+        else:
+            offset = 1
+            for call in cmd.calls:
+                call.result = reply
+                call.offset = offset
+                offset += call.width
 
 
 def _script_run(codec: Codec, calls: list[Call]) -> Command:
@@ -526,7 +597,7 @@ class RedisBound:
         if self.backend.allow(slot):
             # Posted, not awaited: it precedes this thread's next request in the queue, and a
             # Permit's finaliser may run anywhere, even inside a round trip of this thread.
-            self.backend.combiner.post([Call(LEASE_RELEASE, (), args, 0, slot)])
+            self.backend.post([Call(LEASE_RELEASE, (), args, 0, slot)])
 
     def in_flight(self, key: str) -> int:
         """Units held under ``key`` by live leases (0 when Redis cannot be asked)."""
