@@ -159,14 +159,12 @@ class RuleState:
         return held
 
     async def acquire_many(self, keys: list[str], costs: list[int]) -> list[Decision]:
-        """Many rate checks in one backend round trip, off the event loop (shared rules).
+        """Many rate checks in one backend round trip (shared rules).
 
         Costs must be within ``max_cost`` and the rule not a concurrency rule.
         """
-        remote = self.remote
         try:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(None, remote.acquire_batch, keys, costs)
+            return await self.remote.acquire_batch_async(keys, costs)
         except Exception as exc:
             return [self._failed(k, c, exc) for k, c in zip(keys, costs, strict=True)]
 
@@ -335,11 +333,21 @@ class SharedAdaptive:
         return self._answer(decision)
 
     def acquire_batch(self, keys: list[str], costs: list[int]) -> list[Decision]:
-        """Many checks in one round trip (blocking: called off the event loop)."""
+        """Many checks in one round trip (blocking)."""
         self._sync_soon()
         bound = self.shared.bound
         failures = bound.failures
         answers = bound.acquire_batch([""] * len(keys), [min(c, bound.limit) for c in costs])
+        self.failures += bound.failures - failures
+        return [self._answer(d) for d in answers]
+
+    async def acquire_batch_async(self, keys: list[str], costs: list[int]) -> list[Decision]:
+        """Many checks in one awaited round trip (the service's native batches)."""
+        self._sync_soon()
+        bound = self.shared.bound
+        failures = bound.failures
+        capped = [min(c, bound.limit) for c in costs]
+        answers = await bound.acquire_batch_async([""] * len(keys), capped)
         self.failures += bound.failures - failures
         return [self._answer(d) for d in answers]
 

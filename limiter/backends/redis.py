@@ -517,30 +517,47 @@ class RedisBound:
         return self._decode(key, cost, call, sent)
 
     def acquire_batch(self, keys: Any, costs: Any = None) -> list[Decision]:
+        out, cost_list, calls = self._batch(keys, costs)
+        if calls:
+            sent = monotonic_ns()
+            self.backend.run([call for _, call in calls])
+            self._batch_decode(keys, cost_list, calls, sent, out)
+        return out
+
+    async def acquire_batch_async(self, keys: Any, costs: Any = None) -> list[Decision]:
+        """``acquire_batch`` for asyncio callers: one round trip, awaited."""
+        out, cost_list, calls = self._batch(keys, costs)
+        if calls:
+            sent = monotonic_ns()
+            await self.backend.run_async([call for _, call in calls])
+            self._batch_decode(keys, cost_list, calls, sent, out)
+        return out
+
+    def _batch(self, keys: Any, costs: Any) -> tuple[list[Any], list[int], list[tuple[int, Call]]]:
+        """Answers known without Redis (cached refusals, open breaker) and the calls to send."""
         n = len(keys)
         cost_list = [1] * n if costs is None else [int(c) for c in costs]
         out: list[Any] = [None] * n
-        todo = []
+        allow = self.backend.allow
+        cache = self.cache
+        calls = []
         for i in range(n):
-            hit = self.cache.get(keys[i], cost_list[i]) if self.cache is not None else None
+            hit = cache.get(keys[i], cost_list[i]) if cache is not None else None
             if hit is not None:
                 out[i] = hit
-            else:
-                todo.append(i)
-        allow = self.backend.allow
-        calls = []
-        for i in todo:
+                continue
             call = self._call(keys[i], cost_list[i])
             if allow(call.slot):
                 calls.append((i, call))
             else:
                 out[i] = self._fail(keys[i], cost_list[i], BREAKER_OPEN)
-        if calls:
-            sent = monotonic_ns()
-            self.backend.run([call for _, call in calls])
-            for i, call in calls:
-                out[i] = self._decode(keys[i], cost_list[i], call, sent)
-        return out
+        return out, cost_list, calls
+
+    def _batch_decode(
+        self, keys: Any, costs: list[int], calls: list[tuple[int, Call]], sent: int, out: list
+    ) -> None:
+        for i, call in calls:
+            out[i] = self._decode(keys[i], costs[i], call, sent)
 
     def reset(self, key: str) -> None:
         """Forget ``key``'s shared state (best effort when Redis is down)."""

@@ -267,3 +267,27 @@ def test_tls_sentinel_and_cluster_keep_the_threaded_path() -> None:
     assert (plain.host, plain.port, plain.db, plain.username, plain.password) == (
         "10.0.0.1", 6380, 2, "u", "p",
     )  # fmt: skip
+
+
+def test_batches_on_the_loop_use_the_cache_and_the_breaker(own_redis: RedisServer) -> None:
+    backend = RedisBackend(own_redis.url, on_failure="open", timeout=0.05)
+    fw = limiter.FixedWindow(2, 3600.0, backend=backend)
+    remote = fw.remote
+
+    async def scenario() -> tuple[list[bool], list[bool], list[bool], int]:
+        first = await remote.acquire_batch_async(["a", "a", "a", "b"], [1, 1, 1, 1])
+        trips = backend.loop_transports[asyncio.get_running_loop()].trips
+        cached = await remote.acquire_batch_async(["a"])  # a known refusal: no round trip
+        trips = backend.loop_transports[asyncio.get_running_loop()].trips - trips
+        own_redis.kill()
+        down = await remote.acquire_batch_async(["c", "d"])  # trips the breaker: failure mode
+        return (
+            [d.allowed for d in first],
+            [d.allowed for d in cached],
+            [d.allowed for d in down],
+            trips,
+        )
+
+    first, cached, down, trips = _run(scenario())
+    assert first == [True, True, False, True] and cached == [False] and trips == 0
+    assert down == [True, True] and backend.breaker.is_open

@@ -142,6 +142,8 @@ def test_engine_shares_rate_mode_adaptive_rules_through_redis(redis_url: str) ->
     assert shared.reports[-1] == b"500000000:0"
     assert asyncio.run(rate.acquire_async("k", 1)).limit == 1000
     assert [d.limit for d in rate.kernel.acquire_batch(["a", "b"], [1, 1])] == [1000, 1000]
+    batch = asyncio.run(rate.kernel.acquire_batch_async(["a", "b"], [1, 1]))
+    assert [(d.allowed, d.limit) for d in batch] == [(True, 1000), (True, 1000)]
 
 
 @pytest.mark.timeout(60)
