@@ -145,9 +145,10 @@ class LoopTransport:
         if self.transport is None:
             if self.connecting is None:
                 self.connecting = self.loop.create_task(self._connect())
-        elif len(self.inflight) < MAX_IN_FLIGHT and self.waiting is None:
+        elif len(self.inflight) < MAX_IN_FLIGHT:
             if self.window > 0 and len(self.queue) < FULL_BATCH:
-                self.waiting = self.loop.call_later(self.window, self._send_queue)
+                if self.waiting is None:
+                    self.waiting = self.loop.call_later(self.window, self._send_queue)
             else:
                 self._send_queue()
 
@@ -209,6 +210,9 @@ class LoopTransport:
                 return
             if type(reply) is hiredis.ReplyError:
                 reply = BaseParser.parse_error(str(reply))
+            if not self.inflight:
+                self.fail(Unavailable(f"unexpected reply from Redis: {reply!r:.80}"))
+                return
             trip = self.inflight[0]
             trip.wire[trip.received].reply = reply
             trip.received += 1

@@ -291,3 +291,17 @@ def test_batches_on_the_loop_use_the_cache_and_the_breaker(own_redis: RedisServe
     first, cached, down, trips = _run(scenario())
     assert first == [True, True, False, True] and cached == [False] and trips == 0
     assert down == [True, True] and backend.breaker.is_open
+
+
+def test_a_full_batch_does_not_wait_for_the_window(redis_url: str) -> None:
+    backend = RedisBackend(redis_url, local_cache=False, timeout=1.0, batch_window=5.0)
+    fw = limiter.FixedWindow(100, 3600.0, backend=backend)
+
+    async def scenario() -> tuple[int, float]:
+        await fw.acquire_async("warm")  # connected: queued calls go as soon as it is
+        t0 = time.monotonic()
+        answers = await asyncio.gather(*(fw.acquire_async("f") for _ in range(40)))
+        return sum(d.allowed for d in answers), time.monotonic() - t0
+
+    allowed, took = _run(scenario(), timeout=20)
+    assert allowed == 40 and took < 2.0  # 32 queued calls go at once, the rest follow
