@@ -23,6 +23,7 @@ connection (the next request after the breaker's cooldown reconnects).
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,7 +45,8 @@ MAX_IN_FLIGHT = 1
 
 @dataclass(frozen=True)
 class Endpoint:
-    """Where and as whom to connect (TCP ``host``/``port`` or a Unix socket ``path``)."""
+    """Where and as whom to connect (TCP ``host``/``port``, with ``tls`` if set, or a
+    Unix socket ``path``)."""
 
     host: str = "127.0.0.1"
     port: int = 6379
@@ -52,6 +54,7 @@ class Endpoint:
     db: int = 0
     username: str | None = None
     password: str | None = None
+    tls: ssl.SSLContext | None = None
 
     def handshake(self) -> list[Command]:
         """What a new connection sends first: AUTH, SELECT, and every script."""
@@ -159,7 +162,10 @@ class LoopTransport:
             if ep.path is not None:
                 opening = self.loop.create_unix_connection(lambda: protocol, ep.path)
             else:
-                opening = self.loop.create_connection(lambda: protocol, ep.host, ep.port)
+                opening = self.loop.create_connection(
+                    lambda: protocol, ep.host, ep.port, ssl=ep.tls,
+                    server_hostname=ep.host if ep.tls is not None else None,
+                )  # fmt: skip
             transport, _ = await asyncio.wait_for(opening, self.timeout)
         except (TimeoutError, OSError) as exc:
             self.connecting = None

@@ -14,6 +14,7 @@ import asyncio
 import itertools
 import os
 import re
+import ssl
 import threading
 from dataclasses import dataclass, replace
 from time import monotonic_ns
@@ -24,7 +25,7 @@ from weakref import WeakKeyDictionary
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
-from redis.connection import Connection, UnixDomainSocketConnection
+from redis.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.crc import key_slot
 from redis.exceptions import RedisClusterException, RedisError
 from redis.retry import Retry
@@ -93,23 +94,52 @@ def _float(name: str, text: str, url: str) -> float:
         raise ConfigError(f"{name} must be a number, got {text!r} in {masked(url)}") from None
 
 
-# Connection settings the event-loop connection honours; any other (TLS, RESP3, client
-# name, keep-alive...) keeps asyncio callers on redis-py's connections.
+# Connection settings the event-loop connection honours; any other (RESP3, client name,
+# keep-alive, OCSP...) keeps asyncio callers on redis-py's connections.
 LOOP_SETTINGS = {"host", "port", "path", "db", "username", "password", "socket_timeout",
-                 "socket_connect_timeout", "retry", "health_check_interval"}  # fmt: skip
+                 "socket_connect_timeout", "retry", "health_check_interval", "ssl_keyfile",
+                 "ssl_certfile", "ssl_cert_reqs", "ssl_ca_certs", "ssl_ca_path", "ssl_ca_data",
+                 "ssl_check_hostname", "ssl_password", "ssl_min_version", "ssl_ciphers",
+                 "ssl_include_verify_flags", "ssl_exclude_verify_flags"}  # fmt: skip
+LOOP_CONNECTIONS = (Connection, UnixDomainSocketConnection, SSLConnection)
 
 
 def _endpoint(client: redis.Redis) -> Endpoint | None:
+    """Where the event-loop connection of a plain, TLS or Unix-socket client goes."""
     pool = client.connection_pool
-    if pool.connection_class not in (Connection, UnixDomainSocketConnection):
+    if pool.connection_class not in LOOP_CONNECTIONS:
         return None
     kwargs = {k: v for k, v in pool.connection_kwargs.items() if v is not None}
     ignored = {k for k in kwargs if k.startswith(("orig_", "maint_notifications", "himport"))}
     if set(kwargs) - ignored - LOOP_SETTINGS:
         return None
+    tls = None
+    if pool.connection_class is SSLConnection:
+        tls = _tls_context(pool.connection_class(**pool.connection_kwargs))
     return Endpoint(host=kwargs.get("host", "127.0.0.1"), port=int(kwargs.get("port", 6379)),
                     path=kwargs.get("path"), db=int(kwargs.get("db", 0)),
-                    username=kwargs.get("username"), password=kwargs.get("password"))  # fmt: skip
+                    username=kwargs.get("username"), password=kwargs.get("password"),
+                    tls=tls)  # fmt: skip
+
+
+def _tls_context(conn: SSLConnection) -> ssl.SSLContext:
+    """The context redis-py would wrap its socket with, from the same settings."""
+    context = ssl.create_default_context()
+    context.check_hostname = conn.check_hostname
+    context.verify_mode = conn.cert_reqs
+    for flag in conn.ssl_include_verify_flags or ():
+        context.verify_flags |= flag
+    for flag in conn.ssl_exclude_verify_flags or ():
+        context.verify_flags &= ~flag
+    if conn.certfile or conn.keyfile:
+        context.load_cert_chain(conn.certfile, conn.keyfile, conn.certificate_password)
+    if conn.ca_certs is not None or conn.ca_path is not None or conn.ca_data is not None:
+        context.load_verify_locations(conn.ca_certs, conn.ca_path, conn.ca_data)
+    if conn.ssl_min_version is not None:
+        context.minimum_version = conn.ssl_min_version
+    if conn.ssl_ciphers:
+        context.set_ciphers(conn.ssl_ciphers)
+    return context
 
 
 def _hosts(netloc: str, url: str, default_port: int) -> list[tuple[str, int]]:
@@ -185,8 +215,8 @@ class RedisBackend:
         rebuilt = f"{base}?{urlencode(query)}" if query else base
         self.connect_args = (scheme, rebuilt, redis_options)
         self.transport: Any = None  # connected on first use when Redis was away at start
-        # Set for a plain TCP or Unix-socket server: asyncio callers then get a
-        # connection on their own event loop (``loop_transport``).
+        # Set for one server (TCP, TLS or Unix socket; not Sentinel or Cluster): asyncio
+        # callers then get a connection on their own event loop (``loop_transport``).
         self.endpoint: Endpoint | None = None
         self.loop_transports: WeakKeyDictionary[asyncio.AbstractEventLoop, LoopTransport] = (
             WeakKeyDictionary()

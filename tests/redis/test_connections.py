@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 import redis
 
@@ -9,6 +12,10 @@ import limiter
 from limiter.backends.redis import RedisBackend
 from tests.redis.conftest import SentinelProcess
 from tests.support import RedisServer, free_port
+
+
+async def _decide_async(limit: limiter.TokenBucket, n: int) -> list[bool]:
+    return [(await limit.acquire_async("a")).allowed for _ in range(n)]
 
 
 def test_auth_and_tls(tls_files: dict[str, str]) -> None:
@@ -20,6 +27,17 @@ def test_auth_and_tls(tls_files: dict[str, str]) -> None:
         url = f"rediss://:s3cret@127.0.0.1:{port}/0?ssl_ca_certs={tls_files['ca.crt']}"
         fw = limiter.FixedWindow(2, 3600.0, backend=RedisBackend(url, timeout=1.0))
         assert [fw.acquire("k").allowed for _ in range(3)] == [True, True, False]
+        tb = limiter.TokenBucket(0.001, 2, backend=RedisBackend(url, timeout=1.0))
+        answers = asyncio.run(_decide_async(tb, 3))  # the event loop's own TLS connection
+        assert answers == [True, True, False] and tb.remote.backend.combiner.batches == 0
+        untrusted = RedisBackend(
+            url.replace(tls_files["ca.crt"], tls_files["server.crt"]),
+            timeout=1.0, require_at_start=False, on_failure="open",
+        )  # fmt: skip
+        refused = limiter.TokenBucket(0.001, 1, backend=untrusted)
+        time.sleep(untrusted.breaker.cooldown + 0.05)  # the ping at start opened the breaker
+        assert asyncio.run(_decide_async(refused, 1)) == [True]  # failure mode: open
+        assert "CERTIFICATE_VERIFY_FAILED" in str(refused.remote.last_error)
         with pytest.raises(limiter.ConfigError, match=r":\*\*\*@") as info:
             RedisBackend(url.replace("s3cret", "wrong"), timeout=1.0)
         assert "wrong" not in str(info.value)

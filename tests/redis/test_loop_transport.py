@@ -258,14 +258,18 @@ def test_batch_window_gathers_requests_from_several_loop_passes(redis_url: str) 
     assert _run(scenario()) == ([True] * 5, 1)  # all five in one round trip
 
 
-def test_tls_sentinel_and_cluster_keep_the_threaded_path() -> None:
+def test_which_urls_get_the_event_loop_connection() -> None:
     from limiter.backends.redis import _endpoint
 
-    assert _endpoint(redis.Redis.from_url("rediss://127.0.0.1:6380/0")) is None
+    tls = _endpoint(redis.Redis.from_url("rediss://127.0.0.1:6380/0?ssl_cert_reqs=none"))
+    assert tls.tls is not None and tls.tls.verify_mode.name == "CERT_NONE"
+    assert _endpoint(redis.Redis.from_url("rediss://h:6380/0")).tls.check_hostname
+    ocsp = redis.Redis.from_url("rediss://127.0.0.1:6380/0", ssl_validate_ocsp=True)
+    assert _endpoint(ocsp) is None  # redis-py's own connections check OCSP
     assert _endpoint(redis.Redis.from_url("redis://127.0.0.1:6380/0?client_name=x")) is None
     plain = _endpoint(redis.Redis.from_url("redis://u:p@10.0.0.1:6380/2"))
-    assert (plain.host, plain.port, plain.db, plain.username, plain.password) == (
-        "10.0.0.1", 6380, 2, "u", "p",
+    assert (plain.host, plain.port, plain.db, plain.username, plain.password, plain.tls) == (
+        "10.0.0.1", 6380, 2, "u", "p", None,
     )  # fmt: skip
 
 
