@@ -1,10 +1,9 @@
 """asyncio callers on Redis: the event-loop connection against the threaded path.
 
 The same backend serves asyncio callers either on a connection in their own event
-loop (``limiter.backends.loop_transport``, the default for redis://, rediss://
-and unix:// URLs)
-or through the flusher thread that threads use (``combiner``, still used for
-Sentinel and Cluster). Rounds interleave the two; medians are printed.
+loop (``limiter.backends.loop_transport``, the default for one server or Sentinel's
+master) or through the flusher thread that threads use (``combiner``, still used for
+Redis Cluster). Rounds interleave the two; medians are printed.
 
     .venv/bin/python benchmarks/redis_async_ab.py --rounds 7
 

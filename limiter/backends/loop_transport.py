@@ -31,7 +31,7 @@ from typing import Any
 
 import hiredis
 from redis._parsers.base import BaseParser
-from redis.exceptions import NoScriptError, ReadOnlyError
+from redis.exceptions import NoScriptError, ReadOnlyError, RedisError
 
 from limiter.backends.breaker import NodeBreakers
 from limiter.backends.combiner import FULL_BATCH, Call, resolve
@@ -45,16 +45,18 @@ MAX_IN_FLIGHT = 1
 
 @dataclass(frozen=True)
 class Endpoint:
-    """Where and as whom to connect (TCP ``host``/``port``, with ``tls`` if set, or a
-    Unix socket ``path``)."""
+    """Where and as whom to connect: TCP ``host``/``port`` (with ``tls`` if set; with
+    ``locate``, a blocking call returning the current master's (host, port), asked on
+    every connection) or a Unix socket ``path``."""
 
-    host: str = "127.0.0.1"
+    host: str
     port: int = 6379
     path: str | None = None
     db: int = 0
     username: str | None = None
     password: str | None = None
     tls: ssl.SSLContext | None = None
+    locate: Callable[[], tuple[str, int]] | None = None
 
     def handshake(self) -> list[Command]:
         """What a new connection sends first: AUTH, SELECT, and every script."""
@@ -156,27 +158,33 @@ class LoopTransport:
                 self._send_queue()
 
     async def _connect(self) -> None:
-        ep = self.endpoint
         protocol = _Protocol(self)
         try:
-            if ep.path is not None:
-                opening = self.loop.create_unix_connection(lambda: protocol, ep.path)
-            else:
-                opening = self.loop.create_connection(
-                    lambda: protocol, ep.host, ep.port, ssl=ep.tls,
-                    server_hostname=ep.host if ep.tls is not None else None,
-                )  # fmt: skip
-            transport, _ = await asyncio.wait_for(opening, self.timeout)
-        except (TimeoutError, OSError) as exc:
+            transport = await asyncio.wait_for(self._open(protocol), self.timeout)
+        except (OSError, TimeoutError, RedisError) as exc:
             self.connecting = None
             self.fail(Unavailable(f"cannot connect to Redis: {type(exc).__name__}: {exc}"))
             return
         self.connecting = None
         self.protocol, self.transport = protocol, transport
-        wire = ep.handshake()
+        wire = self.endpoint.handshake()
         self._write(Trip(wire, [], [], self.loop.time() + self.timeout))
         if self.queue:
             self._send_queue()
+
+    async def _open(self, protocol: _Protocol) -> asyncio.Transport:
+        ep = self.endpoint
+        if ep.path is not None:
+            transport, _ = await self.loop.create_unix_connection(lambda: protocol, ep.path)
+            return transport
+        host, port = ep.host, ep.port
+        if ep.locate is not None:  # Sentinel: the master now (after a failover, the new one)
+            host, port = await self.loop.run_in_executor(None, ep.locate)
+        transport, _ = await self.loop.create_connection(
+            lambda: protocol, host, port, ssl=ep.tls,
+            server_hostname=host if ep.tls is not None else None,
+        )  # fmt: skip
+        return transport
 
     def _send_queue(self) -> None:
         if self.waiting is not None:

@@ -17,6 +17,7 @@ import re
 import ssl
 import threading
 from dataclasses import dataclass, replace
+from functools import partial
 from time import monotonic_ns
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
@@ -29,7 +30,7 @@ from redis.connection import Connection, SSLConnection, UnixDomainSocketConnecti
 from redis.crc import key_slot
 from redis.exceptions import RedisClusterException, RedisError
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelManagedConnection
 
 from limiter._core import Decision
 from limiter.backends import REDIS_SCHEMES
@@ -101,25 +102,34 @@ LOOP_SETTINGS = {"host", "port", "path", "db", "username", "password", "socket_t
                  "ssl_certfile", "ssl_cert_reqs", "ssl_ca_certs", "ssl_ca_path", "ssl_ca_data",
                  "ssl_check_hostname", "ssl_password", "ssl_min_version", "ssl_ciphers",
                  "ssl_include_verify_flags", "ssl_exclude_verify_flags"}  # fmt: skip
-LOOP_CONNECTIONS = (Connection, UnixDomainSocketConnection, SSLConnection)
+LOOP_CONNECTIONS = (
+    Connection,
+    UnixDomainSocketConnection,
+    SSLConnection,
+    SentinelManagedConnection,
+)
 
 
-def _endpoint(client: redis.Redis) -> Endpoint | None:
-    """Where the event-loop connection of a plain, TLS or Unix-socket client goes."""
+def _endpoint(client: redis.Redis, locate: Any = None) -> Endpoint | None:
+    """Where the event-loop connection of a plain, TLS, Unix-socket or (with ``locate``,
+    which asks the sentinels for the master's address) Sentinel-managed client goes."""
     pool = client.connection_pool
     if pool.connection_class not in LOOP_CONNECTIONS:
         return None
     kwargs = {k: v for k, v in pool.connection_kwargs.items() if v is not None}
-    ignored = {k for k in kwargs if k.startswith(("orig_", "maint_notifications", "himport"))}
+    ignored = {"connection_pool"}  # a Sentinel-managed connection's way back to its pool
+    ignored.update(k for k in kwargs if k.startswith(("orig_", "maint_notifications", "himport")))
     if set(kwargs) - ignored - LOOP_SETTINGS:
+        return None
+    if "path" not in kwargs and "host" not in kwargs and locate is None:
         return None
     tls = None
     if pool.connection_class is SSLConnection:
         tls = _tls_context(pool.connection_class(**pool.connection_kwargs))
-    return Endpoint(host=kwargs.get("host", "127.0.0.1"), port=int(kwargs.get("port", 6379)),
+    return Endpoint(host=kwargs.get("host", ""), port=int(kwargs.get("port", 6379)),
                     path=kwargs.get("path"), db=int(kwargs.get("db", 0)),
                     username=kwargs.get("username"), password=kwargs.get("password"),
-                    tls=tls)  # fmt: skip
+                    tls=tls, locate=locate)  # fmt: skip
 
 
 def _tls_context(conn: SSLConnection) -> ssl.SSLContext:
@@ -215,7 +225,7 @@ class RedisBackend:
         rebuilt = f"{base}?{urlencode(query)}" if query else base
         self.connect_args = (scheme, rebuilt, redis_options)
         self.transport: Any = None  # connected on first use when Redis was away at start
-        # Set for one server (TCP, TLS or Unix socket; not Sentinel or Cluster): asyncio
+        # Set for one server (TCP, TLS, Unix socket, or Sentinel's master; not Cluster): asyncio
         # callers then get a connection on their own event loop (``loop_transport``).
         self.endpoint: Endpoint | None = None
         self.loop_transports: WeakKeyDictionary[asyncio.AbstractEventLoop, LoopTransport] = (
@@ -265,6 +275,8 @@ class RedisBackend:
             master = sentinel.master_for(
                 path[0], username=user, password=password, db=db, ssl=tls, **query, **common
             )
+            if not tls:
+                self.endpoint = _endpoint(master, partial(sentinel.discover_master, path[0]))
             return SingleServer(master, self.breaker)
         client = redis.Redis.from_url(url, **common)
         self.endpoint = _endpoint(client)

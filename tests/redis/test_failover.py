@@ -3,6 +3,7 @@ a ``redis+sentinel://`` backend follows it without an exception or a hung call."
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
@@ -90,5 +91,82 @@ def test_sentinel_failover_during_load(own_redis: RedisServer) -> None:
             assert [fresh.acquire("after").allowed for _ in range(4)] == [True] * 3 + [False]
             assert replica_client.info("replication")["role"] == "master"
             assert any(b"after" in k for k in replica_client.keys("*"))
+        finally:
+            sentinel.stop()
+
+
+async def _await_true(predicate, timeout: float, what: str) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return time.monotonic()
+        await asyncio.sleep(0.01)
+    raise TimeoutError(f"{what} after {timeout}s")
+
+
+async def _hammer_async(limiters: list, stop: asyncio.Event, log: list) -> None:
+    while not stop.is_set():
+        for name, lim in limiters:
+            t0 = time.monotonic()
+            try:
+                allowed = (await lim.acquire_async("load")).allowed
+                log.append((name, t0, time.monotonic() - t0, allowed, None))
+            except Exception as exc:  # the test asserts that none escaped
+                log.append((name, t0, time.monotonic() - t0, None, exc))
+        await asyncio.sleep(0)
+
+
+def test_sentinel_failover_under_asyncio_load(own_redis: RedisServer) -> None:
+    """The event-loop connection asks the sentinels for the master on every connection, so
+    after a failover it reconnects to the promoted replica."""
+    master = own_redis
+    with RedisServer("--replicaof", "127.0.0.1", str(master.port)) as replica:
+        replica_client = redis.Redis(port=replica.port, socket_timeout=2)
+        _wait(lambda: replica_client.info("replication")["master_link_status"] == "up", 10,
+              "replica did not sync")  # fmt: skip
+        sentinel = SentinelProcess(master, down_after_ms=300, failover_timeout_ms=2000)
+        try:
+            sc = sentinel.client()
+            _wait(lambda: sc.sentinel_slaves("mymaster"), 10, "sentinel did not see the replica")
+            url = f"redis+sentinel://127.0.0.1:{sentinel.port}/mymaster/0"
+            backend = RedisBackend(url, on_failure="closed", local_cache=False, timeout=0.05)
+            closed = limiter.FixedWindow(10**9, 3600.0, backend=backend)
+            local = limiter.FixedWindow(10**9, 3600.0, backend=backend.rule(on_failure="local"))
+            pair = [("closed", closed), ("local", local)]
+
+            async def scenario() -> tuple[list, float, float, float]:
+                assert all([(await lim.acquire_async("load")).allowed for _, lim in pair])
+                stop = asyncio.Event()
+                log: list = []
+                tasks = [asyncio.create_task(_hammer_async(pair, stop, log)) for _ in range(3)]
+                try:
+                    await asyncio.sleep(0.3)
+                    master.kill()
+                    killed = time.monotonic()
+                    promoted = await _await_true(
+                        lambda: sentinel.master_port() == replica.port, 20,
+                        "sentinel did not promote the replica",
+                    )  # fmt: skip
+
+                    def resumed() -> bool:
+                        return any(e[0] == "closed" and e[1] > promoted and e[3] for e in log)
+
+                    back = await _await_true(resumed, 5, "shared limiting did not resume")
+                finally:
+                    stop.set()
+                    await asyncio.gather(*tasks)
+                return log, killed, promoted, back
+
+            log, killed, promoted, back = asyncio.run(asyncio.wait_for(scenario(), 60))
+            assert [e[4] for e in log if e[4] is not None] == []
+            assert max(e[2] for e in log) < 2.0
+            gap = [e for e in log if killed + 0.05 < e[1] and e[1] + e[2] < promoted - 0.05]
+            assert [e[3] for e in gap if e[0] == "closed"] and not any(
+                e[3] for e in gap if e[0] == "closed"
+            ), "closed rule must refuse while no master is reachable"
+            assert all(e[3] for e in gap if e[0] == "local"), "local rule decides in process"
+            assert back - promoted < 1.0, f"resumed {back - promoted:.3f}s after promotion"
+            assert backend.combiner.batches == 0  # all on the event loop's own connection
+            assert any(b"load" in k for k in replica_client.keys("*"))
         finally:
             sentinel.stop()

@@ -259,6 +259,8 @@ def test_batch_window_gathers_requests_from_several_loop_passes(redis_url: str) 
 
 
 def test_which_urls_get_the_event_loop_connection() -> None:
+    from redis.sentinel import Sentinel
+
     from limiter.backends.redis import _endpoint
 
     tls = _endpoint(redis.Redis.from_url("rediss://127.0.0.1:6380/0?ssl_cert_reqs=none"))
@@ -267,6 +269,9 @@ def test_which_urls_get_the_event_loop_connection() -> None:
     ocsp = redis.Redis.from_url("rediss://127.0.0.1:6380/0", ssl_validate_ocsp=True)
     assert _endpoint(ocsp) is None  # redis-py's own connections check OCSP
     assert _endpoint(redis.Redis.from_url("redis://127.0.0.1:6380/0?client_name=x")) is None
+    managed = Sentinel([("127.0.0.1", 1)]).master_for("mymaster")
+    assert _endpoint(managed) is None  # no address until the sentinels are asked
+    assert _endpoint(managed, lambda: ("127.0.0.1", 2)).locate is not None
     plain = _endpoint(redis.Redis.from_url("redis://u:p@10.0.0.1:6380/2"))
     assert (plain.host, plain.port, plain.db, plain.username, plain.password, plain.tls) == (
         "10.0.0.1", 6380, 2, "u", "p", None,
