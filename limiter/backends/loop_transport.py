@@ -259,26 +259,27 @@ class LoopTransport:
 
     def fail(self, error: Unavailable, trip: Trip | None = None) -> None:
         """Fail every queued call and every round trip on the wire; drop the connection."""
+        self._drop(error, trip)
+        self.breakers.failure()
+
+    def close(self) -> None:
+        """Drop the connection (the backend is closing); calls still waiting get an error."""
+        self._drop(Unavailable("the Redis backend was closed"))
+
+    def _drop(self, error: Unavailable, trip: Trip | None = None) -> None:
         trips = list(self.inflight)
         if trip is not None:
             trips.append(trip)
         calls = [call for t in trips for call in t.calls] + self.queue
         self.inflight.clear()
         self.queue = []
-        if self.waiting is not None:
-            self.waiting.cancel()
-            self.waiting = None
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        self.close()
-        self.breakers.failure()
+        for handle in (self.waiting, self.timer):
+            if handle is not None:
+                handle.cancel()
+        self.waiting = self.timer = None
+        if self.transport is not None:
+            self.transport.abort()  # reconnects on the next request
+        self.transport = self.protocol = None
         for call in calls:
             call.error = error
         resolve(calls)
-
-    def close(self) -> None:
-        """Drop the connection (the next request reconnects)."""
-        if self.transport is not None:
-            self.transport.abort()
-        self.transport = self.protocol = None

@@ -233,9 +233,11 @@ def test_close_with_a_finished_loop_and_a_live_one(redis_url: str) -> None:
     async def live() -> bool:
         allowed = (await fw.acquire_async("a")).allowed
         transport = backend.loop_transports[asyncio.get_running_loop()]
+        waiting = asyncio.gather(*(fw.acquire_async("a") for _ in range(3)))
+        await asyncio.sleep(0)  # queued or on the wire when the backend closes
         backend.close()
-        await asyncio.sleep(0.01)
-        return allowed and transport.transport is None
+        answers = await waiting  # answered (here: refused, the failure mode), not left hanging
+        return allowed and transport.transport is None and len(answers) == 3
 
     assert _run(live())
 
