@@ -1,7 +1,8 @@
 """Build glue: the Cython core and the namespaced package layout.
 
-ext/_core.pyx compiles to ``limiter._core`` and ext/wire.pyx (the decision service's protobuf
-wire codecs) to ``limiter._wire``; ``server/`` and ``clients/`` install as ``limiter.server``
+ext/_core.pyx compiles to ``limiter._core``, ext/wire.pyx (the decision service's protobuf
+wire codecs) to ``limiter._wire`` and ext/relay.pyx (the Redis backend's thread wake-ups) to
+``limiter._relay``; ``server/`` and ``clients/`` install as ``limiter.server``
 and ``limiter.clients`` (never as top-level modules).
 """
 
@@ -41,6 +42,7 @@ extensions = [
         extra_compile_args=["-O3"],
     ),
     Extension("limiter._wire", sources=["ext/wire.pyx"], extra_compile_args=["-O3"]),
+    Extension("limiter._relay", sources=["ext/relay.pyx"], extra_compile_args=["-O3"]),
 ]
 
 setup(
