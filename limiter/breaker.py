@@ -284,8 +284,10 @@ class CircuitBreaker:
                 and self._replay is None
                 and self.clock() - self.opened_at >= self.config.open_for * 1e9
             ):
-                self._move(State.OPEN, State.HALF_OPEN, "open_for elapsed")
-                return self.allow()
+                moved = self._move(State.OPEN, State.HALF_OPEN, "open_for elapsed")
+                if moved or self.state is not State.OPEN:
+                    return self.allow()  # half-open now: ask for a probe ticket
+                # Another thread is moving it right now: refused, as while open.
             return mode is Mode.METRICS_ONLY or self._reject()
         if next(self._tickets) < self.config.half_open_probes:
             return True

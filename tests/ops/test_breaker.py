@@ -42,6 +42,17 @@ def test_failure_ratio_needs_minimum_volume(clock):
     assert events[0][1]["counts"] == {"calls": 10, "failures": 5, "slow": 0}
 
 
+def test_open_for_elapsed_while_another_thread_moves_the_breaker(clock):
+    """The move to half-open is another thread's right now: this call is refused as while
+    open, without waiting or asking again and again (it recursed until RecursionError)."""
+    b = breaker(clock, consecutive_failures=1)
+    b.record(failed=True)
+    clock.advance(b.config.open_for + 1)
+    with b._transition:  # held by the other thread
+        assert b.allow() is False
+    assert b.state is State.OPEN and b.allow() is True and b.state is State.HALF_OPEN
+
+
 def test_window_is_time_based(clock):
     b = breaker(clock, failure_ratio=0.5)
     for _ in range(9):
