@@ -17,7 +17,6 @@ import re
 import ssl
 import threading
 from dataclasses import dataclass, replace
-from functools import partial
 from time import monotonic_ns
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
@@ -110,9 +109,9 @@ LOOP_CONNECTIONS = (
 )
 
 
-def _endpoint(client: redis.Redis, locate: Any = None) -> Endpoint | None:
-    """Where the event-loop connection of a plain, TLS, Unix-socket or (with ``locate``,
-    which asks the sentinels for the master's address) Sentinel-managed client goes."""
+def _endpoint(client: redis.Redis, sentinels: dict[str, Any] | None = None) -> Endpoint | None:
+    """Where the event-loop connection of a plain, TLS, Unix-socket or (with ``sentinels``:
+    their addresses, the service and their password) Sentinel-managed client goes."""
     pool = client.connection_pool
     if pool.connection_class not in LOOP_CONNECTIONS:
         return None
@@ -121,7 +120,7 @@ def _endpoint(client: redis.Redis, locate: Any = None) -> Endpoint | None:
     ignored.update(k for k in kwargs if k.startswith(("orig_", "maint_notifications", "himport")))
     if set(kwargs) - ignored - LOOP_SETTINGS:
         return None
-    if "path" not in kwargs and "host" not in kwargs and locate is None:
+    if "path" not in kwargs and "host" not in kwargs and not sentinels:
         return None
     tls = None
     if pool.connection_class is SSLConnection:
@@ -129,7 +128,7 @@ def _endpoint(client: redis.Redis, locate: Any = None) -> Endpoint | None:
     return Endpoint(host=kwargs.get("host", ""), port=int(kwargs.get("port", 6379)),
                     path=kwargs.get("path"), db=int(kwargs.get("db", 0)),
                     username=kwargs.get("username"), password=kwargs.get("password"),
-                    tls=tls, locate=locate)  # fmt: skip
+                    tls=tls, **(sentinels or {}))  # fmt: skip
 
 
 def _tls_context(conn: SSLConnection) -> ssl.SSLContext:
@@ -276,7 +275,10 @@ class RedisBackend:
                 path[0], username=user, password=password, db=db, ssl=tls, **query, **common
             )
             if not tls:
-                self.endpoint = _endpoint(master, partial(sentinel.discover_master, path[0]))
+                self.endpoint = _endpoint(master, {
+                    "sentinels": tuple(_hosts(parts.netloc, url, 26379)), "service": path[0],
+                    "sentinel_password": sentinel_kwargs.get("password"),
+                })  # fmt: skip
             return SingleServer(master, self.breaker)
         client = redis.Redis.from_url(url, **common)
         self.endpoint = _endpoint(client)

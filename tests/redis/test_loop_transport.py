@@ -273,7 +273,8 @@ def test_which_urls_get_the_event_loop_connection() -> None:
     assert _endpoint(redis.Redis.from_url("redis://127.0.0.1:6380/0?client_name=x")) is None
     managed = Sentinel([("127.0.0.1", 1)]).master_for("mymaster")
     assert _endpoint(managed) is None  # no address until the sentinels are asked
-    assert _endpoint(managed, lambda: ("127.0.0.1", 2)).locate is not None
+    found = _endpoint(managed, {"sentinels": (("127.0.0.1", 2),), "service": "mymaster"})
+    assert found.sentinels == (("127.0.0.1", 2),) and found.service == "mymaster"
     plain = _endpoint(redis.Redis.from_url("redis://u:p@10.0.0.1:6380/2"))
     assert (plain.host, plain.port, plain.db, plain.username, plain.password, plain.tls) == (
         "10.0.0.1", 6380, 2, "u", "p", None,
