@@ -32,18 +32,16 @@ from typing import Any
 import hiredis
 from redis._parsers.base import BaseParser
 from redis.exceptions import (
-    ConnectionError,
     NoScriptError,
     ReadOnlyError,
     RedisError,
-    ResponseError,
 )
-from redis.sentinel import MasterNotFoundError
 
 from limiter.backends.breaker import NodeBreakers
 from limiter.backends.combiner import FULL_BATCH, Call, resolve
 from limiter.backends.scripts import SCRIPTS, Script
-from limiter.backends.transport import Command, Unavailable, pack
+from limiter.backends.sentinel import ask_master
+from limiter.backends.transport import Command, Unavailable
 
 # Round trips on the wire at once. One lets requests gather while a reply is on its way
 # (fewer, larger script runs: Redis shares the host's CPUs with us).
@@ -145,6 +143,7 @@ class LoopTransport:
         self.trips = 0
         self.window = window
         self.waiting: asyncio.TimerHandle | None = None
+        self.sentinels = list(endpoint.sentinels)  # the one that last answered first
 
     def submit(self, calls: list[Call]) -> asyncio.Future:
         """Queue ``calls``; the future completes when every one has a result or an error."""
@@ -188,27 +187,15 @@ class LoopTransport:
         else:
             host, port = ep.host, ep.port
             if ep.sentinels:  # the master now (after a failover, the new one)
-                host, port = await self._ask_sentinels()
+                host, port = await ask_master(
+                    self.sentinels, ep.service, ep.sentinel_password, self.timeout
+                )
             opening = self.loop.create_connection(
                 lambda: protocol, host, port, ssl=ep.tls,
                 server_hostname=host if ep.tls is not None else None,
             )  # fmt: skip
         transport, _ = await asyncio.wait_for(opening, self.timeout)
         return transport
-
-    async def _ask_sentinels(self) -> tuple[str, int]:
-        """The healthy master's address from the first sentinel that knows one (each
-        asked within the timeout, on this loop: no thread waits for the GIL)."""
-        ep = self.endpoint
-        errors = []
-        for host, port in ep.sentinels:
-            try:
-                return await asyncio.wait_for(
-                    _sentinel_master(host, port, ep.service, ep.sentinel_password), self.timeout
-                )
-            except (OSError, TimeoutError, RedisError) as exc:
-                errors.append(f"{host}:{port}: {type(exc).__name__}: {exc}")
-        raise MasterNotFoundError(f"no master for {ep.service!r}: {'; '.join(errors)}")
 
     def _send_queue(self) -> None:
         if self.waiting is not None:
@@ -307,33 +294,3 @@ class LoopTransport:
         for call in calls:
             call.error = error
         resolve(calls)
-
-
-async def _sentinel_master(
-    host: str, port: int, service: str, password: str | None
-) -> tuple[str, int]:
-    """``SENTINEL MASTER service`` on one sentinel: the master's address if it is up."""
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
-        commands = [[b"AUTH", password]] if password else []
-        commands.append([b"SENTINEL", b"MASTER", service])
-        writer.write(b"".join(pack(c) for c in commands))
-        parser = hiredis.Reader()
-        replies: list[Any] = []
-        while len(replies) < len(commands):
-            data = await reader.read(65536)
-            if not data:
-                raise ConnectionError("the sentinel closed the connection")
-            parser.feed(data)
-            while (reply := parser.gets()) is not False:
-                replies.append(reply)
-    finally:
-        writer.close()
-    for reply in replies:
-        if isinstance(reply, hiredis.ReplyError):
-            raise ResponseError(str(reply))
-    state = dict(zip(replies[-1][::2], replies[-1][1::2], strict=True))
-    flags = state.get(b"flags", b"").split(b",")
-    if b"master" not in flags or b"s_down" in flags or b"o_down" in flags:
-        raise ConnectionError(f"the sentinel sees {service!r} down ({b','.join(flags).decode()})")
-    return state[b"ip"].decode(), int(state[b"port"])

@@ -29,7 +29,7 @@ from redis.connection import Connection, SSLConnection, UnixDomainSocketConnecti
 from redis.crc import key_slot
 from redis.exceptions import RedisClusterException, RedisError
 from redis.retry import Retry
-from redis.sentinel import Sentinel, SentinelManagedConnection
+from redis.sentinel import SentinelManagedConnection
 
 from limiter._core import Decision
 from limiter.backends import REDIS_SCHEMES
@@ -41,6 +41,7 @@ from limiter.backends.keys import hash_tag
 from limiter.backends.loop_transport import Endpoint, LoopTransport
 from limiter.backends.overlimit import OverLimitCache
 from limiter.backends.scripts import LEASE_RELEASE
+from limiter.backends.sentinel import SpecSentinel
 from limiter.backends.transport import ClusterServers, Command, SingleServer, Unavailable, bulk
 from limiter.errors import ConfigError, InvalidParameter
 
@@ -268,7 +269,7 @@ class RedisBackend:
             sentinel_kwargs = {"socket_timeout": self.timeout}
             if "sentinel_password" in query:
                 sentinel_kwargs["password"] = query.pop("sentinel_password")
-            sentinel = Sentinel(
+            sentinel = SpecSentinel(
                 _hosts(parts.netloc, url, 26379), sentinel_kwargs=sentinel_kwargs, **common
             )
             master = sentinel.master_for(

@@ -52,6 +52,38 @@ def test_sentinel_finds_the_master(own_redis: RedisServer, sentinel: SentinelPro
     assert redis.Redis(port=own_redis.port).dbsize() == 1
 
 
+def test_sentinel_list_skips_a_dead_sentinel(
+    own_redis: RedisServer, sentinel: SentinelProcess
+) -> None:
+    """The spec's discovery on both paths: a dead sentinel first in the URL is skipped, and
+    the one that answered is asked first next time."""
+    dead = free_port()
+    url = f"redis+sentinel://127.0.0.1:{dead},127.0.0.1:{sentinel.port}/mymaster/0"
+    backend = RedisBackend(url, timeout=1.0, local_cache=False)
+    tb = limiter.TokenBucket(0.001, 2, backend=backend)
+    assert [tb.acquire("a").allowed for _ in range(3)] == [True, True, False]
+    threaded = backend.transport.client.connection_pool.sentinel_manager.sentinels
+    assert threaded[0].connection_pool.connection_kwargs["port"] == sentinel.port
+
+    async def from_the_loop() -> tuple[list[bool], list]:
+        answers = await _decide_async(tb, 1)  # the same bucket, on the loop's own connection
+        return answers, backend.loop_transports[asyncio.get_running_loop()].sentinels
+
+    answers, order = asyncio.run(from_the_loop())
+    assert answers == [False] and order[0] == ("127.0.0.1", sentinel.port)
+
+
+def test_sentinel_unknown_service_is_named(sentinel: SentinelProcess) -> None:
+    url = f"redis+sentinel://127.0.0.1:{sentinel.port}/nosuch/0"
+    with pytest.raises(limiter.ConfigError, match="'nosuch'"):
+        RedisBackend(url, timeout=1.0)
+    backend = RedisBackend(url, timeout=1.0, require_at_start=False, on_failure="closed")
+    tb = limiter.TokenBucket(0.001, 2, backend=backend)
+    time.sleep(backend.breaker.cooldown + 0.05)
+    assert asyncio.run(_decide_async(tb, 1)) == [False]  # failure mode: closed
+    assert "does not know 'nosuch'" in str(tb.remote.last_error)
+
+
 def test_hiredis_parses_replies() -> None:
     from redis.utils import HIREDIS_AVAILABLE
 
