@@ -138,8 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
         _batch_window,
         metavar="SECONDS",
         help="how long concurrent checks gather into one Redis round trip, like Envoy "
-        "ratelimit's pipeline window (0: send at once; a batch_window in the --redis URL "
-        f"wins; default {DEFAULT_BATCH_WINDOW})",
+        "ratelimit's pipeline window (0: no window; checks go out when the service has "
+        "nothing else to do, so they share a round trip only while it is busy; a batch_window "
+        f"in the --redis URL wins; default {DEFAULT_BATCH_WINDOW})",
     )
     option("--host", "0.0.0.0", help="address both ports bind to (default 0.0.0.0)")
     option(
@@ -272,7 +273,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         stats_dir=os.environ.get("LIMITER_STATS_DIR", "") if args.reuse_port else "",
     )
     try:
-        asyncio.run(_serve(settings, config))
+        # The idle-flushing loop: Redis requests share a round trip while the loop is busy.
+        from limiter.backends.idle_loop import new_event_loop
+
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            runner.run(_serve(settings, config))
     except (ValueError, ConfigError) as exc:
         print(f"limiter: cannot start: {exc}", file=sys.stderr)
         return 1

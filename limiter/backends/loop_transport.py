@@ -39,6 +39,7 @@ from redis.exceptions import (
 
 from limiter.backends.breaker import NodeBreakers
 from limiter.backends.combiner import FULL_BATCH, Call, resolve
+from limiter.backends.idle_loop import flusher_of
 from limiter.backends.scripts import SCRIPTS, Script
 from limiter.backends.sentinel import ask_master
 from limiter.backends.transport import Command, Unavailable
@@ -144,6 +145,8 @@ class LoopTransport:
         self.window = window
         self.waiting: asyncio.TimerHandle | None = None
         self.sentinels = list(endpoint.sentinels)  # the one that last answered first
+        self.idle = flusher_of(loop)
+        self.deferred = False  # a flush waits in ``idle``
 
     def submit(self, calls: list[Call]) -> asyncio.Future:
         """Queue ``calls``; the future completes when every one has a result or an error."""
@@ -163,7 +166,20 @@ class LoopTransport:
                 if self.waiting is None:
                     self.waiting = self.loop.call_later(self.window, self._send_queue)
             else:
-                self._send_queue()
+                self._send_soon()
+
+    def _send_soon(self) -> None:
+        """Send the queue now or, on an idle-flushing loop, when the loop is about to wait."""
+        if self.idle is None or self.window > 0 or len(self.queue) >= FULL_BATCH:
+            self._send_queue()
+        elif not self.deferred:
+            self.deferred = True
+            self.idle.defer(self._flush)
+
+    def _flush(self) -> None:
+        self.deferred = False
+        if self.queue and self.transport is not None and len(self.inflight) < MAX_IN_FLIGHT:
+            self._send_queue()
 
     async def _connect(self) -> None:
         protocol = _Protocol(self)
@@ -246,7 +262,7 @@ class LoopTransport:
                 if not self._complete(trip):
                     return
                 if self.queue and len(self.inflight) < MAX_IN_FLIGHT and self.waiting is None:
-                    self._send_queue()
+                    self._send_soon()
 
     def _complete(self, trip: Trip) -> bool:
         """Hand a finished round trip's replies out; False if it failed the connection."""
