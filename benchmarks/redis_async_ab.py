@@ -3,7 +3,9 @@
 The same backend serves asyncio callers either on a connection in their own event
 loop (``limiter.backends.loop_transport``, the default for one server or Sentinel's
 master) or through the flusher thread that threads use (``combiner``, still used for
-Redis Cluster). Rounds interleave the two; medians are printed.
+Redis Cluster); the event-loop connection is measured on a plain loop and on the
+idle-flushing loop the service runs (``limiter.backends.idle_loop``). Rounds interleave
+the three; medians are printed.
 
     .venv/bin/python benchmarks/redis_async_ab.py --rounds 7
 
@@ -22,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import limiter
+from limiter.backends.idle_loop import new_event_loop
 from limiter.backends.redis import RedisBackend
 from tests.support import RedisServer
 
@@ -63,18 +66,24 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=3000, help="sequential calls per round")
     parser.add_argument("--tasks", type=int, default=64)
     args = parser.parse_args()
-    rows: dict[tuple[str, bool], list[tuple[float, float]]] = {}
+    paths = {  # name -> (event-loop connection, loop factory)
+        "event-loop connection": (True, None),
+        "event-loop connection, idle-flushing loop": (True, new_event_loop),
+        "flusher thread": (False, None),
+    }
+    rows: dict[tuple[str, str], list[tuple[float, float]]] = {}
     with RedisServer() as server:
         for _ in range(args.rounds):
-            for loop_connection in (True, False):
+            for path, (loop_connection, factory) in paths.items():
                 backend, fw = limiter_on(server.url, loop_connection)
-                seq = asyncio.run(sequential(fw, args.calls))
-                par = asyncio.run(concurrent(fw, args.tasks, args.calls // 10))
-                rows.setdefault(("sequential", loop_connection), []).append(seq)
-                rows.setdefault(("concurrent", loop_connection), []).append(par)
+                with asyncio.Runner(loop_factory=factory) as runner:
+                    seq = runner.run(sequential(fw, args.calls))
+                with asyncio.Runner(loop_factory=factory) as runner:
+                    par = runner.run(concurrent(fw, args.tasks, args.calls // 10))
+                rows.setdefault(("sequential", path), []).append(seq)
+                rows.setdefault(("concurrent", path), []).append(par)
                 backend.close()
-    for (kind, loop_connection), samples in rows.items():
-        path = "event-loop connection" if loop_connection else "flusher thread"
+    for (kind, path), samples in rows.items():
         first = statistics.median(s[0] for s in samples)
         cpu = statistics.median(s[1] for s in samples)
         if kind == "sequential":

@@ -26,6 +26,8 @@ __all__ = ["BUSY_DELAY", "IdleFlusher", "flusher_of", "new_event_loop"]
 
 # The longest a request waits for a loop that never runs out of work.
 BUSY_DELAY = 0.0005
+# The longest wait right after flushes (see ``select``).
+RECHECK = 0.001
 
 _FLUSHERS: WeakKeyDictionary[asyncio.AbstractEventLoop, IdleFlusher] = WeakKeyDictionary()
 
@@ -41,7 +43,8 @@ class IdleFlusher(selectors.DefaultSelector):  # type: ignore[misc, valid-type]
 
     def defer(self, flush: Callable[[], None]) -> None:
         """Run ``flush`` once, when the loop is next about to wait (or busy too long).
-        The caller defers each batch once (it keeps its own "deferred" flag)."""
+        The caller defers each batch once (it keeps its own "deferred" flag); ``flush``
+        must not raise (it runs inside the loop's selector)."""
         if not self.pending:
             self.since = self.clock()
         self.pending.append(flush)
@@ -53,9 +56,9 @@ class IdleFlusher(selectors.DefaultSelector):  # type: ignore[misc, valid-type]
             flushes, self.pending = self.pending, []
             for flush in flushes:
                 flush()
-            # A flush can complete futures (a dropped connection fails its calls): their
-            # callbacks are now ready, so look at the sockets without waiting this time.
-            timeout = 0
+            # A flush that fails completes futures, whose callbacks the loop sees only after
+            # this wait: bound it (a flush that sends just waits for the reply, as before).
+            timeout = RECHECK if timeout is None else min(timeout, RECHECK)
         return super().select(timeout)
 
 

@@ -218,7 +218,14 @@ class LoopTransport:
             self.waiting.cancel()
             self.waiting = None
         calls, self.queue = self.queue, []
-        commands = self.commands_for(calls)
+        try:
+            commands = self.commands_for(calls)
+        except Exception as exc:  # never strand the calls (nor raise into the idle selector)
+            error = Unavailable(f"cannot encode for Redis: {type(exc).__name__}: {exc}")
+            for call in calls:
+                call.error = error
+            resolve(calls)
+            return
         self._write(Trip(commands, commands, calls, self.loop.time() + self.timeout))
 
     def _write(self, trip: Trip) -> None:

@@ -110,3 +110,24 @@ def test_a_loop_that_never_idles_still_gets_its_answers(redis_url: str) -> None:
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         assert runner.run(asyncio.wait_for(scenario(), 10)) == [True] * 10
     assert fw.remote.failures == 0
+
+
+def test_a_batch_that_cannot_be_encoded_fails_its_calls_not_the_loop(redis_url: str) -> None:
+    backend = RedisBackend(redis_url, local_cache=False, timeout=1.0, on_failure="closed")
+    fw = limiter.FixedWindow(100, 3600.0, backend=backend)
+    real = backend._commands_for
+
+    def broken(calls):  # what a bug in encoding would do
+        raise ValueError("cannot encode")
+
+    async def scenario() -> tuple[list[bool], bool]:
+        await fw.acquire_async("warm")
+        backend.loop_transports[asyncio.get_running_loop()].commands_for = broken
+        refused = await asyncio.gather(*(fw.acquire_async("e") for _ in range(3)))
+        backend.loop_transports[asyncio.get_running_loop()].commands_for = real
+        return [d.allowed for d in refused], (await fw.acquire_async("e")).allowed
+
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        refused, after = runner.run(asyncio.wait_for(scenario(), 10))
+    assert refused == [False] * 3 and after  # failure mode "closed", then served again
+    assert "cannot encode" in str(fw.remote.last_error)
