@@ -212,6 +212,21 @@ class Ops:
         read it already (once per request). Never raises for odd input: ``hits`` beyond
         the sketch's range count as its maximum.
         """
+        verdict = self.before_rule(rule, limit, criticality, level)
+        if verdict is not None:
+            return verdict
+        return self.before_client(rule, client, hits, limit, self.throttle.is_throttling(rule))
+
+    def before_rule(
+        self,
+        rule: str,
+        limit: int,
+        criticality: Criticality | str | None = None,
+        level: int | None = None,
+    ) -> Verdict | None:
+        """The part of ``before`` that is the same for every client of ``rule`` (a switch,
+        tier shedding): a request with many checks of one rule asks it once. A verdict here
+        skips the per-client part."""
         sw = self.switches.rule(rule)
         if sw is not None:
             action = sw.action
@@ -230,13 +245,20 @@ class Ops:
                 level = self.levels.level()
             if level and self.levels.config.sheds(Criticality.parse(criticality), level):
                 return Verdict(Decision(False, limit, 0, 1.0, 1.0))
+        return None
+
+    def before_client(
+        self, rule: str, client: str, hits: int, limit: int, pressure: bool
+    ) -> Verdict | None:
+        """The per-client part of ``before``: abnormal-client blocks, and top-client
+        shedding while ``pressure`` (``throttle.is_throttling(rule)``)."""
         if not 1 <= hits <= MAX_WEIGHT:
             hits = 1 if hits < 1 else MAX_WEIGHT
         abnormal = self.abnormal
         if abnormal is not None and not abnormal.request(client, hits):
             left = max(abnormal.blocked_for(client), 0.001)
             return Verdict(Decision(False, limit, 0, left, left))
-        if not self.clients.check(rule, client, hits, pressure=self.throttle.is_throttling(rule)):
+        if not self.clients.check(rule, client, hits, pressure=pressure):
             return Verdict(Decision(False, limit, 0, 1.0, 1.0))
         return None
 

@@ -446,6 +446,11 @@ class Engine:
         request's degradation level (``level()``), if read already.
         """
         verdict = self.ops.before(state.ops_name, client, hits, state.limit, criticality, level)
+        return self.apply(state, verdict)
+
+    def apply(self, state: RuleState, verdict: Any) -> tuple[Decision | None, RuleState, bool]:
+        """What an operations ``Verdict`` (or None) means for ``state``: (forced decision or
+        None, the state to ask, shadow)."""
         if verdict is None:
             return None, state, state.shadow
         if verdict.decision is not None:

@@ -63,6 +63,9 @@ UNKNOWN: Answer = (True, Result.UNKNOWN_RULE, 0, 0, 0.0, 0.0, 0.0, None)
 UNLIMITED: Answer = (True, Result.OK, 0, MAX_UINT32, 0.0, 0.0, 0.0, None)
 # Check tuple fields.
 DOMAIN, RULE, KEY, COST, PRIORITY, TENANT, MAX_WAIT = range(7)
+# Per rule and priority within one request (``LimiterService._gate``): (state or None,
+# forced decision or None, shadow, top-client pressure or None when clients are not asked).
+Gate = tuple[RuleState | None, Decision | None, bool, bool | None]
 
 
 def _answer(
@@ -174,14 +177,18 @@ class LimiterService:
             raise BadRequest(str(exc)) from None
         engine = self.engine
         level = engine.level()
-        by_name = engine.snapshot.by_name
         admission = self.admission
         ops = engine.ops
         answers: list[Answer] = []
         work: list[Work] = []  # checks that must wait for I/O
         tallies: dict[tuple[str, bool], int] = {}  # (rule, allowed) -> hits, for ops.after
+        gates: dict[tuple[str, str, int], Gate] = {}
         for check in checks:
-            state = by_name.get((check[DOMAIN], check[RULE]))
+            gate_key = (check[DOMAIN], check[RULE], check[PRIORITY])
+            gate = gates.get(gate_key)
+            if gate is None:
+                gate = gates[gate_key] = self._gate(gate_key, level)
+            state, decision, shadow, pressure = gate
             if state is None:
                 answers.append(UNKNOWN)
                 continue
@@ -189,23 +196,23 @@ class LimiterService:
                 answers.append(UNLIMITED)
                 continue
             cost = check[COST] or 1
-            shadow = state.shadow
-            if ops is not None:
-                tier = PRIORITY_NAMES.get(check[PRIORITY]) or state.priority
-                forced, state, shadow = engine.verdict(state, check[KEY], cost, tier, level)
-                if forced is not None:
-                    state.count(forced, cost)
-                    tally = (state.ops_name, forced.allowed)
-                    tallies[tally] = tallies.get(tally, 0) + cost
-                    answers.append(_answer(engine, state, forced))
-                    continue
+            if pressure is not None:  # the operations side asks about each client
+                verdict = ops.before_client(state.ops_name, check[KEY], cost, state.limit, pressure)
+                if verdict is not None:
+                    decision = verdict.decision
+            if decision is not None:  # forced: a switch, a tier cut or a client cut
+                state.count(decision, cost)
+                tally = (state.ops_name, decision.allowed)
+                tallies[tally] = tallies.get(tally, 0) + cost
+                answers.append(_answer(engine, state, decision))
+                continue
             if state.remote is None and (admission is None or not check[MAX_WAIT]):
-                decision = state.acquire(state.prefix + check[KEY], cost, True)
-                state.count(decision, cost, None, shadow)
+                decided = state.acquire(state.prefix + check[KEY], cost, True)
+                state.count(decided, cost, None, shadow)
                 if ops is not None:
-                    tally = (state.ops_name, decision.allowed or shadow)
+                    tally = (state.ops_name, decided.allowed or shadow)
                     tallies[tally] = tallies.get(tally, 0) + cost
-                answers.append(_answer(engine, state, decision, shadow=shadow))
+                answers.append(_answer(engine, state, decided, shadow=shadow))
             else:
                 answers.append(UNKNOWN)  # replaced below
                 key = state.prefix + check[KEY]
@@ -217,6 +224,22 @@ class LimiterService:
         if work:
             held = await self._decide_waiting(work, answers, budget)
         return encode_decide_response(answers, level), held
+
+    def _gate(self, gate_key: tuple[str, str, int], level: int) -> Gate:
+        """What every check of one rule at one priority shares within a request: the
+        rule's state, the operations side's per-rule verdict, and whether (with what
+        pressure) to ask it about each client."""
+        engine = self.engine
+        state = engine.snapshot.by_name.get(gate_key[:2])
+        ops = engine.ops
+        if state is None or state.unlimited or ops is None:
+            return state, None, state is not None and state.shadow, None
+        tier = PRIORITY_NAMES.get(gate_key[2]) or state.priority
+        verdict = ops.before_rule(state.ops_name, state.limit, tier, level)
+        if verdict is None:
+            return state, None, state.shadow, ops.throttle.is_throttling(state.ops_name)
+        decision, state, shadow = engine.apply(state, verdict)
+        return state, decision, shadow, None
 
     async def _decide_waiting(
         self, work: list[Work], answers: list[Answer], budget: float | None

@@ -1,0 +1,93 @@
+"""One native Decide request with many checks: the operations side's per-rule verdict is
+asked once per rule and priority (``LimiterService._gate``), and every check still gets
+its own rule's switch, limit override, tier cut and per-client checks."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from limiter.server import v1
+from limiter.server.app import Service, Settings
+
+from limiter import config as rules
+from limiter.switches import Switch
+
+CONFIG = """
+domain: web
+descriptors:
+  - key: a
+    rate_limit: {unit: hour, requests_per_unit: 100, name: a}
+  - key: b
+    rate_limit: {unit: hour, requests_per_unit: 100, name: b}
+"""
+OK, OVER, UNKNOWN = v1.Result.OK, v1.Result.OVER_LIMIT, v1.Result.UNKNOWN_RULE
+SHEDDABLE, CRITICAL = v1.Priority.Value("SHEDDABLE"), v1.Priority.Value("CRITICAL")
+
+
+def _service(tmp_path: Path) -> Service:
+    path = tmp_path / "rules.yaml"
+    path.write_text(CONFIG)
+    return Service(Settings(config=str(path), grpc_port=0, http_port=0), rules.load(str(path)))
+
+
+async def _decide(service: Service, checks: list[tuple[str, str, int]]) -> list[tuple[bool, int]]:
+    request = v1.DecideRequest(
+        checks=[v1.Check(domain="web", rule=r, key=k, priority=p) for r, k, p in checks]
+    )
+    answer = await service.native.decide(request)
+    return [(r.allowed, r.code) for r in answer.results]
+
+
+def _switch(service: Service, target: str, **fields: object) -> None:
+    service.engine.ops.switches.put(
+        Switch(id=target, who="test", why="test", created_at=time.time(), **fields)
+    )
+
+
+async def _each_rule_of_a_request_gets_its_own_switch(tmp_path: Path) -> None:
+    service = _service(tmp_path)
+    _switch(service, "rule:web/a", action="force_deny")
+    _switch(service, "rule:web/b", action="override", limit=2)
+    checks = [("a", "u", 0), ("b", "u", 0), ("nope", "u", 0), ("b", "u", 0), ("a", "v", 0)]
+    checks += [("b", "u", 0)]
+    assert await _decide(service, checks) == [
+        (False, OVER), (True, OK), (True, UNKNOWN), (True, OK), (False, OVER), (False, OVER),
+    ]  # fmt: skip
+    _switch(service, "rule:web/b", action="shadow")
+    service.engine.ops.switches.delete("rule:web/a", "test", "done")
+    assert await _decide(service, [("a", "w", 0), ("b", "u", 0)]) == [(True, OK), (True, OK)]
+
+
+async def _priorities_in_one_request_are_shed_by_their_own_tier(tmp_path: Path) -> None:
+    service = _service(tmp_path)
+    _switch(service, "level:default", level=1)
+    checks = [("a", "u", SHEDDABLE), ("a", "u", CRITICAL), ("a", "v", SHEDDABLE), ("a", "v", 0)]
+    assert await _decide(service, checks) == [(False, OVER), (True, OK), (False, OVER), (True, OK)]
+
+
+async def _every_check_still_asks_about_its_own_client(tmp_path: Path) -> None:
+    """Under pressure (the rule is throttling) the top-client shedder is asked per check:
+    a client with most of the rule's traffic is cut, the others are not."""
+    service = _service(tmp_path)
+    ops = service.engine.ops
+    for _ in range(200):  # make the rule throttle (refusals), then one heavy client
+        ops.after("web/a", False, 1)
+    assert ops.throttle.is_throttling("web/a")
+    heavy = [("a", "hog", 0)] * 300
+    answers = await _decide(service, [*heavy, ("a", "light", 0)])
+    assert (False, OVER) in answers[:300] and answers[-1] == (True, OK)
+
+
+# The service binds gRPC to the running loop: each scenario builds it inside one.
+def test_each_rule_of_a_request_gets_its_own_switch(tmp_path: Path) -> None:
+    asyncio.run(_each_rule_of_a_request_gets_its_own_switch(tmp_path))
+
+
+def test_priorities_in_one_request_are_shed_by_their_own_tier(tmp_path: Path) -> None:
+    asyncio.run(_priorities_in_one_request_are_shed_by_their_own_tier(tmp_path))
+
+
+def test_every_check_still_asks_about_its_own_client(tmp_path: Path) -> None:
+    asyncio.run(_every_check_still_asks_about_its_own_client(tmp_path))
