@@ -139,6 +139,11 @@ async def _decide_remote(work: list[Work]) -> dict[int, Any]:
     return decided
 
 
+def _failed(errors: dict[int, tuple[RuleState, int]]) -> set[int]:
+    """The rules (by id) whose backend failed since ``errors`` counted their failures."""
+    return {sid for sid, (state, before) in errors.items() if state.backend_errors != before}
+
+
 class LimiterService:
     """The limiter.v1 servicer (grpc.aio)."""
 
@@ -257,8 +262,11 @@ class LimiterService:
         if waiting is not None:
             queued = {w[0] for w in work if w[1][MAX_WAIT] > 0 and not w[5] and waiting(w[2], w[3])}
         remote = [w for w in work if w[2].remote is not None and w[0] not in queued]
-        errors = {id(w[2]): w[2].backend_errors for w in remote}
+        states = {id(w[2]): w[2] for w in remote}
+        errors = {sid: (state, state.backend_errors) for sid, state in states.items()}
         decided = await _decide_remote(remote) if remote else {}
+        failed = _failed(errors)
+        tallies: dict[tuple[str, bool], int] = {}
         hold: list[Work] = []
         for w in work:
             index, check, state, key, cost, shadow = w
@@ -268,45 +276,48 @@ class LimiterService:
                     decision = state.acquire(key, cost, True)
                 # A shadow check is answered allowed anyway: nothing to wait for.
                 if decision.allowed or shadow or not (check[MAX_WAIT] and may_hold):
-                    self._finish(w, decision, 0.0, errors, answers)
+                    self._finish(w, decision, 0.0, failed, answers, tallies)
                     continue
             hold.append(w)
-        if not hold:
-            return False
-        assert admission is not None
-        outcomes = await asyncio.gather(
-            *(
-                admission.admit(
-                    w[2],
-                    w[3],
-                    w[4],
-                    priority=w[1][PRIORITY],
-                    tenant=w[1][TENANT],
-                    max_wait=min(w[1][MAX_WAIT], cap),
+        if hold:
+            assert admission is not None
+            outcomes = await asyncio.gather(
+                *(
+                    admission.admit(
+                        w[2],
+                        w[3],
+                        w[4],
+                        priority=w[1][PRIORITY],
+                        tenant=w[1][TENANT],
+                        max_wait=min(w[1][MAX_WAIT], cap),
+                    )
+                    for w in hold
                 )
-                for w in hold
             )
-        )
-        for w, (decision, waited) in zip(hold, outcomes, strict=True):
-            self._finish(w, decision, waited, errors, answers)
-        return True
+            failed = _failed(errors)
+            for w, (decision, waited) in zip(hold, outcomes, strict=True):
+                self._finish(w, decision, waited, failed, answers, tallies)
+        ops = self.engine.ops
+        if ops is not None:
+            for (name, allowed), hits in tallies.items():
+                ops.after(name, allowed, hits)
+        return bool(hold)
 
     def _finish(
         self,
         w: Work,
         decision: Any,
         waited: float,
-        errors: dict[int, int],
+        failed: set[int],
         answers: list[Answer],
+        tallies: dict[tuple[str, bool], int],
     ) -> None:
-        """Count one decided check and store its answer."""
+        """Count one decided check, tally it for the operations side, store its answer."""
         index, _, state, _, cost, shadow = w
         state.count(decision, cost, None, shadow)
-        ops = self.engine.ops
-        if ops is not None:
-            ops.after(state.ops_name, decision.allowed or shadow, cost)
-        failed = id(state) in errors and state.backend_errors != errors[id(state)]
-        answers[index] = _answer(self.engine, state, decision, waited, failed, shadow)
+        tally = (state.ops_name, decision.allowed or shadow)
+        tallies[tally] = tallies.get(tally, 0) + cost
+        answers[index] = _answer(self.engine, state, decision, waited, id(state) in failed, shadow)
 
     async def Release(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         released = 0

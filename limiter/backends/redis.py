@@ -579,11 +579,15 @@ class RedisBound:
         return out
 
     def _batch(self, keys: Any, costs: Any) -> tuple[list[Any], list[int], list[tuple[int, Call]]]:
-        """Answers known without Redis (cached refusals, open breaker) and the calls to send."""
+        """Answers known without Redis (cached refusals, open breaker) and the calls to send.
+
+        Each node's breaker is asked once per batch: the batch is one round trip to it (so,
+        half-open, one probe carries all of the batch's checks for that node)."""
         n = len(keys)
         cost_list = [1] * n if costs is None else [int(c) for c in costs]
         out: list[Any] = [None] * n
         allow = self.backend.allow
+        allowed: dict[int, bool] = {}
         cache = self.cache
         calls = []
         for i in range(n):
@@ -592,7 +596,10 @@ class RedisBound:
                 out[i] = hit
                 continue
             call = self._call(keys[i], cost_list[i])
-            if allow(call.slot):
+            ok = allowed.get(call.slot)
+            if ok is None:
+                ok = allowed[call.slot] = allow(call.slot)
+            if ok:
                 calls.append((i, call))
             else:
                 out[i] = self._fail(keys[i], cost_list[i], BREAKER_OPEN)

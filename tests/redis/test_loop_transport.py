@@ -293,16 +293,23 @@ def test_batches_on_the_loop_use_the_cache_and_the_breaker(own_redis: RedisServe
         trips = backend.loop_transports[asyncio.get_running_loop()].trips - trips
         own_redis.kill()
         down = await remote.acquire_batch_async(["c", "d"])  # trips the breaker: failure mode
+        assert backend.breaker.is_open
+        own_redis.start()
+        await asyncio.sleep(backend.breaker.cooldown + 0.05)
+        # Half-open: the whole batch is the one probe, each check decided by Redis.
+        back = await remote.acquire_batch_async(["e", "e", "e"])
         return (
             [d.allowed for d in first],
             [d.allowed for d in cached],
             [d.allowed for d in down],
+            [d.allowed for d in back],
             trips,
         )
 
-    first, cached, down, trips = _run(scenario())
+    first, cached, down, back, trips = _run(scenario())
     assert first == [True, True, False, True] and cached == [False] and trips == 0
-    assert down == [True, True] and backend.breaker.is_open
+    assert down == [True, True]
+    assert back == [True, True, False] and not backend.breaker.is_open
 
 
 def test_a_full_batch_does_not_wait_for_the_window(redis_url: str) -> None:
