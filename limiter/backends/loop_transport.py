@@ -11,8 +11,10 @@ on the wire; otherwise they queue, and each reply sends everything queued since,
 write. With a ``window`` (the backend's ``batch_window``) a request that finds nothing
 on the wire waits that long for others first (unless ``FULL_BATCH`` are queued); the
 event loop's selector counts in whole milliseconds, so on an idle loop any window
-shorter than 1 ms lasts about 1 ms. Replies come back in order, so they are matched to
-requests first in, first out.
+shorter than 1 ms lasts about 1 ms. Without a window, on a loop made by
+``idle_loop.new_event_loop`` (the service's), requests that would go at once go when the
+loop is next about to wait instead, together with whatever else arrived meanwhile.
+Replies come back in order, so they are matched to requests first in, first out.
 Behaviour matches ``transport.SingleServer``: every (re)connection authenticates,
 selects the database and loads all scripts before anything else; NOSCRIPT is answered
 by loading the script and retrying once; a timeout, a lost connection or a READONLY
@@ -31,11 +33,7 @@ from typing import Any
 
 import hiredis
 from redis._parsers.base import BaseParser
-from redis.exceptions import (
-    NoScriptError,
-    ReadOnlyError,
-    RedisError,
-)
+from redis.exceptions import NoScriptError, ReadOnlyError, RedisError
 
 from limiter.backends.breaker import NodeBreakers
 from limiter.backends.combiner import FULL_BATCH, Call, resolve
