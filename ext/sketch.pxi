@@ -146,8 +146,25 @@ cdef class HeavyHitters:
         """Count ``weight`` for ``key`` now; returns its estimated count in the window."""
         cdef int64_t w = 1 if weight == 1 and type(weight) is int else check_count(
             "weight", weight, 1, MAX_COUNT)
-        check_key(key)
+        key = check_key(key)
         cdef int64_t now = self._now()
+        self._add(key, w, now)
+        return self._estimate(key, now)
+
+    def offer_many(self, keys, weights):
+        """``offer`` each key with its weight, in order, at one clock reading, without
+        the estimates (counting many requests' clients costs one call). Every key and
+        weight is checked before any is counted."""
+        cdef list ks = [check_key(k) for k in keys]
+        cdef list ws = [check_count("weight", w, 1, MAX_COUNT) for w in weights]
+        if len(ks) != len(ws):
+            raise InvalidParameter(f"weights: {len(ws)} given for {len(ks)} keys")
+        cdef int64_t now = self._now()
+        cdef Py_ssize_t i
+        for i in range(len(ks)):
+            self._add(ks[i], <int64_t>ws[i], now)
+
+    cdef int _add(self, object key, int64_t w, int64_t now) except -1:
         cdef int32_t b = self._current(now)
         cdef Py_ssize_t base = <Py_ssize_t>b * self.capacity
         cdef dict idx = <dict>self.index[b]
@@ -176,7 +193,7 @@ cdef class HeavyHitters:
             PyDict_SetItem(idx, key, slot)
             self._sift_down(base, n, 0)
         self.totals[b] += w
-        return self._estimate(key, now)
+        return 0
 
     def estimate(self, key):
         """Estimated count of ``key`` in the window (an upper bound; 0 if untracked)."""

@@ -25,7 +25,7 @@ from cpython.unicode cimport PyUnicode_DecodeUTF8
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object text, Py_ssize_t* size) except NULL
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
-from libc.string cimport memcpy
+from libc.string cimport memcmp, memcpy
 
 ctypedef const unsigned char* cptr
 
@@ -104,6 +104,29 @@ cdef str _string(Cursor* c, str field):
         return PyUnicode_DecodeUTF8(<const char*>sub.p, sub.end - sub.p, NULL)
     except UnicodeDecodeError:
         _fail(c, f"{field}: not valid UTF-8")
+
+
+cdef class _Last:
+    """The last string read for one field, with its bytes in the message being parsed:
+    the checks of a batch mostly repeat their domain and rule, and a repeat returns the
+    same str (no decode, no new object, its hash already computed)."""
+    cdef cptr p
+    cdef Py_ssize_t n
+    cdef str value
+
+
+cdef str _string_like(Cursor* c, str field, _Last last):
+    """``_string``, returning ``last.value`` when the bytes are the same as last time."""
+    cdef Cursor sub = _sub(c, field)
+    cdef Py_ssize_t n = sub.end - sub.p
+    if last.value is not None and n == last.n and memcmp(sub.p, last.p, n) == 0:
+        return last.value
+    try:
+        value = PyUnicode_DecodeUTF8(<const char*>sub.p, n, NULL)
+    except UnicodeDecodeError:
+        _fail(c, f"{field}: not valid UTF-8")
+    last.p, last.n, last.value = sub.p, n, value
+    return value
 
 
 cdef int _skip(Cursor* c, uint32_t tag, str field, int depth=0) except -1:
@@ -461,7 +484,7 @@ cdef double _double(Cursor* c, str field) except? -1.0:
 
 
 cdef tuple _check(Cursor* c, frozenset priorities, Py_ssize_t max_key_chars,
-                  double max_wait_limit):
+                  double max_wait_limit, _Last last_domain, _Last last_rule):
     cdef Cursor sub = _sub(c, "")
     cdef uint32_t tag
     cdef str domain = "", rule = "", key = "", tenant = ""
@@ -471,9 +494,9 @@ cdef tuple _check(Cursor* c, frozenset priorities, Py_ssize_t max_key_chars,
     while sub.p < sub.end:
         tag = _tag(&sub, "")
         if tag == (1 << 3 | 2):
-            domain = _string(&sub, ".domain")
+            domain = _string_like(&sub, ".domain", last_domain)
         elif tag == (2 << 3 | 2):
-            rule = _string(&sub, ".rule")
+            rule = _string_like(&sub, ".rule", last_rule)
         elif tag == (3 << 3 | 2):
             key = _string(&sub, ".key")
         elif tag == (4 << 3 | 0):
@@ -501,6 +524,8 @@ def parse_decide_request(
 ):
     """``DecideRequest`` bytes → [(domain, rule, key, cost, priority, tenant, max_wait)].
 
+    Checks repeating the previous check's domain or rule share its str object.
+
     Raises WireError naming the field: for bytes protobuf would refuse (with the byte
     offset), more than ``max_checks`` checks, a priority not in ``priorities``, a key
     longer than ``max_key_chars`` or a max_wait outside [0, ``max_wait_limit``] s.
@@ -510,11 +535,13 @@ def parse_decide_request(
     c.start = c.p = <cptr>PyBytes_AS_STRING(data)
     c.end = c.p + PyBytes_GET_SIZE(data)
     checks = []
+    cdef _Last last_domain = _Last(), last_rule = _Last()
     while c.p < c.end:
         tag = _tag(&c, "request")
         if tag == (1 << 3 | 2):
             try:
-                checks.append(_check(&c, priorities, max_key_chars, max_wait_limit))
+                checks.append(
+                    _check(&c, priorities, max_key_chars, max_wait_limit, last_domain, last_rule))
             except WireError as exc:
                 raise WireError(f"checks[{len(checks)}]{exc}") from None
         else:

@@ -109,6 +109,8 @@ MIN_TOKEN_LENGTH = 16
 MAX_BODY = 64 * 1024
 # Largest weight a sketch counts at once (the kernels' MAX_COUNT).
 MAX_WEIGHT = 1 << 40
+# Counts many requests' clients of one rule: (clients, hits).
+ClientCounter = Callable[[list[str], list[int]], None]
 LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
 
 # Config sections this side owns: name -> parser(value, where), for register_section.
@@ -261,6 +263,14 @@ class Ops:
         if not self.clients.check(rule, client, hits, pressure=pressure):
             return Verdict(Decision(False, limit, 0, 1.0, 1.0))
         return None
+
+    def client_counter(self, rule: str, pressure: bool) -> ClientCounter | None:
+        """While ``before_client`` cannot refuse ``rule``'s clients (no ``pressure``, no
+        abnormal-client blocks), it only counts them: this counts many in one call,
+        ``(clients, hits)``. None when each client must be asked."""
+        if pressure or self.abnormal is not None:
+            return None
+        return self.clients[rule].sketch.offer_many
 
     def after(self, rule: str, allowed: bool, hits: int) -> None:
         """Count the rule's answer (throttle start/stop alerts, top throttled rules)."""

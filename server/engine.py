@@ -58,6 +58,7 @@ class RuleState:
     """One rule ready to decide: its kernel, its counters and what responses echo."""
 
     __slots__ = (
+        "batchable",
         "concurrency",
         "detailed",
         "domain",
@@ -108,6 +109,8 @@ class RuleState:
         self.concurrency = lim.algorithm == "concurrency"
         # The shared-state binding (limiter.backends) when the rule lives in Redis.
         self.remote = getattr(kernel, "remote", None)
+        # A local rate kernel decides many checks in one call (``acquire_batch``).
+        self.batchable = self.remote is None and hasattr(kernel, "acquire_batch")
         self.priority = lim.priority
         # How the operations side (switches, shedding) names the rule: "<domain>/<label>".
         self.ops_name = f"{rule.domain}/{rule.label}"
@@ -132,6 +135,15 @@ class RuleState:
         if not hold and type(decision) is not Decision:
             _finish_unheld(decision)
         return decision
+
+    def acquire_batch(self, keys: list[str], costs: list[int]) -> list[Decision]:
+        """``acquire`` for many checks of a ``batchable`` rule in one kernel call (costs
+        within ``max_cost``). A batch the kernel refuses changed nothing: each check is
+        then answered as ``acquire`` answers it."""
+        try:
+            return self.kernel.acquire_batch(keys, costs)
+        except Exception:
+            return [self.acquire(k, c) for k, c in zip(keys, costs, strict=True)]
 
     async def acquire_async(self, key: str, cost: int, hold: bool = False) -> Any:
         """``acquire`` without blocking the event loop on a shared backend.
@@ -200,6 +212,25 @@ class RuleState:
         self._add(self.stats, allowed, decision.remaining, hits, shadow)
         if detail is not None and self.detailed is not None:
             self._add(self._series(detail), allowed, decision.remaining, hits, shadow)
+
+    def count_batch(self, decisions: list[Decision], costs: list[int], shadow: bool) -> int:
+        """``count`` for many decisions (no detailed series); returns the hits refused."""
+        limit, near = self.limit, self.near
+        hits = refused = near_hits = 0
+        for decision, cost in zip(decisions, costs, strict=True):
+            hits += cost
+            if not decision.allowed:
+                refused += cost
+            elif limit - decision.remaining > near:
+                near_hits += min(cost, limit - decision.remaining - near)
+        stats = self.stats
+        stats.total_hits += hits
+        stats.over_limit += refused
+        if shadow or self.shadow:
+            stats.shadow_mode += refused
+        stats.within_limit += hits - refused
+        stats.near_limit += near_hits
+        return refused
 
     def _add(self, stats: Stats, allowed: bool, remaining: int, hits: int, shadow: bool) -> None:
         stats.total_hits += hits

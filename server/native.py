@@ -64,8 +64,11 @@ UNLIMITED: Answer = (True, Result.OK, 0, MAX_UINT32, 0.0, 0.0, 0.0, None)
 # Check tuple fields.
 DOMAIN, RULE, KEY, COST, PRIORITY, TENANT, MAX_WAIT = range(7)
 # Per rule and priority within one request (``LimiterService._gate``): (state or None,
-# forced decision or None, shadow, top-client pressure or None when clients are not asked).
-Gate = tuple[RuleState | None, Decision | None, bool, bool | None]
+# forced decision or None, shadow, top-client pressure or None when clients are not asked,
+# the bulk client counter (``Ops.client_counter``) or None, whether the rule's checks go
+# in runs to its kernel (``_decide_run``)).
+Gate = tuple[RuleState | None, Decision | None, bool, bool | None, Any, bool]
+BATCH = 5  # Gate field: runs of checks are decided together
 
 
 def _answer(
@@ -100,6 +103,23 @@ def _answer(
         waited,
         permit,
     )
+
+
+def _answers(decisions: list[Decision], shadow: bool) -> list[Answer]:
+    """``_answer`` for a run of a local rate rule's Decisions (no permits, no failures)."""
+    ok, over = Result.OK, Result.OVER_LIMIT
+    if shadow:
+        return [
+            (True, ok, d.limit, d.remaining, d.reset_after, 0.0 if d.allowed else d.retry_after,
+             0.0, None)
+            for d in decisions
+        ]  # fmt: skip
+    return [
+        (True, ok, d.limit, d.remaining, d.reset_after, 0.0, 0.0, None)
+        if d.allowed
+        else (False, over, d.limit, d.remaining, d.reset_after, d.retry_after, 0.0, None)
+        for d in decisions
+    ]
 
 
 # Checks of one shared-backend rule in one call from which on they go as one batch.
@@ -188,12 +208,30 @@ class LimiterService:
         work: list[Work] = []  # checks that must wait for I/O
         tallies: dict[tuple[str, bool], int] = {}  # (rule, allowed) -> hits, for ops.after
         gates: dict[tuple[str, str, int], Gate] = {}
+        # Consecutive checks of one batchable gate, decided together when the run ends
+        # (before any other check: each kernel still sees its checks in request order).
+        run: list[tuple[Any, ...]] = []
+        run_gate: Gate | None = None
         for check in checks:
             gate_key = (check[DOMAIN], check[RULE], check[PRIORITY])
             gate = gates.get(gate_key)
             if gate is None:
                 gate = gates[gate_key] = self._gate(gate_key, level)
-            state, decision, shadow, pressure = gate
+            if (
+                gate[BATCH]
+                and check[COST] <= gate[0].max_cost
+                and not (admission is not None and check[MAX_WAIT])
+            ):
+                if gate is not run_gate:
+                    if run:
+                        self._decide_run(run_gate, run, answers, tallies)
+                    run, run_gate = [], gate
+                run.append(check)
+                continue
+            if run:
+                self._decide_run(run_gate, run, answers, tallies)
+                run, run_gate = [], None
+            state, decision, shadow, pressure, _, _ = gate
             if state is None:
                 answers.append(UNKNOWN)
                 continue
@@ -222,6 +260,8 @@ class LimiterService:
                 answers.append(UNKNOWN)  # replaced below
                 key = state.prefix + check[KEY]
                 work.append((len(answers) - 1, check, state, key, cost, shadow))
+        if run:
+            self._decide_run(run_gate, run, answers, tallies)
         # The operations side counts each rule's answers once per request, not per check.
         for (name, allowed), hits in tallies.items():
             ops.after(name, allowed, hits)
@@ -237,14 +277,47 @@ class LimiterService:
         engine = self.engine
         state = engine.snapshot.by_name.get(gate_key[:2])
         ops = engine.ops
-        if state is None or state.unlimited or ops is None:
-            return state, None, state is not None and state.shadow, None
+        if state is None or state.unlimited:
+            return state, None, state is not None and state.shadow, None, None, False
+        if ops is None:
+            return state, None, state.shadow, None, None, state.batchable
         tier = PRIORITY_NAMES.get(gate_key[2]) or state.priority
         verdict = ops.before_rule(state.ops_name, state.limit, tier, level)
         if verdict is None:
-            return state, None, state.shadow, ops.throttle.is_throttling(state.ops_name)
+            pressure = ops.throttle.is_throttling(state.ops_name)
+            counter = ops.client_counter(state.ops_name, pressure)
+            batch = state.batchable and counter is not None
+            return state, None, state.shadow, pressure, counter, batch
         decision, state, shadow = engine.apply(state, verdict)
-        return state, decision, shadow, None
+        return state, decision, shadow, None, None, decision is None and state.batchable
+
+    def _decide_run(
+        self,
+        gate: Gate,
+        run: list[tuple[Any, ...]],
+        answers: list[Answer],
+        tallies: dict[tuple[str, bool], int],
+    ) -> None:
+        """A run of checks of one local rate rule: the client sketch, the kernel and the
+        counters each take the whole run in one call."""
+        state, _, shadow, _, counter, _ = gate
+        assert state is not None
+        costs = [check[COST] or 1 for check in run]
+        if counter is not None:
+            counter([check[KEY] for check in run], costs)
+        prefix = state.prefix
+        decisions = state.acquire_batch([prefix + check[KEY] for check in run], costs)
+        refused = state.count_batch(decisions, costs, shadow)
+        if self.engine.ops is not None:
+            name = state.ops_name
+            hits = sum(costs)
+            if shadow or not refused:
+                tallies[(name, True)] = tallies.get((name, True), 0) + hits
+            else:
+                tallies[(name, False)] = tallies.get((name, False), 0) + refused
+                if hits > refused:
+                    tallies[(name, True)] = tallies.get((name, True), 0) + hits - refused
+        answers.extend(_answers(decisions, shadow or state.shadow))
 
     async def _decide_waiting(
         self, work: list[Work], answers: list[Answer], budget: float | None

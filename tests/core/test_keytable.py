@@ -78,6 +78,46 @@ def test_batch_validates_everything_before_deciding():
     assert tb.allow("a", cost=2)  # nothing was consumed by the refused batches
 
 
+@pytest.mark.parametrize("kind", ["token", "fixed", "sliding"])
+def test_acquire_batch_equals_sequential_acquires(kind):
+    """Decisions in order at one clock reading: each key sees the batch's earlier checks."""
+    clock = ManualClock()
+
+    def make():
+        if kind == "token":
+            return TokenBucket(rate=2.0, burst=5, clock=clock)
+        if kind == "fixed":
+            return FixedWindow(limit=5, period=1.0, clock=clock)
+        return SlidingWindow(limit=5, period=1.0, clock=clock)
+
+    batched, single = make(), make()
+    rng = np.random.default_rng(7)
+    seen = set()
+    for _ in range(6):
+        keys = [f"k{i}" for i in rng.integers(0, 4, size=30)]
+        costs = [int(c) for c in rng.integers(1, 3, size=30)]
+        expected = [single.acquire(k, c) for k, c in zip(keys, costs, strict=True)]
+        assert batched.acquire_batch(keys, costs) == expected
+        seen.update(d.allowed for d in expected)
+        clock.advance(0.4)
+    assert seen == {True, False}
+    assert batched.acquire_batch(["new", "new"]) == [single.acquire("new"), single.acquire("new")]
+
+
+def test_acquire_batch_refuses_bad_input_and_changes_nothing():
+    tb = TokenBucket(rate=1.0, burst=2)
+    with pytest.raises(ValueError, match="cost must be in \\[1, 2\\], got 3"):
+        tb.acquire_batch(["a", "b"], [1, 3])
+    with pytest.raises(ValueError, match="key must be a str, got int"):
+        tb.acquire_batch(["a", 5])
+    with pytest.raises(ValueError, match="costs: 1 given for 2 keys"):
+        tb.acquire_batch(["a", "b"], [1])
+    with pytest.raises(ValueError, match="cost"):
+        tb.acquire_batch(["a"], [True])
+    assert tb.acquire_batch([]) == []
+    assert tb.acquire("a", cost=2).allowed  # nothing was consumed by the refused batches
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     kind=st.sampled_from(["token", "fixed", "sliding"]),

@@ -98,6 +98,29 @@ def test_bad_construction(args, kwargs):
         HeavyHitters(*args, **kwargs)
 
 
+def test_offer_many_counts_like_offers(clock):
+    many, one = HeavyHitters(8, 10.0, 5, clock=clock), HeavyHitters(8, 10.0, 5, clock=clock)
+    stream = zipf_stream(3_000, 40, 4)
+    weights = [1 + i % 4 for i in range(len(stream))]
+    for start in range(0, len(stream), 250):
+        many.offer_many(stream[start : start + 250], weights[start : start + 250])
+        for key, w in zip(stream[start : start + 250], weights[start : start + 250], strict=True):
+            one.offer(key, w)
+        clock.advance(0.5)
+    assert many.top(8) == one.top(8) and many.total() == one.total() == sum(weights)
+
+
+def test_offer_many_refuses_bad_input_and_counts_nothing(clock):
+    sketch = HeavyHitters(clock=clock)
+    with pytest.raises(InvalidParameter, match="weight"):
+        sketch.offer_many(["a", "b"], [1, 0])
+    with pytest.raises(InvalidParameter, match="key"):
+        sketch.offer_many(["a", b"b"], [1, 1])
+    with pytest.raises(InvalidParameter, match="weights: 1 given for 2 keys"):
+        sketch.offer_many(["a", "b"], [1])
+    assert sketch.total() == 0
+
+
 def test_bad_calls(clock):
     sketch = HeavyHitters(clock=clock)
     with pytest.raises(InvalidParameter):

@@ -55,6 +55,12 @@ def test_batch_decides_in_order_like_memory(redis_url: str) -> None:
     got = remote.allow_batch(keys, costs)
     assert list(got) == list(local.allow_batch(keys, costs))
     assert list(got) == [True] * 8 + [False, False]
+    # acquire_batch: the same order, as Decisions (one round trip on a shared rule)
+    fresh = [f"{k}-2" for k in keys]
+    decided = remote.acquire_batch(fresh, costs)
+    assert [d.allowed for d in decided] == [True] * 8 + [False, False]
+    expected = local.acquire_batch(fresh, costs)
+    assert [d.remaining for d in decided] == [d.remaining for d in expected]
 
 
 def test_concurrency_leases_like_memory(redis_url: str) -> None:

@@ -5,6 +5,7 @@ its own rule's switch, limit override, tier cut and per-client checks."""
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from pathlib import Path
 
@@ -80,6 +81,65 @@ async def _every_check_still_asks_about_its_own_client(tmp_path: Path) -> None:
     assert (False, OVER) in answers[:300] and answers[-1] == (True, OK)
 
 
+MIXED = """
+domain: web
+descriptors:
+  - key: tb
+    rate_limit: {unit: hour, requests_per_unit: 5, algorithm: token_bucket, name: tb}
+  - key: fw
+    rate_limit: {unit: hour, requests_per_unit: 4, name: fw}
+  - key: sw
+    rate_limit: {unit: hour, requests_per_unit: 4, algorithm: sliding_window, name: sw}
+  - key: sh
+    shadow_mode: true
+    rate_limit: {unit: hour, requests_per_unit: 2, name: sh}
+  - key: free
+    rate_limit: {unlimited: true, name: free}
+"""
+
+
+async def _runs_answer_and_count_like_single_checks(tmp_path: Path) -> None:
+    """Consecutive checks of one local rule go to its kernel, client sketch and counters
+    as one run (``_decide_run``): answers, rule counters, throttle tallies and top clients
+    must equal deciding each check on its own (the per-check path)."""
+    path = tmp_path / "mixed.yaml"
+    path.write_text(MIXED)
+    services = [
+        Service(Settings(config=str(path), grpc_port=0, http_port=0), rules.load(str(path)))
+        for _ in range(2)
+    ]
+    for state in services[1].engine.snapshot.by_name.values():
+        state.batchable = False  # the per-check path, for reference
+    rng = random.Random(5)
+    names = ["tb", "tb", "tb", "fw", "fw", "sw", "sh", "free", "nope"]
+    request = v1.DecideRequest(
+        checks=[
+            v1.Check(
+                domain="web",
+                rule=rng.choice(names),
+                key=rng.choice(["u1", "u2"]),
+                cost=rng.choice([0, 1, 1, 2, 9]),  # 9: beyond every burst
+                priority=rng.choice([0, 0, CRITICAL, SHEDDABLE]),
+            )
+            for _ in range(160)
+        ]
+    )
+    answers = [await service.native.decide(request) for service in services]
+    got, want = ([(r.allowed, r.code, r.limit, r.remaining) for r in a.results] for a in answers)
+    assert got == want
+    assert {code for _, code, _, _ in got} == {OK, OVER, UNKNOWN}
+    stats = [
+        {name: vars(state.stats) for name, state in s.engine.snapshot.by_name.items()}
+        for s in services
+    ]
+    assert stats[0] == stats[1]
+    assert stats[0][("web", "sh")]["shadow_mode"] > 0
+    assert stats[0][("web", "tb")]["near_limit"] > 0
+    ops = [s.engine.ops for s in services]
+    assert ops[0].throttle.top() == ops[1].throttle.top() != []
+    assert ops[0].clients.top() == ops[1].clients.top() != []
+
+
 # The service binds gRPC to the running loop: each scenario builds it inside one.
 def test_each_rule_of_a_request_gets_its_own_switch(tmp_path: Path) -> None:
     asyncio.run(_each_rule_of_a_request_gets_its_own_switch(tmp_path))
@@ -91,3 +151,7 @@ def test_priorities_in_one_request_are_shed_by_their_own_tier(tmp_path: Path) ->
 
 def test_every_check_still_asks_about_its_own_client(tmp_path: Path) -> None:
     asyncio.run(_every_check_still_asks_about_its_own_client(tmp_path))
+
+
+def test_runs_answer_and_count_like_single_checks(tmp_path: Path) -> None:
+    asyncio.run(_runs_answer_and_count_like_single_checks(tmp_path))

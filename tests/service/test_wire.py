@@ -7,6 +7,7 @@ field. Responses: what the codec writes parses back to the message protobuf woul
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -253,6 +254,21 @@ def test_decide_request_reads_what_protobuf_reads(a, b) -> None:  # type: ignore
     data = first + v1.DecideRequest(checks=b).SerializeToString()
     assert parse_decide(first) == [check_view(c) for c in a]
     assert parse_decide(data) == [check_view(c) for c in v1.DecideRequest.FromString(data).checks]
+
+
+few = st.sampled_from(["", "a", "b", "ab", "é"])  # repeats, and same lengths that differ
+
+
+@SETTINGS
+@given(st.lists(st.builds(v1.Check, domain=few, rule=few, key=few), max_size=12))
+def test_repeated_domains_and_rules_read_as_protobuf_reads(a) -> None:  # type: ignore[no-untyped-def]
+    """A domain or rule equal to the previous check's is that same str (not decoded again)."""
+    got = parse_decide(v1.DecideRequest(checks=a).SerializeToString())
+    assert got == [check_view(c) for c in a]
+    for before, after in itertools.pairwise(got):
+        for field in (0, 1):
+            if before[field] == after[field]:
+                assert before[field] is after[field]
 
 
 @settings(max_examples=3000, deadline=None)
