@@ -106,11 +106,14 @@ class RuleState:
         self.window = window_seconds(lim) if not lim.unlimited else 0
         self.near = int(self.limit * NEAR_LIMIT_RATIO)
         self.max_cost = lim.max_cost
-        self.concurrency = lim.algorithm == "concurrency"
         # The shared-state binding (limiter.backends) when the rule lives in Redis.
         self.remote = getattr(kernel, "remote", None)
-        # A local rate kernel decides many checks in one call (``acquire_batch``).
-        self.batchable = self.remote is None and hasattr(kernel, "acquire_batch")
+        self.concurrency = lim.algorithm == "concurrency"
+        # A rate rule decides many checks in one call: ``acquire_batch`` on a local
+        # kernel, ``acquire_many`` (one backend batch) on a shared one.
+        self.batchable = not self.concurrency and (
+            self.remote is not None or hasattr(kernel, "acquire_batch")
+        )
         self.priority = lim.priority
         # How the operations side (switches, shedding) names the rule: "<domain>/<label>".
         self.ops_name = f"{rule.domain}/{rule.label}"
@@ -137,7 +140,7 @@ class RuleState:
         return decision
 
     def acquire_batch(self, keys: list[str], costs: list[int]) -> list[Decision]:
-        """``acquire`` for many checks of a ``batchable`` rule in one kernel call (costs
+        """``acquire`` for many checks of a local ``batchable`` rule in one kernel call (costs
         within ``max_cost``). A batch the kernel refuses changed nothing: each check is
         then answered as ``acquire`` answers it."""
         try:

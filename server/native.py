@@ -69,6 +69,9 @@ DOMAIN, RULE, KEY, COST, PRIORITY, TENANT, MAX_WAIT = range(7)
 # in runs to its kernel (``_decide_run``)).
 Gate = tuple[RuleState | None, Decision | None, bool, bool | None, Any, bool]
 BATCH = 5  # Gate field: runs of checks are decided together
+# A run of a shared rule's checks waiting for the backend: (state, shadow, index of its
+# first answer, keys, costs).
+Pending = tuple[RuleState, bool, int, list[str], list[int]]
 
 
 def _answer(
@@ -126,11 +129,14 @@ def _answers(decisions: list[Decision], shadow: bool) -> list[Answer]:
 BATCH_MIN = 8
 
 
-async def _decide_remote(work: list[Work]) -> dict[int, Any]:
+async def _decide_remote(
+    work: list[Work], runs: list[Pending]
+) -> tuple[dict[int, Any], list[list[Decision]]]:
     """Decide shared-backend checks together: the backend pipelines them into one trip.
 
-    Many checks of one rate rule go as one ``acquire_batch`` (cheapest per check);
-    the rest concurrently through ``acquire_async``. Keyed by the check's index.
+    Each run, and many checks of one rate rule, go as one ``acquire_batch`` (cheapest
+    per check); the rest concurrently through ``acquire_async``. Returns the checks'
+    decisions keyed by index, and each run's decisions.
     """
     groups: dict[int, list[Work]] = {}
     single = []
@@ -146,17 +152,19 @@ async def _decide_remote(work: list[Work]) -> dict[int, Any]:
             batches.append(members)
         else:
             single.extend(members)
-    jobs = [m[0][2].acquire_many([x[3] for x in m], [x[4] for x in m]) for m in batches]
+    jobs = [state.acquire_many(keys, costs) for state, _, _, keys, costs in runs]
+    jobs += [m[0][2].acquire_many([x[3] for x in m], [x[4] for x in m]) for m in batches]
     jobs += [w[2].acquire_async(w[3], w[4], True) for w in single]
     # One job (one batch or one check) is awaited directly: no Task for gather to wrap.
     answers = [await jobs[0]] if len(jobs) == 1 else await asyncio.gather(*jobs)
     decided: dict[int, Any] = {}
-    for members, batch in zip(batches, answers, strict=False):
+    first = len(runs)
+    for members, batch in zip(batches, answers[first:], strict=False):
         for w, d in zip(members, batch, strict=True):
             decided[w[0]] = d
-    for w, d in zip(single, answers[len(batches) :], strict=True):
+    for w, d in zip(single, answers[first + len(batches) :], strict=True):
         decided[w[0]] = d
-    return decided
+    return decided, answers[:first]
 
 
 def _failed(errors: dict[int, tuple[RuleState, int]]) -> set[int]:
@@ -212,6 +220,7 @@ class LimiterService:
         # (before any other check: each kernel still sees its checks in request order).
         run: list[tuple[Any, ...]] = []
         run_gate: Gate | None = None
+        pending: list[Pending] = []  # runs of shared rules, decided with ``work``
         for check in checks:
             gate_key = (check[DOMAIN], check[RULE], check[PRIORITY])
             gate = gates.get(gate_key)
@@ -224,12 +233,12 @@ class LimiterService:
             ):
                 if gate is not run_gate:
                     if run:
-                        self._decide_run(run_gate, run, answers, tallies)
+                        self._decide_run(run_gate, run, answers, tallies, pending)
                     run, run_gate = [], gate
                 run.append(check)
                 continue
             if run:
-                self._decide_run(run_gate, run, answers, tallies)
+                self._decide_run(run_gate, run, answers, tallies, pending)
                 run, run_gate = [], None
             state, decision, shadow, pressure, _, _ = gate
             if state is None:
@@ -261,13 +270,13 @@ class LimiterService:
                 key = state.prefix + check[KEY]
                 work.append((len(answers) - 1, check, state, key, cost, shadow))
         if run:
-            self._decide_run(run_gate, run, answers, tallies)
+            self._decide_run(run_gate, run, answers, tallies, pending)
         # The operations side counts each rule's answers once per request, not per check.
         for (name, allowed), hits in tallies.items():
             ops.after(name, allowed, hits)
         held = False
-        if work:
-            held = await self._decide_waiting(work, answers, budget)
+        if work or pending:
+            held = await self._decide_waiting(work, pending, answers, budget)
         return encode_decide_response(answers, level), held
 
     def _gate(self, gate_key: tuple[str, str, int], level: int) -> Gate:
@@ -297,16 +306,39 @@ class LimiterService:
         run: list[tuple[Any, ...]],
         answers: list[Answer],
         tallies: dict[tuple[str, bool], int],
+        pending: list[Pending],
     ) -> None:
-        """A run of checks of one local rate rule: the client sketch, the kernel and the
-        counters each take the whole run in one call."""
+        """A run of checks of one rate rule: the client sketch, the kernel (or one
+        backend batch) and the counters each take the whole run in one call. A shared
+        rule's run is left in ``pending``, its answers to be filled in."""
         state, _, shadow, _, counter, _ = gate
         assert state is not None
         costs = [check[COST] or 1 for check in run]
         if counter is not None:
             counter([check[KEY] for check in run], costs)
         prefix = state.prefix
-        decisions = state.acquire_batch([prefix + check[KEY] for check in run], costs)
+        keys = [prefix + check[KEY] for check in run]
+        shadow = shadow or state.shadow
+        if state.remote is not None:
+            pending.append((state, shadow, len(answers), keys, costs))
+            answers.extend([UNKNOWN] * len(run))
+            return
+        decisions = state.acquire_batch(keys, costs)
+        self._finish_run(state, shadow, decisions, costs, len(answers), answers, tallies)
+
+    def _finish_run(
+        self,
+        state: RuleState,
+        shadow: bool,
+        decisions: list[Decision],
+        costs: list[int],
+        at: int,
+        answers: list[Answer],
+        tallies: dict[tuple[str, bool], int],
+        failed: bool = False,
+    ) -> None:
+        """Count a decided run, tally it for the operations side, store its answers from
+        ``answers[at]`` on."""
         refused = state.count_batch(decisions, costs, shadow)
         if self.engine.ops is not None:
             name = state.ops_name
@@ -317,12 +349,17 @@ class LimiterService:
                 tallies[(name, False)] = tallies.get((name, False), 0) + refused
                 if hits > refused:
                     tallies[(name, True)] = tallies.get((name, True), 0) + hits - refused
-        answers.extend(_answers(decisions, shadow or state.shadow))
+        if failed:  # answered per the rule's failure_mode
+            results = [_answer(self.engine, state, d, 0.0, True, shadow) for d in decisions]
+        else:
+            results = _answers(decisions, shadow)
+        answers[at : at + len(results)] = results
 
     async def _decide_waiting(
-        self, work: list[Work], answers: list[Answer], budget: float | None
+        self, work: list[Work], pending: list[Pending], answers: list[Answer], budget: float | None
     ) -> bool:
-        """Shared-backend checks (together) and checks that may be held for admission.
+        """Shared-backend checks and runs (together) and checks that may be held for
+        admission.
 
         Returns True if any check was handed to the admission hook.
         """
@@ -336,10 +373,15 @@ class LimiterService:
             queued = {w[0] for w in work if w[1][MAX_WAIT] > 0 and not w[5] and waiting(w[2], w[3])}
         remote = [w for w in work if w[2].remote is not None and w[0] not in queued]
         states = {id(w[2]): w[2] for w in remote}
+        states.update((id(run[0]), run[0]) for run in pending)
         errors = {sid: (state, state.backend_errors) for sid, state in states.items()}
-        decided = await _decide_remote(remote) if remote else {}
+        decided, runs = await _decide_remote(remote, pending) if states else ({}, [])
         failed = _failed(errors)
         tallies: dict[tuple[str, bool], int] = {}
+        for (state, shadow, at, _, costs), decisions in zip(pending, runs, strict=True):
+            self._finish_run(
+                state, shadow, decisions, costs, at, answers, tallies, id(state) in failed
+            )
         hold: list[Work] = []
         for w in work:
             index, check, state, key, cost, shadow = w

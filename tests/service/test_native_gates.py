@@ -14,6 +14,7 @@ from limiter.server.app import Service, Settings
 
 from limiter import config as rules
 from limiter.switches import Switch
+from tests.support import RedisServer
 
 CONFIG = """
 domain: web
@@ -24,6 +25,7 @@ descriptors:
     rate_limit: {unit: hour, requests_per_unit: 100, name: b}
 """
 OK, OVER, UNKNOWN = v1.Result.OK, v1.Result.OVER_LIMIT, v1.Result.UNKNOWN_RULE
+BACKEND_ERROR = v1.Result.BACKEND_ERROR
 SHEDDABLE, CRITICAL = v1.Priority.Value("SHEDDABLE"), v1.Priority.Value("CRITICAL")
 
 
@@ -98,15 +100,21 @@ descriptors:
 """
 
 
-async def _runs_answer_and_count_like_single_checks(tmp_path: Path) -> None:
-    """Consecutive checks of one local rule go to its kernel, client sketch and counters
-    as one run (``_decide_run``): answers, rule counters, throttle tallies and top clients
-    must equal deciding each check on its own (the per-check path)."""
+async def _runs_answer_and_count_like_single_checks(
+    tmp_path: Path, redis: list[str | None]
+) -> None:
+    """Consecutive checks of one rule go to its kernel (or as one backend batch), client
+    sketch and counters as one run (``_decide_run``): answers, rule counters, throttle
+    tallies and top clients must equal deciding each check on its own (the per-check
+    path). ``redis``: each service's backend (None: in memory)."""
     path = tmp_path / "mixed.yaml"
     path.write_text(MIXED)
     services = [
-        Service(Settings(config=str(path), grpc_port=0, http_port=0), rules.load(str(path)))
-        for _ in range(2)
+        Service(
+            Settings(config=str(path), grpc_port=0, http_port=0, redis=url),
+            rules.load(str(path)),
+        )
+        for url in redis
     ]
     for state in services[1].engine.snapshot.by_name.values():
         state.batchable = False  # the per-check path, for reference
@@ -154,4 +162,47 @@ def test_every_check_still_asks_about_its_own_client(tmp_path: Path) -> None:
 
 
 def test_runs_answer_and_count_like_single_checks(tmp_path: Path) -> None:
-    asyncio.run(_runs_answer_and_count_like_single_checks(tmp_path))
+    asyncio.run(_runs_answer_and_count_like_single_checks(tmp_path, [None, None]))
+
+
+def test_runs_on_redis_answer_and_count_like_single_checks(tmp_path: Path, redis_url: str) -> None:
+    """The same on Redis: each service on its own database of one real redis-server."""
+    databases = [redis_url.rsplit("/", 1)[0] + f"/{db}?timeout=1" for db in (0, 1)]
+    asyncio.run(_runs_answer_and_count_like_single_checks(tmp_path, databases))
+
+
+FAILING = """
+domain: web
+descriptors:
+  - key: open
+    rate_limit: {unit: hour, requests_per_unit: 100, name: open, failure_mode: allow}
+  - key: closed
+    rate_limit: {unit: hour, requests_per_unit: 100, name: closed, failure_mode: deny}
+"""
+
+
+async def _runs_on_a_dead_redis_answer_per_failure_mode(tmp_path: Path, redis: RedisServer) -> None:
+    path = tmp_path / "failing.yaml"
+    path.write_text(FAILING)
+    service = Service(
+        Settings(config=str(path), grpc_port=0, http_port=0, redis=f"{redis.url}?timeout=0.2"),
+        rules.load(str(path)),
+    )
+    checks = [("open", "u", 0)] * 10 + [("closed", "u", 0)] * 10
+    assert await _decide(service, checks) == [(True, OK)] * 20
+    redis.kill()
+    answers = await _decide(service, checks)
+    assert answers == [(True, BACKEND_ERROR)] * 10 + [(False, BACKEND_ERROR)] * 10
+    states = service.engine.snapshot.by_name
+    assert states[("web", "open")].backend_errors and states[("web", "closed")].backend_errors
+    assert states[("web", "closed")].stats.over_limit == 10
+
+
+def test_runs_on_a_dead_redis_answer_per_failure_mode(tmp_path: Path) -> None:
+    """A run's backend batch fails: every check of it is answered per its rule's
+    failure_mode, with code BACKEND_ERROR."""
+    redis = RedisServer().start()
+    try:
+        asyncio.run(_runs_on_a_dead_redis_answer_per_failure_mode(tmp_path, redis))
+    finally:
+        redis.stop()
