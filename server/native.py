@@ -70,8 +70,8 @@ DOMAIN, RULE, KEY, COST, PRIORITY, TENANT, MAX_WAIT = range(7)
 Gate = tuple[RuleState | None, Decision | None, bool, bool | None, Any, bool]
 BATCH = 5  # Gate field: runs of checks are decided together
 # A run of a shared rule's checks waiting for the backend: (state, shadow, index of its
-# first answer, keys, costs).
-Pending = tuple[RuleState, bool, int, list[str], list[int]]
+# first answer, keys, costs, checks).
+Pending = tuple[RuleState, bool, int, list[str], list[int], list[tuple[Any, ...]]]
 
 
 def _answer(
@@ -125,7 +125,8 @@ def _answers(decisions: list[Decision], shadow: bool) -> list[Answer]:
     ]
 
 
-# Checks of one shared-backend rule in one call from which on they go as one batch.
+# Checks of one shared-backend rule in one call from which on they go as one batch (fewer
+# go one by one: cheaper, and the backend still shares round trips between requests).
 BATCH_MIN = 8
 
 
@@ -152,7 +153,7 @@ async def _decide_remote(
             batches.append(members)
         else:
             single.extend(members)
-    jobs = [state.acquire_many(keys, costs) for state, _, _, keys, costs in runs]
+    jobs = [run[0].acquire_many(run[3], run[4]) for run in runs]
     jobs += [m[0][2].acquire_many([x[3] for x in m], [x[4] for x in m]) for m in batches]
     jobs += [w[2].acquire_async(w[3], w[4], True) for w in single]
     # One job (one batch or one check) is awaited directly: no Task for gather to wrap.
@@ -165,6 +166,12 @@ async def _decide_remote(
     for w, d in zip(single, answers[first + len(batches) :], strict=True):
         decided[w[0]] = d
     return decided, answers[:first]
+
+
+def _as_work(run: Pending) -> list[Work]:
+    """A shared rule's run as single checks (each its own ``Work``)."""
+    state, shadow, at, keys, costs, checks = run
+    return [(at + i, check, state, keys[i], costs[i], shadow) for i, check in enumerate(checks)]
 
 
 def _failed(errors: dict[int, tuple[RuleState, int]]) -> set[int]:
@@ -233,12 +240,12 @@ class LimiterService:
             ):
                 if gate is not run_gate:
                     if run:
-                        self._decide_run(run_gate, run, answers, tallies, pending)
+                        self._decide_run(run_gate, run, answers, tallies, pending, work)
                     run, run_gate = [], gate
                 run.append(check)
                 continue
             if run:
-                self._decide_run(run_gate, run, answers, tallies, pending)
+                self._decide_run(run_gate, run, answers, tallies, pending, work)
                 run, run_gate = [], None
             state, decision, shadow, pressure, _, _ = gate
             if state is None:
@@ -270,7 +277,17 @@ class LimiterService:
                 key = state.prefix + check[KEY]
                 work.append((len(answers) - 1, check, state, key, cost, shadow))
         if run:
-            self._decide_run(run_gate, run, answers, tallies, pending)
+            self._decide_run(run_gate, run, answers, tallies, pending, work)
+        if pending and work:
+            # A shared rule with checks in ``work`` too sends them all from there: its
+            # batch then holds its checks in request order.
+            mixed = {id(w[2]) for w in work}
+            moved = [waiting for waiting in pending if id(waiting[0]) in mixed]
+            if moved:
+                pending = [waiting for waiting in pending if id(waiting[0]) not in mixed]
+                for waiting in moved:
+                    work.extend(_as_work(waiting))
+                work.sort(key=lambda w: w[0])
         # The operations side counts each rule's answers once per request, not per check.
         for (name, allowed), hits in tallies.items():
             ops.after(name, allowed, hits)
@@ -307,10 +324,12 @@ class LimiterService:
         answers: list[Answer],
         tallies: dict[tuple[str, bool], int],
         pending: list[Pending],
+        work: list[Work],
     ) -> None:
         """A run of checks of one rate rule: the client sketch, the kernel (or one
         backend batch) and the counters each take the whole run in one call. A shared
-        rule's run is left in ``pending``, its answers to be filled in."""
+        rule's run is left in ``pending`` (under ``BATCH_MIN`` checks, each in ``work``),
+        its answers to be filled in."""
         state, _, shadow, _, counter, _ = gate
         assert state is not None
         costs = [check[COST] or 1 for check in run]
@@ -320,8 +339,12 @@ class LimiterService:
         keys = [prefix + check[KEY] for check in run]
         shadow = shadow or state.shadow
         if state.remote is not None:
-            pending.append((state, shadow, len(answers), keys, costs))
+            waiting = (state, shadow, len(answers), keys, costs, run)
             answers.extend([UNKNOWN] * len(run))
+            if len(run) >= BATCH_MIN:
+                pending.append(waiting)
+            else:
+                work.extend(_as_work(waiting))
             return
         decisions = state.acquire_batch(keys, costs)
         self._finish_run(state, shadow, decisions, costs, len(answers), answers, tallies)
@@ -378,7 +401,7 @@ class LimiterService:
         decided, runs = await _decide_remote(remote, pending) if states else ({}, [])
         failed = _failed(errors)
         tallies: dict[tuple[str, bool], int] = {}
-        for (state, shadow, at, _, costs), decisions in zip(pending, runs, strict=True):
+        for (state, shadow, at, _, costs, _), decisions in zip(pending, runs, strict=True):
             self._finish_run(
                 state, shadow, decisions, costs, at, answers, tallies, id(state) in failed
             )

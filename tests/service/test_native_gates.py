@@ -120,21 +120,35 @@ async def _runs_answer_and_count_like_single_checks(
         state.batchable = False  # the per-check path, for reference
     rng = random.Random(5)
     names = ["tb", "tb", "tb", "fw", "fw", "sw", "sh", "free", "nope"]
-    request = v1.DecideRequest(
-        checks=[
+    checks = []
+    for _ in range(30):  # runs of 1 to 12 checks of one rule and priority
+        rule, priority = rng.choice(names), rng.choice([0, 0, CRITICAL, SHEDDABLE])
+        checks += [
             v1.Check(
                 domain="web",
-                rule=rng.choice(names),
+                rule=rule,
                 key=rng.choice(["u1", "u2"]),
                 cost=rng.choice([0, 1, 1, 2, 9]),  # 9: beyond every burst
-                priority=rng.choice([0, 0, CRITICAL, SHEDDABLE]),
+                priority=priority,
             )
-            for _ in range(160)
+            for _ in range(rng.randint(1, 12))
         ]
-    )
-    answers = [await service.native.decide(request) for service in services]
-    got, want = ([(r.allowed, r.code, r.limit, r.remaining) for r in a.results] for a in answers)
+    request = v1.DecideRequest(checks=checks)
+    # Then long runs alone in a request (on Redis, one backend batch each), shadow and
+    # refused checks among them.
+    runs = [v1.Check(domain="web", rule=rule, key="u9") for rule in ("sh", "tb") for _ in range(10)]
+    got, want = [], []
+    for req in (request, v1.DecideRequest(checks=runs)):
+        answers = [await service.native.decide(req) for service in services]
+        for into, answer in zip((got, want), answers, strict=True):
+            into += [(r.allowed, r.code, r.limit, r.remaining) for r in answer.results]
     assert got == want
+    assert got[-20:] == [
+        (True, OK, 2, 1),
+        *[(True, OK, 2, 0)] * 9,
+        *[(True, OK, 5, n) for n in range(4, -1, -1)],
+        *[(False, OVER, 5, 0)] * 5,
+    ]
     assert {code for _, code, _, _ in got} == {OK, OVER, UNKNOWN}
     stats = [
         {name: vars(state.stats) for name, state in s.engine.snapshot.by_name.items()}
