@@ -14,6 +14,7 @@ server are taken per repeat (same minute, same load) before the median. Every
 measurement records the 1-minute load average, reported as a range per row. RLS
 calls carry one descriptor over 10,000 distinct users; native ``Decide`` calls carry
 each of the ``--batch`` sizes of checks (1, the like-for-like call, and 100 by default).
+``--baseline DIR`` also measures the service of another checkout (an A/B in one run).
 Run: ``python benchmarks/service_bench.py [--redis auto] [--out FILE]``.
 """
 
@@ -52,6 +53,13 @@ descriptors:
                  name: tenant}
 """
 USERS = 10_000
+# Runs ``limiter serve`` from another checkout (``--baseline``): its own limiter package,
+# with its server/ as limiter.server, as its install would map them.
+BASELINE_BOOT = (
+    "import runpy, sys; root = sys.argv.pop(1); sys.path.insert(0, root); import limiter; "
+    "limiter.__path__.append(root); "
+    "runpy.run_module('limiter.server.cli', run_name='__main__', alter_sys=True)"
+)
 
 
 def rls_requests() -> list[rls_pb2.RateLimitRequest]:
@@ -286,6 +294,12 @@ def main() -> int:
     parser.add_argument("--redis", default="auto", help="URL, 'auto' (start one) or 'none'")
     parser.add_argument("--workers", type=int, default=2, help="also measure --workers N (Redis)")
     parser.add_argument("--out", type=Path, help="write a markdown report here")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="also measure the service of this checkout (e.g. a git worktree of an older "
+        "commit, built with `python setup.py build_ext --inplace`) in memory and on Redis",
+    )
     parser.add_argument("--noop-server", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.batches = [int(b) for b in args.batch.split(",")]
@@ -302,10 +316,11 @@ def main() -> int:
         redis_server = RedisServer().start()
         redis_url = redis_server.url
 
-    def serve(name: str, *extra: str) -> Target:
+    def serve(name: str, *extra: str, root: Path | None = None) -> Target:
         port = free_port()
+        launch = ["-m", "limiter.server.cli"] if root is None else ["-c", BASELINE_BOOT, str(root)]
         command = [
-            sys.executable, "-m", "limiter.server.cli", "serve", "--config", str(config),
+            sys.executable, *launch, "serve", "--config", str(config),
             "--host", "127.0.0.1", "--grpc-port", str(port), "--http-port", str(free_port()),
             "--log-level", "warning", *extra,
         ]  # fmt: skip
@@ -332,6 +347,11 @@ def main() -> int:
                     str(args.workers),
                 )
             )
+    if args.baseline:
+        baseline = args.baseline.resolve()
+        targets.append(serve("baseline, memory", root=baseline))
+        if redis_url:
+            targets.append(serve("baseline, redis", "--redis", redis_url, root=baseline))
     try:
         for target in targets:
             target.start()
