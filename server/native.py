@@ -109,7 +109,7 @@ def _answer(
 
 
 def _answers(decisions: list[Decision], shadow: bool) -> list[Answer]:
-    """``_answer`` for a run of a local rate rule's Decisions (no permits, no failures)."""
+    """``_answer`` for a run's Decisions (a rate rule: no permits; no backend failure)."""
     ok, over = Result.OK, Result.OVER_LIMIT
     if shadow:
         return [
