@@ -601,8 +601,9 @@ def encode_decide_response(list results not None, uint32_t level):
     """The ``DecideResponse`` bytes for results given as plain values.
 
     ``results``: (allowed, code, limit, remaining, reset_after, retry_after, waited,
-    permit or None) per check, in request order; every Result and the response carry
-    ``level``.
+    permit or None, ...) per check, in request order (a tuple or a NamedTuple such as
+    the decider's ``Outcome``; fields past the eighth are not encoded); every Result and
+    the response carry ``level``.
     """
     cdef Py_ssize_t size = 0, n = len(results), i, result_size, permit_size
     cdef tuple r
@@ -613,10 +614,10 @@ def encode_decide_response(list results not None, uint32_t level):
     cdef list sizes = [None] * n
     for i in range(n):
         value_ = results[i]
-        if not (type(value_) is tuple and len(<tuple>value_) == 8):
+        if not (isinstance(value_, tuple) and len(<tuple>value_) >= 8):
             _refuse(value_, RESULT_KINDS, f"results[{i}]")
         r = <tuple>value_
-        if not (type(r[0]) is bool and type(r[1]) is int and type(r[2]) is int
+        if not (type(r[0]) is bool and isinstance(r[1], int) and type(r[2]) is int
                 and type(r[3]) is int and _number(r[4]) and _number(r[5]) and _number(r[6])
                 and (r[7] is None or type(r[7]) is str)):
             _refuse(r, RESULT_KINDS, f"results[{i}]")

@@ -5,11 +5,20 @@ from __future__ import annotations
 import pytest
 
 from limiter.errors import ConfigError, InvalidParameter
-from limiter.shedding import AbnormalAccess, ClientShedder, SheddingConfig, ThrottleWatch
+from limiter.ops.shedding import (
+    AbnormalAccess,
+    AbnormalConfig,
+    ClientsConfig,
+    ClientShedder,
+    SheddingConfig,
+    ThrottleConfig,
+    ThrottleWatch,
+)
+from limiter.schema import load
 
 
 def test_flooding_client_is_cut_first_and_others_pass(clock):
-    shedder = ClientShedder(max_share=0.2, window=10.0, min_requests=20, clock=clock)
+    shedder = ClientShedder(ClientsConfig(max_share=0.2, window=10.0, min_requests=20), clock=clock)
     passed = {"flood": 0, "good": 0}
     asked = {"flood": 0, "good": 0}
     for i in range(2000):
@@ -26,7 +35,7 @@ def test_flooding_client_is_cut_first_and_others_pass(clock):
 
 
 def test_no_cut_without_pressure(clock):
-    shedder = ClientShedder(max_share=0.1, clock=clock)
+    shedder = ClientShedder(ClientsConfig(max_share=0.1), clock=clock)
     assert all(shedder.check("only", pressure=False) for _ in range(100))
     assert not shedder.check("only", pressure=True)
     assert shedder.shed == 1
@@ -35,9 +44,7 @@ def test_no_cut_without_pressure(clock):
 def test_burst_blocks_for_cooldown_and_alerts(clock):
     events = []
     guard = AbnormalAccess(
-        burst=50,
-        burst_window=1.0,
-        cooldown=30,
+        AbnormalConfig(burst=50, burst_window=1.0, cooldown=30),
         clock=clock,
         on_block=lambda e, f: events.append((e, f)),
     )
@@ -58,7 +65,9 @@ def test_burst_blocks_for_cooldown_and_alerts(clock):
 def test_4xx_ratio_blocks(clock):
     events = []
     guard = AbnormalAccess(
-        error_ratio=0.5, min_responses=10, clock=clock, on_block=lambda e, f: events.append(f)
+        AbnormalConfig(error_ratio=0.5, min_responses=10),
+        clock=clock,
+        on_block=lambda e, f: events.append(f),
     )
     for _ in range(20):
         guard.response("fine", 200)
@@ -74,10 +83,7 @@ def test_4xx_ratio_blocks(clock):
 def test_throttle_watch_hysteresis(clock):
     events = []
     watch = ThrottleWatch(
-        window=10,
-        start_ratio=0.05,
-        min_over=3,
-        stop_after=30,
+        ThrottleConfig(window=10, start_ratio=0.05, min_over=3, stop_after=30),
         clock=clock,
         on_change=lambda e, f: events.append((e, f["rule"])),
     )
@@ -118,23 +124,25 @@ def test_top_throttled_rules(clock):
 
 
 def test_config():
-    cfg = SheddingConfig.parse({"clients": {"max_share": 0.3}, "abnormal": {"burst": 10}})
-    assert cfg.client_shedder().max_share == 0.3
-    assert cfg.abnormal_access().burst == 10
-    with pytest.raises(ConfigError, match=r"shedding\.clients: max_share"):
-        SheddingConfig.parse({"clients": {"max_share": 2}})
-    with pytest.raises(ConfigError, match="unknown key 'bogus'"):
-        SheddingConfig.parse({"abnormal": {"bogus": 1}})
-    with pytest.raises(ConfigError, match="unknown key"):
-        SheddingConfig.parse({"nope": {}})
-    with pytest.raises(ConfigError, match="mapping"):
-        SheddingConfig.parse([1])
+    cfg = load(SheddingConfig, {"clients": {"max_share": 0.3}, "abnormal": {"burst": 10}}, "s")
+    assert ClientShedder(cfg.clients).max_share == 0.3
+    assert cfg.abnormal is not None and AbnormalAccess(cfg.abnormal).burst == 10
+    assert load(SheddingConfig, {}, "shedding").abnormal is None  # off unless given
+    for section, match in (
+        ({"clients": {"max_share": 2}}, r"shedding: clients\.max_share: must be a number in \(0"),
+        ({"abnormal": {"bogus": 1}}, r"abnormal: unknown field 'bogus' \(known: burst, "),
+        ({"throttle": {"window": 0}}, r"throttle\.window: must be a number of seconds in"),
+        ({"nope": {}}, "unknown field 'nope'"),
+        ([1], "must be a mapping"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            load(SheddingConfig, section, "shedding")
     with pytest.raises(InvalidParameter, match="max_share"):
-        ClientShedder(max_share="big")
+        ClientsConfig(max_share="big")
 
 
 def test_per_rule_state_is_bounded(clock):
-    from limiter.shedding import OTHER, TopClients
+    from limiter.ops.shedding import OTHER, TopClients
 
     watch = ThrottleWatch(clock=clock, max_rules=3)
     tops = TopClients(max_rules=3)

@@ -40,7 +40,7 @@ def test_same_decisions_as_memory(name: str, redis_url: str) -> None:
         if rng.random() < 0.1:
             time.sleep(rng.random() * 0.01)
         got = remote.acquire(key, cost)
-        server_now[0] = remote.remote.last_server_time_ns
+        server_now[0] = remote.store.last_server_time_ns
         assert local.acquire(key, cost) == got, (name, key, cost, server_now[0])
         refused += not got.allowed
     assert 0 < refused < 300  # the sequence exercised both outcomes
@@ -118,7 +118,7 @@ def test_overlimit_cache_answers_refusals_locally(redis_url: str) -> None:
     for _ in range(50):
         assert not fw.acquire("k").allowed
     assert backend.combiner.batches == batches + 1  # one refusal from Redis, the rest local
-    assert fw.remote.cache.hits == 49
+    assert fw.store.cache.hits == 49
 
 
 async def _gather(fw: limiter.FixedWindow, n: int) -> list[limiter.Decision]:

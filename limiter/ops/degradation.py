@@ -7,7 +7,7 @@ stayed below that threshold minus a margin for ``restore_after`` seconds (restor
 slowly), so it does not flap. An operator can force a level (a manual switch), which
 wins until it is lifted. Each level's meaning is the backend's business; the default
 names follow the brief: throttle, simplify, serve cached, stop secondary features.
-The limiter's own part is ``shed``: from a given level a criticality tier is refused
+The limiter's own part is ``shed``: from a given level a priority tier is refused
 outright (by default SHEDDABLE from level 1, SHEDDABLE_PLUS from level 2), so the
 least important traffic goes first and completely.
 """
@@ -17,12 +17,13 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from limiter.criticality import Criticality
-from limiter.errors import ConfigError, InvalidParameter
+from limiter.errors import InvalidParameter
+from limiter.priority import Priority
+from limiter.schema import FieldError, Section, setting
 
 __all__ = ["Degradation", "DegradationConfig", "ServiceLevels"]
 
@@ -32,99 +33,72 @@ Override = Callable[[str], int | None]
 
 DEFAULT_THRESHOLDS = (0.8, 0.9, 0.95, 1.0)
 DEFAULT_NAMES = ("normal", "throttle-secondary", "simplify", "serve-cached", "stop-secondary")
+# Breakers weigh 0.9 so every breaker open means level 2 ("simplify"), not the most
+# severe level.
+DEFAULT_WEIGHTS = {"breakers": 0.9}
 
 
 @dataclass(frozen=True)
-class DegradationConfig:
-    """The ``degradation:`` section (shared by every service's level)."""
+class DegradationConfig(Section):
+    """Degradation levels (``degradation``): the level (0 = normal) rises as soon as the
+    pressure (the largest weighted signal, such as the share of open breakers) crosses
+    the next threshold, and falls one level at a time once it has stayed below for
+    ``restore_after``. From a given level a priority tier is refused outright."""
 
-    thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
-    margin: float = 0.1
-    raise_after: float = 0.0
-    restore_after: float = 30.0
-    names: tuple[str, ...] = ()
-    # Signal name -> weight; breakers default to 0.9 so every breaker open means level 2
-    # ("simplify"), not the most severe level.
-    weights: Mapping[str, float] = field(default_factory=lambda: {"breakers": 0.9})
-    # Tier -> the level from which that tier's traffic is refused outright, so the
-    # least important traffic goes first and completely (CRITICAL tiers are never shed
-    # here unless configured).
-    shed: Mapping[Criticality, int] = field(
-        default_factory=lambda: {Criticality.SHEDDABLE: 1, Criticality.SHEDDABLE_PLUS: 2}
+    thresholds: tuple[float, ...] = setting(
+        DEFAULT_THRESHOLDS, "the pressure at which each level (1, 2, ...) starts; increasing",
+        low=0, open_low=True,
+    )  # fmt: skip
+    margin: float = setting(
+        0.1, "a level ends only once pressure is this far below its threshold", low=0, high=10
     )
+    raise_after: float = setting(
+        0.0, "pressure must stay above a threshold this long to raise the level",
+        low=0, high=86400, seconds=True,
+    )  # fmt: skip
+    restore_after: float = setting(
+        30.0, "pressure must stay below a threshold (minus margin) this long to lower the "
+        "level by one", low=0, high=86400, seconds=True,
+    )  # fmt: skip
+    names: tuple[str, ...] = setting(
+        (), f"a name per level from 0 (default {', '.join(DEFAULT_NAMES)}, level-5, ...)"
+    )
+    weights: Mapping[str, float] = setting(
+        factory=lambda: dict(DEFAULT_WEIGHTS), low=0, high=10,
+        doc="signal name -> weight: pressure is the largest weighted signal (a config's "
+        "weights add to the default; unnamed signals weigh 1)",
+    )  # fmt: skip
+    # The least important traffic goes first and completely (CRITICAL tiers are never
+    # shed here unless configured).
+    shed: Mapping[Priority, int] = setting(
+        factory=lambda: {Priority.SHEDDABLE: 1, Priority.SHEDDABLE_PLUS: 2}, low=1, high=100,
+        doc="tier -> the level from which its traffic is refused outright",
+    )  # fmt: skip
 
-    def __post_init__(self) -> None:
+    def check(self, given: frozenset[str] | None) -> None:
         t = self.thresholds
-        if not t or any(
-            isinstance(x, bool) or not isinstance(x, (int, float)) or not x > 0 for x in t
-        ):
-            raise InvalidParameter(f"thresholds must be positive numbers, got {t!r}")
+        if not t:
+            raise FieldError("thresholds", "must list at least one threshold")
         if any(b <= a for a, b in itertools.pairwise(t)):
-            raise InvalidParameter(f"thresholds must increase strictly, got {list(t)!r}")
-        for name in ("margin", "raise_after", "restore_after"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1e9:
-                raise InvalidParameter(f"{name} must be a number >= 0, got {v!r}")
+            raise FieldError("thresholds", f"must increase strictly, got {list(t)!r}")
+        if given is not None and "weights" in given:
+            object.__setattr__(self, "weights", {**DEFAULT_WEIGHTS, **self.weights})
         if not self.names:
-            derived = DEFAULT_NAMES + tuple(
-                f"level-{i}" for i in range(len(DEFAULT_NAMES), len(t) + 1)
+            more = tuple(f"level-{i}" for i in range(len(DEFAULT_NAMES), len(t) + 1))
+            object.__setattr__(self, "names", (DEFAULT_NAMES + more)[: len(t) + 1])
+        if len(self.names) != len(t) + 1:
+            raise FieldError(
+                "names", f"must be {len(t) + 1} names (level 0..{len(t)}), got {list(self.names)!r}"
             )
-            object.__setattr__(self, "names", derived[: len(t) + 1])
-        if len(self.names) != len(t) + 1 or not all(isinstance(n, str) for n in self.names):
-            raise InvalidParameter(
-                f"names must be {len(t) + 1} strings (level 0..{len(t)}), got {list(self.names)!r}"
-            )
-        for k, w in self.weights.items():
-            if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w <= 10:
-                raise InvalidParameter(f"weights.{k} must be a number in [0, 10], got {w!r}")
-        if not isinstance(self.shed, Mapping):
-            raise InvalidParameter(
-                f"shed must be a mapping of tier to level, got {self.shed!r:.80}"
-            )
-        shed = {}
-        for key, level in self.shed.items():
-            tier = Criticality.parse(key, "shed tier")
-            # A level above max_level is allowed: that tier is then never shed.
-            if isinstance(level, bool) or not isinstance(level, int) or not 1 <= level <= 100:
-                raise InvalidParameter(
-                    f"shed.{tier.name} must be a level in [1, 100], got {level!r}"
-                )
-            shed[tier] = level
-        object.__setattr__(self, "shed", shed)
 
     @property
     def max_level(self) -> int:
         return len(self.thresholds)
 
-    def sheds(self, tier: Criticality, level: int) -> bool:
+    def sheds(self, tier: Priority, level: int) -> bool:
         """Is ``tier``'s traffic refused outright at ``level``?"""
         start = self.shed.get(tier)
         return start is not None and level >= start
-
-    @classmethod
-    def parse(cls, section: object, where: str = "degradation") -> DegradationConfig:
-        if section is None:
-            return cls()
-        if not isinstance(section, Mapping):
-            raise ConfigError(f"{where}: must be a mapping, got {section!r:.80}")
-        known = {"thresholds", "margin", "raise_after", "restore_after", "names", "weights", "shed"}
-        for key in section:
-            if key not in known:
-                raise ConfigError(f"{where}: unknown key {key!r} (known: {sorted(known)})")
-        kwargs = dict(section)
-        for key in ("thresholds", "names"):
-            if key in kwargs:
-                if not isinstance(kwargs[key], Sequence) or isinstance(kwargs[key], str):
-                    raise ConfigError(f"{where}.{key}: must be a list, got {kwargs[key]!r:.80}")
-                kwargs[key] = tuple(kwargs[key])
-        if "weights" in kwargs and not isinstance(kwargs["weights"], Mapping):
-            raise ConfigError(f"{where}.weights: must be a mapping, got {kwargs['weights']!r:.80}")
-        if "weights" in kwargs:
-            kwargs["weights"] = {**cls().weights, **kwargs["weights"]}
-        try:
-            return cls(**kwargs)
-        except InvalidParameter as exc:
-            raise ConfigError(f"{where}: {exc}") from None
 
 
 class Degradation:

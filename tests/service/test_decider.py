@@ -1,19 +1,24 @@
-"""Engine and HTTP server pieces in-process: reload carry-over, hooks, bounds, HTTP parsing."""
+"""The pipeline's pieces in-process: reload carry-over, the level and admission hooks,
+bounds, permit expiry, HTTP parsing and limits."""
 
 from __future__ import annotations
 
 import asyncio
 
 from envoy.service.ratelimit.v3 import rls_pb2
-from limiter.server import engine as engine_module
+from limiter.server import rules as rules_module
 from limiter.server import v1
-from limiter.server.engine import Engine
+from limiter.server.decider import Decider
 from limiter.server.http import HttpServer, Request, Response
 from limiter.server.metrics import Metrics
 from limiter.server.native import LimiterService
 from limiter.server.rls import HeaderOptions, RateLimitService
+from limiter.server.rules import Rulebook
 
 from limiter import config as rules
+from limiter import ops
+from limiter.ops.switches import Switch
+from limiter.priority import Priority
 from tests.service.conftest import request
 
 RULES = """
@@ -33,34 +38,30 @@ def config(limit: int = 9) -> rules.Config:
     return rules.parse(RULES.replace("LIMIT", str(limit)))
 
 
-class FixedLevel:
-    def __init__(self, value: int) -> None:
-        self.value = value
-
-    def level(self) -> int:
-        return self.value
-
-
 def test_reload_keeps_state_of_unchanged_rules_only() -> None:
-    engine = Engine(config(9))
-    user = engine.snapshot.by_name[("d", "per-user")]
-    ip = engine.snapshot.by_name[("d", "per-ip")]
+    book = Rulebook(config(9))
+    user = book.snapshot.by_name[("d", "per-user")]
+    ip = book.snapshot.by_name[("d", "per-ip")]
     user.acquire("u", 2)
     user.stats.total_hits = 2
-    engine.reload(config(10))  # per-ip changed, per-user did not
-    user_after = engine.snapshot.by_name[("d", "per-user")]
-    ip_after = engine.snapshot.by_name[("d", "per-ip")]
+    book.reload(config(10))  # per-ip changed, per-user did not
+    user_after = book.snapshot.by_name[("d", "per-user")]
+    ip_after = book.snapshot.by_name[("d", "per-ip")]
     assert user_after.kernel is user.kernel and user_after.stats.total_hits == 2
     assert user_after.acquire("u", 1).remaining == 2
     assert ip_after.kernel is not ip.kernel and ip_after.limit == 10
     assert ip_after.stats is ip.stats  # counters stay monotonic for Prometheus
 
 
-def test_level_source_is_read_once_per_call_and_reaches_both_apis() -> None:
-    engine = Engine(config(), level_source=FixedLevel(3))
+def test_the_policys_level_reaches_both_apis() -> None:
+    policy = ops.build({}, start=False)
+    policy.switches.put(
+        Switch.from_request("level:default", {"level": 3, "who": "t", "why": "x"}, 0)
+    )
+    decider = Decider(Rulebook(config()), policy)
     metrics = Metrics()
-    rls = RateLimitService(engine, metrics, HeaderOptions())
-    native = LimiterService(engine, metrics)
+    rls = RateLimitService(decider, metrics, HeaderOptions())
+    native = LimiterService(decider, metrics)
 
     async def scenario() -> tuple[rls_pb2.RateLimitResponse, object]:
         answer = await rls.decide(request("d", {"user": "x"}))
@@ -75,15 +76,20 @@ def test_level_source_is_read_once_per_call_and_reaches_both_apis() -> None:
 
 
 def test_admission_hook_gets_refused_checks_with_max_wait() -> None:
-    engine = Engine(config())
+    book = Rulebook(config())
     calls = []
 
     class Admission:
-        async def admit(self, state, key, cost, *, priority, tenant, max_wait):  # type: ignore[no-untyped-def]
-            calls.append((state.label, key, cost, priority, tenant, max_wait))
-            return state.acquire(key, cost, True), 0.25
+        """The decider's admission interface, recording what it is asked."""
 
-    native = LimiterService(engine, Metrics(), admission=Admission())
+        def waiting(self, state, key):  # type: ignore[no-untyped-def]
+            return False
+
+        async def admit(self, state, key, cost, priority, max_wait, caller=""):  # type: ignore
+            calls.append((state.label, key, cost, priority, max_wait))
+            return state.acquire(key, cost), 0.25, False
+
+    native = LimiterService(Decider(book, admission=Admission()), Metrics())
     check = v1.Check(
         domain="d", rule="per-user", key="q", cost=5, priority=4, tenant="t", max_wait=1
     )
@@ -97,19 +103,21 @@ def test_admission_hook_gets_refused_checks_with_max_wait() -> None:
     assert first.allowed and len(calls) == 1  # allowed at once: only the refusal queued
     assert not second.allowed and second.code == v1.Result.QUEUE_TIMEOUT
     assert second.waited == 0.25
-    assert calls == [("per-user", "d\x1fuser\x1fq", 5, 4, "t", 1.0)]
+    assert calls == [("per-user", "d\x1fuser\x1fq", 5, Priority.SHEDDABLE, 1.0)]
 
 
 def test_overrides_and_detailed_series_are_bounded(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(engine_module, "MAX_OVERRIDES", 4)
-    monkeypatch.setattr(engine_module, "MAX_DETAILED_SERIES", 3)
-    engine = Engine(config())
+    monkeypatch.setattr(rules_module, "MAX_OVERRIDES", 4)
+    monkeypatch.setattr(rules_module, "MAX_DETAILED_SERIES", 3)
+    book = Rulebook(config())
     for n in range(10):
-        engine.override("d", n + 1, 1)
-    assert len(engine.overrides) == 4
-    ip = engine.snapshot.by_name[("d", "per-ip")]
+        book.override("d", n + 1, 1)
+    assert len(book.overrides) == 4
+    ip = book.snapshot.by_name[("d", "per-ip")]
     for n in range(10):
-        ip.count(ip.acquire(f"k{n}", 1), 1, f"ip_{n}")
+        d = ip.acquire(f"k{n}", 1)
+        ip.count(d.allowed, d.remaining, 1, False)
+        ip.count_detail(f"ip_{n}", d.allowed, d.remaining, 1, False)
     assert sorted(ip.detailed or {}) == ["_other", "ip_0", "ip_1", "ip_2"]
     assert ip.detailed["_other"].total_hits == 7  # type: ignore[index]
     assert ip.stats.total_hits == 10
@@ -117,21 +125,21 @@ def test_overrides_and_detailed_series_are_bounded(monkeypatch) -> None:  # type
 
 def test_forgotten_permits_expire_on_an_injected_clock() -> None:
     now = [100.0]
-    engine = Engine(config(), permit_ttl=5, clock=lambda: now[0])
-    jobs = engine.snapshot.by_name[("d", "jobs")]
-    permit = jobs.acquire("j", 1, hold=True)
-    token = engine.hold(permit)
+    book = Rulebook(config(), permit_ttl=5, clock=lambda: now[0])
+    jobs = book.snapshot.by_name[("d", "jobs")]
+    token = book.hold(jobs.acquire("j", 1))
     assert not jobs.acquire("j", 1).allowed
     now[0] += 4.9
-    assert engine.expire_permits() == 0
+    assert book.expire_permits() == 0
     now[0] += 0.2
-    assert engine.expire_permits() == 1 and engine.take(token) is None
+    assert book.expire_permits() == 1 and book.take(token) is None
     assert jobs.acquire("j", 1).allowed
 
 
 def test_http_server_parsing_routing_and_limits() -> None:
+    http = HttpServer()
+
     async def scenario() -> list[bytes]:
-        http = HttpServer(max_body=100)
 
         async def hello(request: Request) -> Response:
             return Response.text(f"hello {request.method} {len(request.body)}")
@@ -143,10 +151,10 @@ def test_http_server_parsing_routing_and_limits() -> None:
             raise RuntimeError("bug")
 
         http.route("GET", "/hello", hello)
-        http.route("POST", "/hello", hello)
+        http.route("POST", "/hello", hello, max_body=100)
         http.route("GET", "/boom", boom)
         http.mount("/v1/", admin)
-        port = await http.start("127.0.0.1", 0)
+        port = http.start("127.0.0.1", 0)  # served on its own thread
 
         async def exchange(raw: bytes) -> bytes:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -172,10 +180,12 @@ def test_http_server_parsing_routing_and_limits() -> None:
             await exchange(b"GET /boom HTTP/1.1\r\nConnection: close\r\n\r\n"),
             await exchange(b"HEAD /hello HTTP/1.1\r\nConnection: close\r\n\r\n"),
         ]
-        await http.stop()
         return out
 
-    out = asyncio.run(scenario())
+    try:
+        out = asyncio.run(scenario())
+    finally:
+        http.stop()
     assert out[0].count(b"HTTP/1.1 200 OK") == 2
     assert b"hello GET 0" in out[0] and b"hello POST 3" in out[0]
     assert b'"path": "/v1/switches/a b"' in out[1] and b'"client": "127.0.0.1"' in out[1]

@@ -1,12 +1,13 @@
 """Alert webhooks: tell people and automation when throttling, breakers or levels change.
 
 ``Alerts.emit`` is safe on any path: it records the event in a bounded ring of
-recent events (for operators) and, unless the same event for the same subject was
-sent within the cool-down, puts it on each webhook's bounded queue without
-blocking; a full queue drops the event and counts it. One worker thread per webhook
-POSTs JSON signed with ``X-Limiter-Signature: sha256=<HMAC-SHA256(secret, body)>``,
-with a timeout and retries (exponential backoff with jitter) on network errors, 5xx
-and 429. A dead or slow receiver therefore never changes decision latency.
+recent events (for operators; switch changes in a ring of their own) and, unless the
+same event for the same subject was sent within the cool-down, puts it on each
+webhook's bounded queue without blocking; a full queue drops the event and counts it.
+One worker thread per webhook POSTs JSON signed with
+``X-Limiter-Signature: sha256=<HMAC-SHA256(secret, body)>``, with a timeout and retries
+(exponential backoff with jitter) on network errors, 5xx and 429. A dead or slow
+receiver therefore never changes decision latency.
 """
 
 from __future__ import annotations
@@ -25,15 +26,16 @@ import time
 import urllib.parse
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from limiter.errors import ConfigError, InvalidParameter
+from limiter.errors import InvalidParameter, brief
+from limiter.schema import FieldError, Section, setting
 
 __all__ = ["Alerts", "AlertsConfig", "Dispatcher", "Webhook", "sign", "verify"]
 
-log = logging.getLogger("limiter.alerts")
+log = logging.getLogger("limiter.ops.alerts")
 
 EVENTS = (
     "throttle_started",
@@ -48,6 +50,9 @@ EVENTS = (
 SIGNATURE_HEADER = "X-Limiter-Signature"
 # What an event is about, for the cool-down: the first of these present in it.
 SUBJECT_KEYS = ("rule", "breaker", "client", "id", "service")
+# Events an operator caused: kept in a list of their own, so that a flood of automatic
+# events (throttling, blocks) cannot push them out of the recent events.
+OPERATOR_EVENTS = frozenset({"switch_changed"})
 
 
 def sign(secret: bytes, body: bytes) -> str:
@@ -61,45 +66,38 @@ def verify(secret: bytes, body: bytes, signature: str) -> bool:
 
 
 @dataclass(frozen=True)
-class Webhook:
-    """Where and how to POST: ``url``, HMAC ``secret``, timeout/retries/backoff in seconds."""
+class Webhook(Section):
+    """One webhook (``alerts.webhooks``): where and how to POST events."""
 
-    url: str
-    secret: bytes | None = None
-    timeout: float = 2.0
-    retries: int = 3
-    backoff: float = 0.5
-    max_backoff: float = 30.0
-    slack: bool = False
-    events: tuple[str, ...] = EVENTS
+    url: str = setting(doc="where events are POSTed", prefixes=("http://", "https://"))
+    secret: bytes | None = setting(
+        None, f"HMAC-SHA256 key: each POST carries {SIGNATURE_HEADER}: sha256=<hex digest>"
+    )
+    secret_env: str | None = setting(None, "an environment variable holding the secret")
+    timeout: float = setting(2.0, "timeout of one POST", low=1e-3, high=600, seconds=True)
+    retries: int = setting(3, "retries after network errors, 5xx and 429", low=0, high=100)
+    backoff: float = setting(
+        0.5, "backoff before the first retry, doubled each retry (with jitter)",
+        low=0, high=3600, seconds=True,
+    )  # fmt: skip
+    max_backoff: float = setting(30.0, "the longest backoff", low=0, high=86400, seconds=True)
+    slack: bool = setting(False, "add a one-line `text` for Slack-compatible receivers")
+    events: tuple[str, ...] = setting(EVENTS, "the events this webhook gets", choices=EVENTS)
 
-    def __post_init__(self) -> None:
-        parts = urllib.parse.urlsplit(self.url) if isinstance(self.url, str) else None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-            raise InvalidParameter(f"url must be an http(s) URL, got {self.url!r:.80}")
-        if isinstance(self.secret, str):
-            object.__setattr__(self, "secret", self.secret.encode())
-        if self.secret is not None and not isinstance(self.secret, bytes):
-            raise InvalidParameter("secret must be a string")
-        for name, lo, hi in (
-            ("timeout", 1e-3, 600),
-            ("backoff", 0, 3600),
-            ("max_backoff", 0, 86400),
-        ):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
-                raise InvalidParameter(f"{name} must be seconds in [{lo:g}, {hi:g}], got {v!r}")
-        r = self.retries
-        if isinstance(r, bool) or not isinstance(r, int) or not 0 <= r <= 100:
-            raise InvalidParameter(f"retries must be an integer in [0, 100], got {r!r}")
-        if not isinstance(self.slack, bool):
-            raise InvalidParameter(f"slack must be true or false, got {self.slack!r}")
-        events = tuple(self.events) if isinstance(self.events, (list, tuple)) else None
-        if not events or any(e not in EVENTS for e in events):
-            raise InvalidParameter(
-                f"events must be a list drawn from {list(EVENTS)}, got {self.events!r:.120}"
-            )
-        object.__setattr__(self, "events", events)
+    def check(self, given: frozenset[str] | None) -> None:
+        try:
+            host = urllib.parse.urlsplit(self.url).hostname
+        except ValueError:
+            host = None
+        if not host:
+            raise FieldError("url", "has no host")  # the rest of it may be a secret
+        name = self.secret_env
+        if name is not None:
+            if given is not None and "secret" in given:
+                raise FieldError("secret_env", "give secret or secret_env, not both")
+            if name not in os.environ:
+                raise FieldError("secret_env", f"environment variable {name!r} is not set")
+            object.__setattr__(self, "secret", os.environ[name].encode())
 
 
 def slack_text(payload: Mapping[str, Any]) -> str:
@@ -184,12 +182,12 @@ class Dispatcher:
             try:
                 status = self._post(body)
             except (OSError, http.client.HTTPException) as exc:
-                log.warning("webhook %s: %s", self.webhook.url, type(exc).__name__)
+                log.warning("webhook %s: %s", _redact(self.webhook.url), type(exc).__name__)
                 continue
             if 200 <= status < 300:
                 self.stats["sent"] += 1
                 return
-            log.warning("webhook %s answered %d", self.webhook.url, status)
+            log.warning("webhook %s answered %d", _redact(self.webhook.url), status)
             if status < 500 and status != 429:
                 break
         self.stats["failed"] += 1
@@ -213,94 +211,26 @@ class Dispatcher:
 
 
 @dataclass(frozen=True)
-class AlertsConfig:
-    """The ``alerts:`` section."""
+class AlertsConfig(Section):
+    """Alert webhooks (``alerts``): each event (throttle_started, throttle_stopped,
+    breaker_opened, breaker_closed, breaker_half_open, level_changed, client_blocked,
+    switch_changed) is kept in a list of recent events and POSTed as JSON to every webhook
+    that wants it, from a queue per webhook, so a slow receiver never slows decisions."""
 
-    webhooks: tuple[Webhook, ...] = ()
-    cooldown: float = 60.0
-    queue_size: int = 1000
-    recent: int = 1000
-    service: str = "limiter"
-
-    WEBHOOK_KEYS = frozenset(
-        {
-            "url",
-            "secret",
-            "secret_env",
-            "timeout",
-            "retries",
-            "backoff",
-            "max_backoff",
-            "slack",
-            "events",
-        }
-    )
-
-    @classmethod
-    def parse(
-        cls, section: object, where: str = "alerts", env: Mapping[str, str] | None = None
-    ) -> AlertsConfig:
-        """``webhooks: [{url, secret | secret_env, ...}]`` or a single ``url``/``secret``."""
-        env = os.environ if env is None else env
-        if section is None:
-            return cls()
-        if not isinstance(section, Mapping):
-            raise ConfigError(f"{where}: must be a mapping, got {section!r:.80}")
-        top = {"webhooks", "cooldown", "queue_size", "recent", "service"}
-        hooks: list[Any] = []
-        single = {k: v for k, v in section.items() if k in cls.WEBHOOK_KEYS}
-        if single:
-            hooks.append(single)
-        for key in section:
-            if key not in top and key not in cls.WEBHOOK_KEYS:
-                raise ConfigError(f"{where}: unknown key {key!r}")
-        listed = section.get("webhooks") or []
-        if not isinstance(listed, Sequence) or isinstance(listed, str):
-            raise ConfigError(f"{where}.webhooks: must be a list, got {listed!r:.80}")
-        hooks.extend(listed)
-        built = []
-        for i, hook in enumerate(hooks):
-            path = f"{where}.webhooks[{i}]" if not single or i else where
-            if not isinstance(hook, Mapping):
-                raise ConfigError(f"{path}: must be a mapping, got {hook!r:.80}")
-            unknown = set(hook) - cls.WEBHOOK_KEYS
-            if unknown:
-                raise ConfigError(f"{path}: unknown key {sorted(unknown)[0]!r}")
-            kwargs = dict(hook)
-            name = kwargs.pop("secret_env", None)
-            if name is not None:
-                if name not in env:
-                    raise ConfigError(
-                        f"{path}.secret_env: environment variable {name!r} is not set"
-                    )
-                kwargs["secret"] = env[name]
-            if "url" not in kwargs:
-                raise ConfigError(f"{path}: url is required")
-            try:
-                built.append(Webhook(**kwargs))
-            except InvalidParameter as exc:
-                raise ConfigError(f"{path}: {exc}") from None
-        cooldown = section.get("cooldown", 60.0)
-        if (
-            isinstance(cooldown, bool)
-            or not isinstance(cooldown, (int, float))
-            or not 0 <= cooldown <= 86400
-        ):
-            raise ConfigError(f"{where}.cooldown: must be seconds in [0, 86400], got {cooldown!r}")
-        for key, default in (("queue_size", 1000), ("recent", 1000)):
-            v = section.get(key, default)
-            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 1_000_000:
-                raise ConfigError(f"{where}.{key}: must be an integer in [1, 1000000], got {v!r}")
-        service = section.get("service", "limiter")
-        if not isinstance(service, str):
-            raise ConfigError(f"{where}.service: must be a string, got {service!r:.80}")
-        return cls(
-            webhooks=tuple(built),
-            cooldown=float(cooldown),
-            queue_size=section.get("queue_size", 1000),
-            recent=section.get("recent", 1000),
-            service=service,
-        )
+    webhooks: tuple[Webhook, ...] = setting((), "where events are POSTed")
+    cooldown: float = setting(
+        60.0, "an event about the same subject is sent at most once per cooldown (the "
+        "next one counts those suppressed)", low=0, high=86400, seconds=True,
+    )  # fmt: skip
+    queue_size: int = setting(
+        1000, "events waiting per webhook; beyond, new ones are dropped (and counted)",
+        low=1, high=1_000_000,
+    )  # fmt: skip
+    recent: int = setting(
+        1000, "recent events kept for the admin API: this many of operators' (switch "
+        "changes) and as many of the others", low=1, high=1_000_000,
+    )  # fmt: skip
+    service: str = setting("limiter", "the `service` of events that name none")
 
 
 @dataclass
@@ -325,6 +255,7 @@ class Alerts:
             Dispatcher(w, queue_size=config.queue_size, rng=rng) for w in config.webhooks
         ]
         self._recent: deque[dict[str, Any]] = deque(maxlen=config.recent)
+        self._operator: deque[dict[str, Any]] = deque(maxlen=config.recent)
         self._seen: dict[tuple[str, str], _Seen] = {}
         self._lock = threading.Lock()
         self.suppressed = 0
@@ -338,7 +269,7 @@ class Alerts:
         The cool-down is per event and subject (see ``SUBJECT_KEYS``).
         """
         if event not in EVENTS:
-            raise InvalidParameter(f"event must be one of {list(EVENTS)}, got {event!r:.40}")
+            raise InvalidParameter(f"event must be one of {list(EVENTS)}, got {brief(event, 40)}")
         now = self.clock()
         payload: dict[str, Any] = {"event": event, **(fields or {}), **more}
         payload.setdefault("service", self.config.service)
@@ -373,7 +304,7 @@ class Alerts:
                 seen.suppressed += 1
                 self.suppressed += 1
             payload["sent"] = send and bool(self.dispatchers)
-            self._recent.append(payload)
+            (self._operator if event in OPERATOR_EVENTS else self._recent).append(payload)
         if send:
             for d in self.dispatchers:
                 if event in d.webhook.events:
@@ -391,7 +322,8 @@ class Alerts:
     def recent(self, limit: int = 100, since: int = 0) -> list[dict[str, Any]]:
         """Events with ``seq > since``, newest last, at most ``limit``."""
         with self._lock:
-            rows = [e for e in self._recent if e["seq"] > since]
+            rows = [e for e in (*self._recent, *self._operator) if e["seq"] > since]
+        rows.sort(key=lambda e: e["seq"])
         return rows[-limit:] if limit > 0 else []
 
     def stats(self) -> dict[str, Any]:
@@ -406,6 +338,7 @@ class Alerts:
 
 
 def _redact(url: str) -> str:
-    """Scheme, host and port only: webhook paths often embed a secret (Slack-style)."""
+    """Scheme, host and port only: webhook paths and queries often embed a secret
+    (Slack-style URLs), so logs and the status API show no more than this."""
     u = urllib.parse.urlsplit(url)
     return f"{u.scheme}://{u.hostname}" + (f":{u.port}" if u.port else "")

@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 from limiter._core import HeavyHitters
-from limiter.errors import ConfigError, InvalidParameter
+from limiter.schema import Section, setting
 
 __all__ = [
     "AbnormalAccess",
+    "AbnormalConfig",
     "ClientShedder",
+    "ClientsConfig",
     "SheddingConfig",
+    "ThrottleConfig",
     "ThrottleWatch",
     "TopClients",
 ]
@@ -30,18 +33,86 @@ Clock = Callable[[], int]
 # Where per-rule state goes once ``max_rules`` distinct names have been seen.
 OTHER = "_other"
 Listener = Callable[[str, dict[str, Any]], None]
+# Largest count a sketch takes (the kernels' MAX_COUNT).
+MAX_COUNT = 1 << 40
 
 
-def _number(name: str, value: object, *, minimum: float = 0.0, maximum: float = 1e12) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not (minimum <= value <= maximum)
-    ):
-        raise InvalidParameter(
-            f"{name} must be a number in [{minimum:g}, {maximum:g}], got {value!r}"
-        )
-    return float(value)
+@dataclass(frozen=True)
+class ClientsConfig(Section):
+    """Top-client shedding (``shedding.clients``): while a rule throttles, a client whose
+    share of the rule's recent requests is above ``max_share`` is refused first."""
+
+    max_share: float = setting(
+        1.0, "the largest share of a rule's requests one client may send while it throttles "
+        "(1: count only, never cut)", low=0, high=1, open_low=True,
+    )  # fmt: skip
+    capacity: int = setting(64, "clients tracked per rule (heaviest kept)", low=1, high=1 << 20)
+    window: float = setting(
+        10.0, "the sliding window shares are measured over", low=0, high=86400, open_low=True,
+        seconds=True,
+    )  # fmt: skip
+    buckets: int = setting(5, "buckets the window slides by", low=1, high=1024)
+    min_requests: int = setting(
+        20, "requests in the window before anyone is cut", low=0, high=MAX_COUNT
+    )
+
+
+@dataclass(frozen=True)
+class AbnormalConfig(Section):
+    """Abnormal-client blocks (``shedding.abnormal``; off unless given): a client is refused
+    for ``cooldown`` after a burst or a high 4xx ratio."""
+
+    burst: int = setting(
+        1000, "more requests than this within burst_window block", low=1, high=MAX_COUNT
+    )
+    burst_window: float = setting(
+        1.0, "the window of burst", low=0, high=86400, open_low=True, seconds=True
+    )
+    error_ratio: float = setting(
+        0.5, "this share of 4xx among reported responses blocks", low=0, high=1, open_low=True
+    )
+    min_responses: int = setting(
+        20, "responses in error_window before the ratio counts", low=1, high=MAX_COUNT
+    )
+    error_window: float = setting(
+        60.0, "the window of error_ratio", low=0, high=86400, open_low=True, seconds=True
+    )
+    cooldown: float = setting(60.0, "how long a block lasts", low=1e-3, high=86400, seconds=True)
+    capacity: int = setting(256, "clients tracked (heaviest kept)", low=1, high=1 << 20)
+    max_blocked: int = setting(
+        100_000, "clients blocked at once; beyond, no new client is blocked", low=1, high=MAX_COUNT
+    )
+
+
+@dataclass(frozen=True)
+class ThrottleConfig(Section):
+    """Which rules throttle (``shedding.throttle``): they start throttling at a share of
+    over-limit answers and stop after a quiet spell; alerts follow."""
+
+    window: float = setting(
+        10.0, "the sliding window answers are counted over", low=1e-3, high=86400, seconds=True
+    )
+    start_ratio: float = setting(
+        0.01, "this share of over-limit answers starts throttling", low=0, high=1
+    )
+    min_over: int = setting(1, "and at least this many over-limit answers", low=1, high=MAX_COUNT)
+    stop_after: float = setting(
+        30.0, "throttling stops after this long without an over-limit answer",
+        low=0, high=86400, seconds=True,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SheddingConfig(Section):
+    """Who gets cut first (``shedding``): the heaviest clients of a throttling rule,
+    abnormal clients, and which rules are throttling (for alerts and operators)."""
+
+    clients: ClientsConfig = setting(ClientsConfig(), "top-client shedding")
+    abnormal: AbnormalConfig | None = setting(None, "abnormal-client blocks (none: off)")
+    throttle: ThrottleConfig = setting(ThrottleConfig(), "the throttled-rules watch")
+
+    def top_clients(self, clock: Clock | None = None) -> TopClients:
+        return TopClients(lambda: ClientShedder(self.clients, clock=clock))
 
 
 class ClientShedder:
@@ -53,19 +124,11 @@ class ClientShedder:
     window. ``max_share`` 1.0 (the default) only counts, for the top-N, and never cuts.
     """
 
-    def __init__(
-        self,
-        max_share: float = 1.0,
-        *,
-        capacity: int = 64,
-        window: float = 10.0,
-        buckets: int = 5,
-        min_requests: int = 20,
-        clock: Clock | None = None,
-    ) -> None:
-        self.max_share = _number("max_share", max_share, minimum=1e-6, maximum=1.0)
-        self.min_requests = int(_number("min_requests", min_requests))
-        self.sketch = HeavyHitters(capacity, window, buckets, clock=clock)
+    def __init__(self, config: ClientsConfig | None = None, *, clock: Clock | None = None) -> None:
+        config = config or ClientsConfig()
+        self.max_share = config.max_share
+        self.min_requests = config.min_requests
+        self.sketch = HeavyHitters(config.capacity, config.window, config.buckets, clock=clock)
         self.shed = 0
 
     def check(self, client: str, cost: int = 1, *, pressure: bool = False) -> bool:
@@ -144,27 +207,19 @@ class AbnormalAccess:
 
     def __init__(
         self,
+        config: AbnormalConfig | None = None,
         *,
-        burst: int = 1000,
-        burst_window: float = 1.0,
-        error_ratio: float = 0.5,
-        min_responses: int = 20,
-        error_window: float = 60.0,
-        cooldown: float = 60.0,
-        capacity: int = 256,
-        max_blocked: int = 100_000,
         clock: Clock | None = None,
         on_block: Listener | None = None,
     ) -> None:
-        self.burst = int(_number("burst", burst, minimum=1))
-        self.error_ratio = _number("error_ratio", error_ratio, minimum=1e-6, maximum=1.0)
-        self.min_responses = int(_number("min_responses", min_responses, minimum=1))
-        self.cooldown_ns = int(_number("cooldown", cooldown, minimum=1e-3) * 1e9)
-        self.max_blocked = int(_number("max_blocked", max_blocked, minimum=1))
+        c = config or AbnormalConfig()
+        self.burst, self.error_ratio, self.min_responses = c.burst, c.error_ratio, c.min_responses
+        self.cooldown_ns = int(c.cooldown * 1e9)
+        self.max_blocked = c.max_blocked
         self.clock = clock or time.monotonic_ns
-        self.requests = HeavyHitters(capacity, burst_window, 4, clock=self.clock)
-        self.responses = HeavyHitters(capacity, error_window, 6, clock=self.clock)
-        self.errors = HeavyHitters(capacity, error_window, 6, clock=self.clock)
+        self.requests = HeavyHitters(c.capacity, c.burst_window, 4, clock=self.clock)
+        self.responses = HeavyHitters(c.capacity, c.error_window, 6, clock=self.clock)
+        self.errors = HeavyHitters(c.capacity, c.error_window, 6, clock=self.clock)
         self.on_block = on_block
         self._blocked: dict[str, int] = {}
         self.blocks = 0
@@ -257,19 +312,16 @@ class ThrottleWatch:
 
     def __init__(
         self,
+        config: ThrottleConfig | None = None,
         *,
-        window: float = 10.0,
-        start_ratio: float = 0.01,
-        min_over: int = 1,
-        stop_after: float = 30.0,
         max_rules: int = 10_000,
         clock: Clock | None = None,
         on_change: Listener | None = None,
     ) -> None:
-        self.window_ns = int(_number("window", window, minimum=1e-3) * 1e9)
-        self.start_ratio = _number("start_ratio", start_ratio, maximum=1.0)
-        self.min_over = int(_number("min_over", min_over, minimum=1))
-        self.stop_after_ns = int(_number("stop_after", stop_after) * 1e9)
+        c = config or ThrottleConfig()
+        self.window_ns = int(c.window * 1e9)
+        self.start_ratio, self.min_over = c.start_ratio, c.min_over
+        self.stop_after_ns = int(c.stop_after * 1e9)
         self.clock = clock or time.monotonic_ns
         self.on_change = on_change
         self._rules: dict[str, _RuleStats] = {}
@@ -357,77 +409,3 @@ class ThrottleWatch:
                 )
         rows.sort(key=lambda r: (-r["over_limit"], r["rule"]))
         return rows[: max(0, n)]
-
-
-@dataclass(frozen=True)
-class SheddingConfig:
-    """The ``shedding:`` section: top-client cap, abnormal-access and throttle-watch settings."""
-
-    clients: Mapping[str, Any]
-    abnormal: Mapping[str, Any] | None  # None: abnormal-access blocking is off
-    throttle: Mapping[str, Any]
-
-    KEYS: ClassVar[dict[str, set[str]]] = {
-        "clients": {"max_share", "capacity", "window", "buckets", "min_requests"},
-        "abnormal": {
-            "burst",
-            "burst_window",
-            "error_ratio",
-            "min_responses",
-            "error_window",
-            "cooldown",
-            "capacity",
-            "max_blocked",
-        },
-        "throttle": {"window", "start_ratio", "min_over", "stop_after"},
-    }
-
-    @classmethod
-    def parse(cls, section: object, where: str = "shedding") -> SheddingConfig:
-        """Validate by building each part once, so errors surface at load time."""
-        section = {} if section is None else section
-        if not isinstance(section, Mapping):
-            raise ConfigError(f"{where}: must be a mapping, got {section!r:.80}")
-        for key in section:
-            if key not in cls.KEYS:
-                raise ConfigError(f"{where}: unknown key {key!r} (known: {sorted(cls.KEYS)})")
-        parts: dict[str, Mapping[str, Any]] = {}
-        for part, keys in cls.KEYS.items():
-            value = section.get(part) or {}
-            if not isinstance(value, Mapping):
-                raise ConfigError(f"{where}.{part}: must be a mapping, got {value!r:.80}")
-            for key in value:
-                if key not in keys:
-                    raise ConfigError(
-                        f"{where}.{part}: unknown key {key!r} (known: {sorted(keys)})"
-                    )
-            parts[part] = dict(value)
-        if "abnormal" not in section:
-            parts["abnormal"] = None
-        config = cls(**parts)
-        for part, build in (
-            ("clients", config.client_shedder),
-            ("abnormal", config.abnormal_access),
-            ("throttle", config.throttle_watch),
-        ):
-            try:
-                build()
-            except (InvalidParameter, TypeError) as exc:
-                raise ConfigError(f"{where}.{part}: {exc}") from None
-        return config
-
-    def client_shedder(self, clock: Clock | None = None) -> ClientShedder:
-        return ClientShedder(clock=clock, **self.clients)
-
-    def top_clients(self, clock: Clock | None = None) -> TopClients:
-        return TopClients(lambda: self.client_shedder(clock))
-
-    def abnormal_access(
-        self, clock: Clock | None = None, on_block: Listener | None = None
-    ) -> AbnormalAccess:
-        return AbnormalAccess(clock=clock, on_block=on_block, **(self.abnormal or {}))
-
-    def throttle_watch(
-        self, clock: Clock | None = None, on_change: Listener | None = None
-    ) -> ThrottleWatch:
-        return ThrottleWatch(clock=clock, on_change=on_change, **self.throttle)

@@ -21,7 +21,6 @@ finds another thread mid-transition simply goes on.
 
 from __future__ import annotations
 
-import builtins
 import itertools
 import threading
 import time
@@ -29,11 +28,12 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from limiter.errors import ConfigError, InvalidParameter, LimiterError
+from limiter.errors import InvalidParameter, LimiterError, brief
+from limiter.schema import Section, setting
 
 __all__ = [
     "BreakerConfig",
@@ -76,105 +76,62 @@ class BreakerOpen(LimiterError):
         super().__init__(f"circuit {name!r} is open; retry after {retry_after:.3f}s")
 
 
-def _exceptions(names: object, where: str) -> tuple[type[BaseException], ...]:
-    if isinstance(names, type) and issubclass(names, BaseException):
-        return (names,)
-    if isinstance(names, (list, tuple)):
-        out = []
-        for n in names:
-            if isinstance(n, type) and issubclass(n, BaseException):
-                out.append(n)
-                continue
-            exc = getattr(builtins, n, None) if isinstance(n, str) else None
-            if not (isinstance(exc, type) and issubclass(exc, BaseException)):
-                raise InvalidParameter(f"{where}: {n!r} is not a built-in exception name")
-            out.append(exc)
-        return tuple(out)
-    raise InvalidParameter(f"{where} must be a list of exception names, got {names!r:.80}")
-
-
 @dataclass(frozen=True)
-class BreakerConfig:
-    """Thresholds and timings of one dependency's breakers (0 disables a trigger)."""
+class BreakerConfig(Section):
+    """One dependency's circuit breakers (``breakers.<name>``). Closed, calls pass and
+    outcomes are counted; the breaker opens on a failure or slow-call ratio (0 turns a
+    trigger off), or on consecutive failures. Open, calls fail fast for ``open_for``;
+    then probes are let through: all succeeding close it, one failing re-opens it."""
 
-    window: float = 10.0
-    buckets: int = 10
-    minimum_calls: int = 20
-    failure_ratio: float = 0.5
-    slow_call_ratio: float = 0.0
-    slow_call_duration: float = 1.0
-    consecutive_failures: int = 0
-    open_for: float = 5.0
-    half_open_probes: int = 1
-    failure_on: tuple[type[BaseException], ...] = (Exception,)
-    ignore_on: tuple[type[BaseException], ...] = ()
-    failure_status: tuple[int, ...] = (500, 502, 503, 504)
-    ignore_status: tuple[int, ...] = ()
-    health: str | None = None
-    health_interval: float = 1.0
-    health_timeout: float = 1.0
-    max_partitions: int = 10_000
-    mode: Mode = Mode.NORMAL
-
-    def __post_init__(self) -> None:
-        def num(name: str, lo: float, hi: float, integer: bool = False) -> None:
-            v = getattr(self, name)
-            kind = int if integer else (int, float)
-            if isinstance(v, bool) or not isinstance(v, kind) or not lo <= v <= hi:
-                what = "an integer" if integer else "a number"
-                raise InvalidParameter(f"{name} must be {what} in [{lo:g}, {hi:g}], got {v!r}")
-
-        num("window", 1e-3, 86400)
-        num("buckets", 1, 1000, True)
-        num("minimum_calls", 1, 1e9, True)
-        num("failure_ratio", 0, 1)
-        num("slow_call_ratio", 0, 1)
-        num("slow_call_duration", 0, 86400)
-        num("consecutive_failures", 0, 1e9, True)
-        num("open_for", 0, 86400)
-        num("half_open_probes", 1, 10_000, True)
-        num("health_interval", 1e-3, 86400)
-        num("health_timeout", 1e-3, 600)
-        num("max_partitions", 1, 10_000_000, True)
-        object.__setattr__(self, "failure_on", _exceptions(self.failure_on, "failure_on"))
-        object.__setattr__(self, "ignore_on", _exceptions(self.ignore_on, "ignore_on"))
-        for name in ("failure_status", "ignore_status"):
-            codes = getattr(self, name)
-            if not isinstance(codes, (list, tuple)) or not all(
-                isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 999 for c in codes
-            ):
-                raise InvalidParameter(f"{name} must be a list of status codes, got {codes!r:.80}")
-            object.__setattr__(self, name, tuple(codes))
-        if self.health is not None and not (
-            isinstance(self.health, str)
-            and self.health.startswith(("http://", "https://", "grpc://"))
-        ):
-            raise InvalidParameter(
-                f"health must be an http://, https:// or grpc:// URL, got {self.health!r:.80}"
-            )
-        try:
-            object.__setattr__(self, "mode", Mode(self.mode))
-        except ValueError:
-            raise InvalidParameter(
-                f"mode must be one of {[m.value for m in Mode]}, got {self.mode!r}"
-            ) from None
-
-    @classmethod
-    def parse(
-        cls, section: object, where: str = "breakers", base: BreakerConfig | None = None
-    ) -> BreakerConfig:
-        if section is None:
-            return base or cls()
-        if not isinstance(section, Mapping):
-            raise ConfigError(f"{where}: must be a mapping, got {section!r:.80}")
-        known = {f.name for f in fields(cls)}
-        for key in section:
-            if key not in known:
-                raise ConfigError(f"{where}: unknown key {key!r} (known: {sorted(known)})")
-        try:
-            return replace(base or cls(), **section)
-        except InvalidParameter as exc:
-            raise ConfigError(f"{where}: {exc}") from None
+    window: float = setting(
+        10.0, "the sliding window of outcomes", low=1e-3, high=86400, seconds=True
+    )
+    buckets: int = setting(10, "buckets the window slides by", low=1, high=1000)
+    minimum_calls: int = setting(
+        20, "calls in the window before a ratio may open the breaker", low=1, high=1e9
+    )
+    failure_ratio: float = setting(0.5, "open at this share of failures", low=0, high=1)
+    slow_call_ratio: float = setting(0.0, "open at this share of slow calls", low=0, high=1)
+    slow_call_duration: float = setting(
+        1.0, "a call this long is slow", low=0, high=86400, seconds=True
+    )
+    consecutive_failures: int = setting(
+        0, "open after this many failures in a row", low=0, high=1e9
+    )
+    open_for: float = setting(
+        5.0, "how long calls fail fast before probes are let through",
+        low=0, high=86400, seconds=True,
+    )  # fmt: skip
+    half_open_probes: int = setting(
+        1, "calls let through to probe; all must succeed to close", low=1, high=10_000
+    )
+    failure_on: tuple[type[BaseException], ...] = setting(
+        (Exception,), "exceptions that count as failures"
+    )
+    ignore_on: tuple[type[BaseException], ...] = setting((), "exceptions that count as nothing")
+    failure_status: tuple[int, ...] = setting(
+        (500, 502, 503, 504), "status codes that count as failures", low=0, high=999
+    )
+    ignore_status: tuple[int, ...] = setting(
+        (), "status codes that count as nothing", low=0, high=999
+    )
+    health: str | None = setting(
+        None, "a health probe: an open breaker closes only once it passes "
+        "(grpc://host:port/service asks grpc.health.v1)",
+        prefixes=("http://", "https://", "grpc://"),
+    )  # fmt: skip
+    health_interval: float = setting(
+        1.0, "time between health probes", low=1e-3, high=86400, seconds=True
+    )
+    health_timeout: float = setting(1.0, "timeout of one probe", low=1e-3, high=600, seconds=True)
+    max_partitions: int = setting(
+        10_000, "breakers per dependency (one per partition); beyond, a closed one is dropped",
+        low=1, high=10_000_000,
+    )  # fmt: skip
+    mode: Mode = setting(
+        Mode.NORMAL, "metrics_only: count but never refuse; disabled: always allow, count "
+        "nothing; forced_open, forced_closed",
+    )  # fmt: skip
 
 
 def http_health_probe(url: str, timeout: float = 1.0) -> Callable[[], bool]:
@@ -584,23 +541,6 @@ class Breakers:
         self._groups: dict[str, BreakerGroup] = {}
         self._lock = threading.Lock()
 
-    @staticmethod
-    def parse_config(section: object, where: str = "breakers") -> dict[str, BreakerConfig]:
-        if section is None:
-            return {}
-        if not isinstance(section, Mapping):
-            raise ConfigError(f"{where}: must be a mapping of dependency to settings")
-        default = BreakerConfig.parse(section.get("default"), f"{where}.default")
-        out = {"default": default}
-        for name, sub in section.items():
-            if not isinstance(name, str) or not name or "/" in name:
-                raise ConfigError(
-                    f"{where}: dependency name must be a non-empty str without '/', got {name!r}"
-                )
-            if name != "default":
-                out[name] = BreakerConfig.parse(sub, f"{where}.{name}", base=default)
-        return out
-
     def _forced(self, name: str) -> str | None:
         if self._override is None:
             return None
@@ -625,7 +565,7 @@ class Breakers:
     def get(self, dependency: str, partition: str = "") -> CircuitBreaker:
         if not isinstance(dependency, str) or not dependency or "/" in dependency:
             raise InvalidParameter(
-                f"dependency must be a non-empty str without '/', got {dependency!r:.80}"
+                f"dependency must be a non-empty str without '/', got {brief(dependency)}"
             )
         return self.group(dependency)[partition]
 

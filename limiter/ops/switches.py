@@ -29,7 +29,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from limiter.errors import ConfigError, InvalidParameter
+from limiter.errors import ConfigError, InvalidParameter, brief
+from limiter.schema import Section, setting
 
 __all__ = [
     "MemorySwitches",
@@ -41,7 +42,7 @@ __all__ = [
     "open_switches",
 ]
 
-log = logging.getLogger("limiter.switches")
+log = logging.getLogger("limiter.ops.switches")
 
 Clock = Callable[[], int]
 Listener = Callable[[str, "Switch | None"], None]
@@ -55,6 +56,9 @@ ID_PATTERN = re.compile(r"^(?:global|(rule|level|breaker):([^\s\x00-\x1f\x7f]{1,
 MAX_LEVEL = 100
 PLAIN_REDIS = ("redis://", "rediss://", "unix://")
 MAX_TTL = 366 * 86400
+# The shortest life a switch may be given: one that expires before it reaches every
+# replica (or as it is made: expiry is kept to the millisecond) would do nothing.
+MIN_TTL = 1.0
 
 
 class StoreUnavailable(Exception):
@@ -103,7 +107,7 @@ class Switch:
         if not isinstance(switch_id, str) or not ID_PATTERN.match(switch_id):
             raise InvalidParameter(
                 "switch id must be 'global', 'rule:<name>', 'level:<service>' or "
-                f"'breaker:<name>', got {switch_id!r:.80}"
+                f"'breaker:<name>', got {brief(switch_id)}"
             )
         return switch_id
 
@@ -116,7 +120,7 @@ class Switch:
         known = {"action", "limit", "level", "ttl", "expires_at", "who", "why"}
         for key in body:
             if key not in known:
-                raise InvalidParameter(f"unknown field {key!r:.40} (known: {sorted(known)})")
+                raise InvalidParameter(f"unknown field {brief(key, 40)} (known: {sorted(known)})")
         kind = "global" if switch_id == "global" else switch_id.split(":", 1)[0]
         now = now_ns / 1e9
         action = body.get("action")
@@ -127,20 +131,20 @@ class Switch:
                 raise InvalidParameter("action does not apply to a level switch; set level")
             if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= MAX_LEVEL:
                 raise InvalidParameter(
-                    f"level must be an integer in [0, {MAX_LEVEL}], got {level!r:.40}"
+                    f"level must be an integer in [0, {MAX_LEVEL}], got {brief(level, 40)}"
                 )
         else:
             if action not in ACTIONS[kind]:
                 raise InvalidParameter(
                     f"action for a {kind} switch must be one of {list(ACTIONS[kind])}, "
-                    f"got {action!r:.40}"
+                    f"got {brief(action, 40)}"
                 )
             if level is not None:
                 raise InvalidParameter(f"level does not apply to a {kind} switch")
         if action == "override":
             if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit < 1 << 40:
                 raise InvalidParameter(
-                    f"limit must be an integer >= 0 for override, got {limit!r:.40}"
+                    f"limit must be an integer >= 0 for override, got {brief(limit, 40)}"
                 )
         elif limit is not None:
             raise InvalidParameter("limit applies only to action 'override'")
@@ -148,15 +152,24 @@ class Switch:
         if ttl is not None and expires_at is not None:
             raise InvalidParameter("give ttl or expires_at, not both")
         if ttl is not None:
-            if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl <= MAX_TTL:
-                raise InvalidParameter(f"ttl must be seconds in (0, {MAX_TTL}], got {ttl!r:.40}")
+            if (
+                isinstance(ttl, bool)
+                or not isinstance(ttl, (int, float))
+                or not MIN_TTL <= ttl <= MAX_TTL
+            ):
+                raise InvalidParameter(
+                    f"ttl must be seconds in [{MIN_TTL:g}, {MAX_TTL}], got {brief(ttl, 40)}"
+                )
             expires_at = (now_ns + int(ttl * 1e9)) // 1_000_000 / 1000
         elif expires_at is not None and (
             isinstance(expires_at, bool)
             or not isinstance(expires_at, (int, float))
-            or not now < expires_at <= now + MAX_TTL
+            or not now + MIN_TTL <= expires_at <= now + MAX_TTL
         ):
-            raise InvalidParameter(f"expires_at must be a future unix time, got {expires_at!r:.40}")
+            raise InvalidParameter(
+                f"expires_at must be a unix time at least {MIN_TTL:g} s ahead, "
+                f"got {brief(expires_at, 40)}"
+            )
         return cls(
             id=switch_id,
             who=_text(body, "who", 200),
@@ -507,39 +520,23 @@ def _client_url(url: str) -> str:
 
 
 @dataclass(frozen=True)
-class SwitchesConfig:
-    """The ``switches:`` section: ``store`` memory|redis, ``url``, ``prefix``, ``resync``."""
+class SwitchesConfig(Section):
+    """Where manual switches live (``switches``): the operator's overrides of rules,
+    levels and breakers, set through the admin API or ``limiter switch``."""
 
-    store: str = "auto"
-    url: str | None = None
-    prefix: str = "limiter:"
-    resync: float = 5.0
-
-    @classmethod
-    def parse(cls, section: object, where: str = "switches") -> SwitchesConfig:
-        if section is None:
-            return cls()
-        if not isinstance(section, Mapping):
-            raise ConfigError(f"{where}: must be a mapping, got {section!r:.80}")
-        for key in section:
-            if key not in cls.__dataclass_fields__:
-                raise ConfigError(
-                    f"{where}: unknown key {key!r} (known: {sorted(cls.__dataclass_fields__)})"
-                )
-        config = cls(**section)
-        if config.store not in ("auto", "memory", "redis"):
-            raise ConfigError(f"{where}.store: must be auto, memory or redis, got {config.store!r}")
-        if config.url is not None and not (
-            isinstance(config.url, str)
-            and config.url.startswith(("redis://", "rediss://", "unix://"))
-        ):
-            raise ConfigError(f"{where}.url: must be a redis:// URL, got {config.url!r:.80}")
-        if not isinstance(config.prefix, str):
-            raise ConfigError(f"{where}.prefix: must be a string, got {config.prefix!r:.80}")
-        r = config.resync
-        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.1 <= r <= 3600:
-            raise ConfigError(f"{where}.resync: must be seconds in [0.1, 3600], got {r!r}")
-        return config
+    store: str = setting(
+        "auto", "memory: this process only; redis: shared by every replica; auto: redis "
+        "when the service has a plain Redis URL (--redis or url)",
+        choices=("auto", "memory", "redis"),
+    )  # fmt: skip
+    url: str | None = setting(
+        None, "the Redis to keep switches in (default: --redis)", prefixes=PLAIN_REDIS
+    )
+    prefix: str = setting("limiter:", "prefix of the switches' Redis keys and channel")
+    resync: float = setting(
+        5.0, "time between full re-reads, which heal a missed change message",
+        low=0.1, high=3600, seconds=True,
+    )  # fmt: skip
 
 
 def open_switches(

@@ -1,4 +1,5 @@
-"""Ops.before/after: what the service asks per check, from switches to shedding to alerts."""
+"""The operations policy: what the decider asks per rule and per check, from switches to
+shedding to alerts."""
 
 from __future__ import annotations
 
@@ -6,11 +7,20 @@ import json
 import time
 
 import pytest
-from limiter.server import admin
 
-from limiter.alerts import AlertsConfig
-from limiter.shedding import SheddingConfig
-from limiter.switches import Switch
+from limiter import InvalidParameter
+from limiter import ops as operations
+from limiter.ops import Verdict
+from limiter.ops.switches import Switch
+
+
+def before(ops, rule, client, hits, limit, priority=None):
+    """What the decider asks about one check: the rule's verdict, then the client's."""
+    level = ops.level() if priority is not None else 0
+    verdict = ops.rule_verdict(rule, limit, priority, level)
+    if verdict is not None:
+        return verdict
+    return ops.client_verdict(rule, client, hits, limit)
 
 
 def put(ops, sid, **body):
@@ -22,71 +32,69 @@ def put(ops, sid, **body):
 @pytest.fixture
 def ops(clock):
     sections = {
-        "shedding": SheddingConfig.parse(
-            {
-                "clients": {"max_share": 0.5, "min_requests": 10},
-                "abnormal": {"burst": 100, "cooldown": 30},
-                "throttle": {"min_over": 2, "stop_after": 5},
-            }
-        )
+        "shedding": {
+            "clients": {"max_share": 0.5, "min_requests": 10},
+            "abnormal": {"burst": 100, "cooldown": 30},
+            "throttle": {"min_over": 2, "stop_after": 5},
+        }
     }
-    o = admin.build(sections, clock=clock, start=False)
+    o = operations.build(sections, clock=clock, start=False)
     yield o
     o.close()
 
 
 def test_fast_path_and_every_switch(ops):
-    assert ops.before("edge/per-user", "u1", 1, 10) is None
+    assert before(ops, "edge/per-user", "u1", 1, 10) is None
     put(ops, "rule:edge/per-user", action="force_allow")
-    v = ops.before("edge/per-user", "u1", 1, 10)
+    v = before(ops, "edge/per-user", "u1", 1, 10)
     assert v.decision.allowed and v.decision.remaining == 10
     put(ops, "rule:edge/per-user", action="force_deny", ttl=30)
-    v = ops.before("edge/per-user", "u1", 1, 10)
+    v = before(ops, "edge/per-user", "u1", 1, 10)
     assert not v.decision.allowed and 29 < v.decision.retry_after <= 30
     put(ops, "rule:edge/per-user", action="shadow")
-    assert ops.before("edge/per-user", "u1", 1, 10) == admin.Verdict(shadow=True)
+    assert before(ops, "edge/per-user", "u1", 1, 10) == Verdict(shadow=True)
     put(ops, "rule:edge/per-user", action="override", limit=3)
-    assert ops.before("edge/per-user", "u1", 1, 10) == admin.Verdict(limit=3)
-    assert ops.before("edge/other", "u1", 1, 10) is None
+    assert before(ops, "edge/per-user", "u1", 1, 10) == Verdict(limit=3)
+    assert before(ops, "edge/other", "u1", 1, 10) is None
     put(ops, "global", action="force_deny")
-    assert not ops.before("edge/other", "u1", 1, 10).decision.allowed
+    assert not before(ops, "edge/other", "u1", 1, 10).decision.allowed
 
 
 def test_abnormal_client_is_blocked(ops, clock):
-    answers = [ops.before("edge/r", "bot", 1, 1000) for _ in range(101)]
+    answers = [before(ops, "edge/r", "bot", 1, 1000) for _ in range(101)]
     assert answers[99] is None and not answers[100].decision.allowed
     assert answers[100].decision.retry_after == pytest.approx(30)
-    assert ops.before("edge/r", "human", 1, 1000) is None
+    assert before(ops, "edge/r", "human", 1, 1000) is None
     assert ops.alerts.recent()[-1]["event"] == "client_blocked"
 
 
 def test_heaviest_client_is_cut_only_while_the_rule_throttles(ops, clock):
     for _ in range(30):
-        assert ops.before("edge/r", "heavy", 1, 100) is None  # no pressure yet
-        ops.after("edge/r", True, 1)
-    ops.after("edge/r", False, 1)
-    ops.after("edge/r", False, 1)
+        assert before(ops, "edge/r", "heavy", 1, 100) is None  # no pressure yet
+        ops.record("edge/r", True, 1)
+    ops.record("edge/r", False, 1)
+    ops.record("edge/r", False, 1)
     assert ops.throttle.is_throttling("edge/r")
-    assert not ops.before("edge/r", "heavy", 1, 100).decision.allowed  # 30 of 31: cut
-    assert ops.before("edge/r", "light", 1, 100) is None
+    assert not before(ops, "edge/r", "heavy", 1, 100).decision.allowed  # 30 of 31: cut
+    assert before(ops, "edge/r", "light", 1, 100) is None
     clock.advance(6)
     ops.tick()
     assert not ops.throttle.is_throttling("edge/r")
-    assert ops.before("edge/r", "heavy", 1, 100) is None
+    assert before(ops, "edge/r", "heavy", 1, 100) is None
     assert [e["event"] for e in ops.alerts.recent()] == ["throttle_started", "throttle_stopped"]
 
 
 def test_throttle_alert_reaches_a_real_receiver(receiver, clock):
     sections = {
-        "alerts": AlertsConfig.parse({"url": receiver.url, "secret": "k" * 20}),
-        "shedding": SheddingConfig.parse({"throttle": {"min_over": 1}}),
+        "alerts": {"webhooks": [{"url": receiver.url, "secret": "k" * 20}]},
+        "shedding": {"throttle": {"min_over": 1}},
     }
-    ops = admin.build(sections, clock=clock, start=False)
+    ops = operations.build(sections, clock=clock, start=False)
     try:
         for _ in range(3):
-            assert ops.before("edge/per-user", "u9", 1, 10) is None
+            assert before(ops, "edge/per-user", "u9", 1, 10) is None
         for allowed in (True, True, False):
-            ops.after("edge/per-user", allowed, 1)
+            ops.record("edge/per-user", allowed, 1)
         (req,) = receiver.wait_for(1)
         payload = json.loads(req["body"])
         assert payload["event"] == "throttle_started" and payload["rule"] == "edge/per-user"
@@ -115,11 +123,13 @@ def test_housekeeping_feeds_the_level_from_breakers(ops, clock):
     assert events.count("breaker_opened") == 2 and events[-1] == "level_changed"
 
 
-def test_odd_hits_never_raise(ops):
-    for hits in (0, -5, 1 << 40, 1 << 63, 1 << 64):
-        verdict = ops.before("edge/r", "c\x00\U0001f600", hits, 10)
-        assert verdict is None or not verdict.decision.allowed  # a huge burst gets blocked
-        ops.after("edge/r", True, hits)
+def test_out_of_range_hits_are_refused_with_a_clear_error(ops):
+    for hits in (0, -5, (1 << 40) + 1, 1 << 64):
+        with pytest.raises(InvalidParameter, match=f"hits must be in .*got {hits}"):
+            ops.client_verdict("edge/r", "c", hits, 10)
+    assert ops.abnormal.requests.total() == 0  # nothing was counted
+    verdict = ops.client_verdict("edge/r", "c\x00\U0001f600", 1 << 40, 10)
+    assert not verdict.decision.allowed  # the largest burst there is gets blocked
 
 
 def test_expiry_is_announced_once(ops, clock):
@@ -133,10 +143,10 @@ def test_expiry_is_announced_once(ops, clock):
 
 
 def test_degradation_sheds_low_tiers_first_and_completely(ops):
-    from limiter.criticality import Criticality as C
+    from limiter.priority import Priority as C
 
     def admitted(tier):
-        v = ops.before("edge/r", f"c-{tier}", 1, 10, tier)
+        v = before(ops, "edge/r", f"c-{tier}", 1, 10, tier)
         return v is None
 
     assert all(admitted(t) for t in C)  # level 0: nobody is shed by tier
@@ -146,25 +156,25 @@ def test_degradation_sheds_low_tiers_first_and_completely(ops):
     assert [admitted(t) for t in C] == [False, False, True, True]
     put(ops, "level:default", level=4)
     assert admitted(C.CRITICAL) and admitted("critical_plus")  # never shed by default
-    assert ops.before("edge/r", "x", 1, 10, None) is None  # no tier given: not judged
+    assert before(ops, "edge/r", "x", 1, 10, None) is None  # no tier given: not judged
     put(ops, "rule:edge/r", action="force_allow")
-    assert ops.before("edge/r", "x", 1, 10, C.SHEDDABLE).decision.allowed  # the switch wins
+    assert before(ops, "edge/r", "x", 1, 10, C.SHEDDABLE).decision.allowed  # the switch wins
 
 
 def test_shed_config():
-    from limiter.degradation import DegradationConfig
     from limiter.errors import ConfigError
+    from limiter.ops.degradation import DegradationConfig
+    from limiter.priority import Priority as C
+    from limiter.schema import load
 
-    cfg = DegradationConfig.parse({"shed": {"sheddable": 2, "CRITICAL": 4}})
-    from limiter.criticality import Criticality as C
-
+    cfg = load(DegradationConfig, {"shed": {"sheddable": 2, "CRITICAL": 4}}, "degradation")
     assert cfg.sheds(C.SHEDDABLE, 2) and not cfg.sheds(C.SHEDDABLE, 1)
     assert cfg.sheds(C.CRITICAL, 4) and not cfg.sheds(C.SHEDDABLE_PLUS, 4)
-    assert DegradationConfig.parse({"shed": {}}).shed == {}
+    assert load(DegradationConfig, {"shed": {}}, "degradation").shed == {}
     for bad, match in (
-        ({"vip": 1}, "shed tier"),
-        ({"SHEDDABLE": 0}, "shed.SHEDDABLE"),
-        ([1], "shed must be a mapping"),
+        ({"vip": 1}, "degradation: shed: invalid key: 'vip' is not one of"),
+        ({"SHEDDABLE": 0}, r"shed\.SHEDDABLE: must be an integer in \[1, 100\], got 0"),
+        ([1], "shed: must be a mapping"),
     ):
         with pytest.raises(ConfigError, match=match):
-            DegradationConfig.parse({"shed": bad})
+            load(DegradationConfig, {"shed": bad}, "degradation")
