@@ -19,6 +19,10 @@ $(STAMP): pyproject.toml setup.py
 	# top-level package: neither may stay installed beside this one.
 	$(PY) -m pip uninstall -q -y limiter
 	$(PY) -m pip install -q -e '.[test,bench,otel]'
+	# xds-protos carries its own, older copy of opentelemetry-proto's modules; whichever is
+	# installed last wins, and the OTLP exporter needs opentelemetry-proto's.
+	$(PY) -m pip install -q --no-deps --force-reinstall \
+		"opentelemetry-proto==$$($(PY) -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')"
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -34,7 +34,7 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
     def start(text: str, *args: str, env: dict[str, str] | None = None) -> ServiceProcess:
         path = tmp_path / f"rules{len(started)}.yaml"
         path.write_text(text)
-        service = ServiceProcess(path, *args, env=env, any_port=True)
+        service = ServiceProcess(path, *args, env=env)
         started.append(service)
         return service.start()
 
