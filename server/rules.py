@@ -408,8 +408,9 @@ class Rulebook:
             if left:
                 counts[name] = left
             else:
+                # Its recent deadlines go with the expiry sweep, a chunk at a time: freeing
+                # a bound's worth at once would hold the interpreter for milliseconds.
                 del counts[name]
-                del self._recent[kind][name]
 
     def retry_after(self, rule: str, caller: str = "") -> float:
         """Seconds until a permit of ``caller`` (when it holds its bound) or else of
@@ -418,11 +419,14 @@ class Rulebook:
         kind, name = "caller", caller
         if self._held["caller"].get(caller, 0) < self.limits["caller"]:
             kind, name = "rule", rule
-        recent = self._recent[kind].get(name)
+        if not self._held[kind].get(name):
+            return 0.0
         now = self.clock()
-        while recent and recent[0] <= now:
-            recent.popleft()
-        return max(recent[0] - now, 0.001) if recent else 0.0
+        with self._lock:  # the expiry sweep trims the same deadlines
+            recent = self._recent[kind].get(name)
+            while recent and recent[0] <= now:
+                recent.popleft()
+            return max(recent[0] - now, 0.001) if recent else 0.0
 
     def expire_permits(self) -> int:
         """Release permits whose holder never called Release (a crashed client); safe to
@@ -442,7 +446,24 @@ class Rulebook:
                 free(permit)
             expired += len(gone)
         self.permits_expired += expired
+        self._trim_recent(now)
         return expired
+
+    def _trim_recent(self, now: float) -> None:
+        """Drop passed deadlines, and the deadlines of names that hold nothing any more."""
+        for kind, recents in self._recent.items():
+            held = self._held[kind]
+            for name in list(recents):
+                recent = recents[name]
+                while recent and recent[0] <= now:
+                    with self._lock:
+                        for _ in range(EXPIRY_CHUNK):
+                            if not recent or recent[0] > now:
+                                break
+                            recent.popleft()
+                with self._lock:
+                    if not recent and name not in held:
+                        del recents[name]
 
     def all_states(self) -> list[RuleState]:
         """Every state with its own counters (operator-relimited ones share their rule's)."""
