@@ -50,8 +50,9 @@ class ServicePressure:
         self.fallback = fallback
         self.clock = clock
         # (at, checks, refused by a limit, answered by a failure mode), cumulative over
-        # every rule: the oldest kept is the last at or before the window's start.
-        self._history: deque[tuple[int, int, int, int]] = deque()
+        # every rule: the oldest kept is the last at or before the window's start. The
+        # counters start at zero with the service.
+        self._history: deque[tuple[int, int, int, int]] = deque([(clock(), 0, 0, 0)])
         self._signals: dict[str, float] = {}
 
     def sample(self) -> None:
