@@ -139,9 +139,7 @@ class Service:
             allow_remote=settings.admin_allow_remote,
         )
         self.ops.steps.append(lambda: console.sample_rules(self.rulebook, self.admin.rates))
-        self.pressure = ServicePressure(
-            self.rulebook, self.ops.levels.config, self.ops.fallback
-        )
+        self.pressure = ServicePressure(self.rulebook, self.ops.levels.config, self.ops.fallback)
         self.ops.steps.append(self.pressure.sample)
         self.ops.signals.append(self.pressure.signals)
         self.ops.steps.append(self.rulebook.expire_permits)

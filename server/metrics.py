@@ -279,7 +279,9 @@ def _rules_text(book: Rulebook, ops: Operations | None) -> str:
         )  # fmt: skip
         for state in states:
             labels = _labels(domain=state.domain, rule=state.label)
-            out.sample("limiter_fallback_active", labels, int(ops.fallback.is_active(state.ops_name)))
+            out.sample(
+                "limiter_fallback_active", labels, int(ops.fallback.is_active(state.ops_name))
+            )
     out.family(
         "limiter_rule_limit", "gauge",
         "Configured limit of each limited rule: requests per unit, or calls in flight.",

@@ -79,7 +79,7 @@ def test_throttled_share_counts_the_limits_refusals_over_the_window(clock: Clock
 
 
 def test_adaptive_cut_and_latency_drive_the_level_through_housekeeping(clock: Clock) -> None:
-    book, decider, policy, pressure = build(clock)
+    book, _decider, policy, _pressure = build(clock)
     try:
         policy.tick()
         assert policy.level() == 0
