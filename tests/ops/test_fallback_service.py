@@ -3,8 +3,8 @@ which the test kills and restarts; a real HTTP server receives the webhooks.
 
 While Redis is dead every check is answered by the rule's failure mode (``local``, the
 default): counted per rule, logged at most once per rule per ``log_every``, announced by
-``fallback_started`` and, once Redis is back, ``fallback_stopped``; and each replica
-keeps a client within the token bucket's own limit.
+``fallback_started`` and, once Redis is back, ``fallback_stopped``; it raises the level;
+and each replica keeps a client within the token bucket's own limit.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ descriptors:
     rate_limit: {{unit: hour, requests_per_unit: 1000, name: other}}
 ---
 fallback: {{stop_after: 1, log_every: {LOG_EVERY}}}
+degradation: {{min_checks: 10}}
 alerts:
   cooldown: 0
   webhooks: [{{url: URL, retries: 5, backoff: 0.05}}]
@@ -101,6 +102,10 @@ def test_fallback_is_counted_logged_announced_and_local_keeps_each_replica_in_it
                     timeout=10,
                 )
                 assert service.metric("limiter_fallback_active", rule="other") == 0
+            # The share answered by the failure mode is pressure: the level rose by itself.
+            for service in replicas:
+                assert service.metric("limiter_service_pressure", service="default") >= 0.8
+                assert service.metric("limiter_level") >= 1
             # Announced once per replica.
             assert wait_until(lambda: len(events(receiver, "fallback_started")) == 2, timeout=10)
             # Logged, at most one line per rule per LOG_EVERY seconds, counting the checks.
