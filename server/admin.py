@@ -33,7 +33,7 @@ when the shared switch store is unreachable):
 - ``GET /v1/rules?history=0&domain=`` -> ``{"rules": [...], "step", "pid"}``: every rule of
   this process with its counters, rates and adaptive state (``limiter.server.console``)
 - ``GET /v1/status`` -> levels, kill switch, switch count, store health, throttling
-  rules, webhook delivery counters
+  rules, rules answered by their failure mode (``fallback``), webhook delivery counters
 """
 
 from __future__ import annotations
@@ -320,6 +320,7 @@ class AdminApi:
                 "switches": len(ops.switches.list()),
                 "store_healthy": getattr(ops.switches, "healthy", True),
                 "throttling": ops.throttle.throttling(),
+                "fallback": ops.fallback.active(),
                 "alerts": ops.alerts.stats(),
             },
         )

@@ -3,9 +3,9 @@
 The decision loop (the process's main event loop) runs the gRPC server (RLS v3,
 limiter.v1, health, reflection) and nothing else: the HTTP port (health, metrics,
 ``/json``, the admin API and console), config reloads and housekeeping (switch sweeps,
-levels, breaker probes, expired permits, shared metrics, renewed TLS certificates, Redis
-restarts) each run on their own thread, and hand the decision loop finished work
-(``on_decision_loop``).
+levels and the pressure they follow, fallback alerts, breaker probes, expired permits,
+shared metrics, renewed TLS certificates, Redis restarts) each run on their own thread,
+and hand the decision loop finished work (``on_decision_loop``).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from limiter.server.http import MAX_CONNECTIONS as MAX_HTTP_CONNECTIONS
 from limiter.server.http import HttpServer, Request, Response
 from limiter.server.metrics import CONTENT_TYPE, Metrics, SharedMetrics
 from limiter.server.native import LimiterService
+from limiter.server.pressure import ServicePressure
 from limiter.server.quota import SERVICE as QUOTA_SERVICE
 from limiter.server.quota import QuotaService
 from limiter.server.reload import Reloader
@@ -138,6 +139,9 @@ class Service:
             allow_remote=settings.admin_allow_remote,
         )
         self.ops.steps.append(lambda: console.sample_rules(self.rulebook, self.admin.rates))
+        self.pressure = ServicePressure(self.rulebook, self.ops.levels.config, self.ops.fallback)
+        self.ops.steps.append(self.pressure.sample)
+        self.ops.signals.append(self.pressure.signals)
         self.ops.steps.append(self.rulebook.expire_permits)
         self.redis_runs: dict[str, str] = {}  # each Redis server's run id, as last seen
         if backend is not None:

@@ -296,6 +296,8 @@ class Decider:
                 forced = verdict.decision
             detail = details[k] if details is not None else None
             self._count(state, forced, costs[k], False, detail, tallies)
+            if not forced.allowed:
+                state.stats.policy_refused += state.counted(False, costs[k])
             out[k] = _outcome(forced, state, False, Code.OK, 0.0, None)
         return rest
 

@@ -271,6 +271,17 @@ def _rules_text(book: Rulebook, ops: Operations | None) -> str:
     for state in states:
         labels = _labels(domain=state.domain, rule=state.label)
         out.sample("limiter_backend_errors_total", labels, state.stats.backend_errors)
+    if ops is not None:
+        out.family(
+            "limiter_fallback_active", "gauge",
+            "1 while a rule's checks are answered by its failure_mode (between the "
+            "fallback_started and fallback_stopped events).",
+        )  # fmt: skip
+        for state in states:
+            labels = _labels(domain=state.domain, rule=state.label)
+            out.sample(
+                "limiter_fallback_active", labels, int(ops.fallback.is_active(state.ops_name))
+            )
     out.family(
         "limiter_rule_limit", "gauge",
         "Configured limit of each limited rule: requests per unit, or calls in flight.",

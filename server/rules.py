@@ -71,6 +71,9 @@ class Stats:
     within_limit: int = 0
     shadow_mode: int = 0
     backend_errors: int = 0
+    # Hits the operations policy refused (a switch, a shed tier, a blocked or shed
+    # client) rather than the limit: not a sign of throttling (levels read it).
+    policy_refused: int = 0
 
 
 class RuleState:

@@ -5,6 +5,7 @@
 - ``degradation``: levels from pressure signals, with hysteresis, and the tiers they shed;
 - ``shedding``: top-client shedding, abnormal-client blocks, throttled-rule tracking;
 - ``breaker``: circuit breakers (per dependency and partition);
+- ``fallback``: which rules are answered by their failure mode (events, a rate-limited log);
 - ``alerts``: signed webhooks and the event list.
 """
 

@@ -46,6 +46,8 @@ EVENTS = (
     "level_changed",
     "client_blocked",
     "switch_changed",
+    "fallback_started",
+    "fallback_stopped",
 )
 SIGNATURE_HEADER = "X-Limiter-Signature"
 # What an event is about, for the cool-down: the first of these present in it.
@@ -53,6 +55,9 @@ SUBJECT_KEYS = ("rule", "breaker", "client", "id", "service")
 # Events an operator caused: kept in a list of their own, so that a flood of automatic
 # events (throttling, blocks) cannot push them out of the recent events.
 OPERATOR_EVENTS = frozenset({"switch_changed"})
+# Events every one of which is sent: a level's own hysteresis already keeps it from
+# flapping, and a receiver acting on the level must see each change.
+UNDAMPED_EVENTS = frozenset({"level_changed"})
 
 
 def sign(secret: bytes, body: bytes) -> str:
@@ -214,13 +219,15 @@ class Dispatcher:
 class AlertsConfig(Section):
     """Alert webhooks (``alerts``): each event (throttle_started, throttle_stopped,
     breaker_opened, breaker_closed, breaker_half_open, level_changed, client_blocked,
-    switch_changed) is kept in a list of recent events and POSTed as JSON to every webhook
-    that wants it, from a queue per webhook, so a slow receiver never slows decisions."""
+    switch_changed, fallback_started, fallback_stopped) is kept in a list of recent events
+    and POSTed as JSON to every webhook that wants it, from a queue per webhook, so a
+    slow receiver never slows decisions."""
 
     webhooks: tuple[Webhook, ...] = setting((), "where events are POSTed")
     cooldown: float = setting(
         60.0, "an event about the same subject is sent at most once per cooldown (the "
-        "next one counts those suppressed)", low=0, high=86400, seconds=True,
+        "next one counts those suppressed; every level change is sent)",
+        low=0, high=86400, seconds=True,
     )  # fmt: skip
     queue_size: int = setting(
         1000, "events waiting per webhook; beyond, new ones are dropped (and counted)",
@@ -292,7 +299,11 @@ class Alerts:
             self._seq += 1
             payload["seq"] = self._seq
             seen = self._seen.get((event, subject))
-            send = seen is None or now - seen.at >= self.config.cooldown * 1e9
+            send = (
+                seen is None
+                or now - seen.at >= self.config.cooldown * 1e9
+                or event in UNDAMPED_EVENTS
+            )
             if send:
                 if seen is not None and seen.suppressed:
                     payload["suppressed_since_last"] = seen.suppressed

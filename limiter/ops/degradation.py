@@ -1,7 +1,9 @@
 """Degradation levels: how much a service should give up to survive, from 0 (nothing) to N.
 
-The level follows a pressure signal in [0, 1+] (the largest of utilisation, adaptive
-cuts, open breakers, shedding ...). It rises as soon as pressure crosses the next
+The level follows a pressure signal in [0, 1+]: the largest of weighted signals (in the
+service: adaptive cut depth, share of checks throttled, share of breakers open, latency
+over target and share of checks answered by the failure mode; see
+``limiter.server.pressure``). It rises as soon as pressure crosses the next
 threshold (shed fast) but falls one level at a time, and only after pressure has
 stayed below that threshold minus a margin for ``restore_after`` seconds (restore
 slowly), so it does not flap. An operator can force a level (a manual switch), which
@@ -33,15 +35,27 @@ Override = Callable[[str], int | None]
 
 DEFAULT_THRESHOLDS = (0.8, 0.9, 0.95, 1.0)
 DEFAULT_NAMES = ("normal", "throttle-secondary", "simplify", "serve-cached", "stop-secondary")
-# Breakers weigh 0.9 so every breaker open means level 2 ("simplify"), not the most
-# severe level.
-DEFAULT_WEIGHTS = {"breakers": 0.9}
+# The signals the service measures itself (``limiter.server.pressure``), each a share
+# from 0 to 1. Breakers and fallback weigh 0.9, so even all of them at their worst mean
+# level 2 ("simplify"), not the most severe level: a Redis outage answered locally does
+# not say the backends are failing. Throttling weighs 0.8: only a service refusing every
+# check reaches level 1 by it, since one abuser refused could otherwise shed everyone's
+# sheddable traffic. Adaptive cuts
+# weigh 1.5: a limit cut below about half its ceiling starts level 1, to a third level 4.
+DEFAULT_WEIGHTS = {
+    "breakers": 0.9,
+    "adaptive_cut": 1.5,
+    "throttled": 0.8,
+    "latency": 1.0,
+    "fallback": 0.9,
+}
 
 
 @dataclass(frozen=True)
 class DegradationConfig(Section):
     """Degradation levels (``degradation``): the level (0 = normal) rises as soon as the
-    pressure (the largest weighted signal, such as the share of open breakers) crosses
+    pressure (the largest weighted signal: adaptive cut depth, share of checks throttled,
+    of breakers open, latency over target, share answered by the failure mode) crosses
     the next threshold, and falls one level at a time once it has stayed below for
     ``restore_after``. From a given level a priority tier is refused outright."""
 
@@ -67,6 +81,14 @@ class DegradationConfig(Section):
         factory=lambda: dict(DEFAULT_WEIGHTS), low=0, high=10,
         doc="signal name -> weight: pressure is the largest weighted signal (a config's "
         "weights add to the default; unnamed signals weigh 1)",
+    )  # fmt: skip
+    window: float = setting(
+        5.0, "the service's shares of checks (throttled, answered by the failure mode) are "
+        "measured over this sliding window", low=0, high=3600, open_low=True, seconds=True,
+    )  # fmt: skip
+    min_checks: int = setting(
+        50, "checks the window must hold before those shares count (fewer: 0)",
+        low=0, high=1 << 40,
     )  # fmt: skip
     # The least important traffic goes first and completely (CRITICAL tiers are never
     # shed here unless configured).

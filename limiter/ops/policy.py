@@ -2,10 +2,11 @@
 
 One object, built from the config's operations sections at start-up and handed to the
 decider: manual switches, degradation levels and the tiers they shed, top-client
-shedding, abnormal-client blocks, throttling alerts and breakers. The decider calls a
-handful of methods (below); everything else (the admin API, housekeeping) reads the
-same object. A background thread does the housekeeping: sweeping expired switches,
-ending quiet throttling, refreshing levels and probing breakers.
+shedding, abnormal-client blocks, throttling and fallback alerts and breakers. The
+decider calls a handful of methods (below); everything else (the admin API,
+housekeeping) reads the same object. A background thread does the housekeeping:
+sweeping expired switches, ending quiet throttling, feeding levels their signals,
+refreshing them and probing breakers.
 
 Per request, for each rule and priority: ``rule_verdict`` (a switch or a tier cut,
 the same for every client), then ``client_counter``: the clients are only counted,
@@ -27,6 +28,7 @@ from limiter.errors import InvalidParameter
 from limiter.ops.alerts import Alerts, AlertsConfig
 from limiter.ops.breaker import BreakerConfig, Breakers, State
 from limiter.ops.degradation import DegradationConfig, ServiceLevels
+from limiter.ops.fallback import FallbackConfig, FallbackWatch
 from limiter.ops.shedding import (
     MAX_COUNT,
     AbnormalAccess,
@@ -55,6 +57,7 @@ class OpsConfig(Section):
         "the keys a named one leaves out",
     )  # fmt: skip
     degradation: DegradationConfig = setting(DegradationConfig(), "degradation levels")
+    fallback: FallbackConfig = setting(FallbackConfig(), "checks answered by the failure mode")
     shedding: SheddingConfig = setting(SheddingConfig(), "who gets cut first")
     switches: SwitchesConfig = setting(SwitchesConfig(), "where manual switches live")
 
@@ -95,9 +98,13 @@ class Operations:
     throttle: ThrottleWatch
     clients: TopClients
     abnormal: AbnormalAccess | None
+    fallback: FallbackWatch = field(default_factory=FallbackWatch)
     housekeeping_interval: float = 0.5
     # Extra housekeeping steps (the service adds its per-rule rate sampling).
     steps: list[Callable[[], Any]] = field(default_factory=list)
+    # Pressure signals besides the breakers (the service adds what it measures), read
+    # after the steps, each round: name -> value, as ``Degradation.observe`` takes them.
+    signals: list[Callable[[], Mapping[str, float]]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -155,15 +162,16 @@ class Operations:
     # --- housekeeping -----------------------------------------------------------
 
     def _pressure(self) -> None:
-        """Feed the default service's level with the share of breakers that are not closed.
-
-        Throttling is deliberately not a signal: a per-client limit refusing one abuser
-        says nothing about the service's health.
-        """
+        """Feed the default service's level with the share of breakers that are not
+        closed and every other signal source's readings, in one observation."""
+        signals: dict[str, float] = {}
         every = self.breakers.all()
         if every:
-            opened = sum(b.state is not State.CLOSED for b in every) / len(every)
-            self.levels["default"].observe(breakers=opened)
+            signals["breakers"] = sum(b.state is not State.CLOSED for b in every) / len(every)
+        for source in self.signals:
+            signals.update(source())
+        if signals:
+            self.levels["default"].observe(**signals)
 
     def _sweep(self) -> None:
         """Remove expired switches; the replica that removes one announces it."""
@@ -246,6 +254,11 @@ def build(
         top = [(c["client"], c["count"]) for c in clients.top(fields["rule"], 5)]
         alerts.emit(event, {**fields, "level": levels.level(), "top_clients": top})
 
+    def fallback_event(event: str, fields: dict[str, Any]) -> None:
+        if event == "fallback_stopped":
+            log.info("checks no longer answered by the failure mode", extra={"fields": fields})
+        alerts.emit(event, fields)
+
     ops = Operations(
         switches=switches,
         alerts=alerts,
@@ -258,5 +271,6 @@ def build(
             if shedding.abnormal is not None
             else None
         ),
+        fallback=FallbackWatch(config.fallback, clock=clock, on_change=fallback_event),
     )
     return ops.start() if start else ops

@@ -306,8 +306,8 @@ class ThrottleWatch:
     A rule starts throttling when, over the sliding ``window``, at least
     ``min_over`` requests and a ratio of ``start_ratio`` were over the limit; it stops
     only after ``stop_after`` seconds with no over-limit answer. ``on_change(event,
-    fields)`` gets ``throttle_started`` / ``throttle_stopped``. Past ``max_rules``
-    distinct names, new ones are counted together as ``OTHER``.
+    fields)`` gets ``throttle_started`` / ``throttle_stopped`` (or the two ``events``
+    given). Past ``max_rules`` distinct names, new ones are counted together as ``OTHER``.
     """
 
     def __init__(
@@ -317,8 +317,10 @@ class ThrottleWatch:
         max_rules: int = 10_000,
         clock: Clock | None = None,
         on_change: Listener | None = None,
+        events: tuple[str, str] = ("throttle_started", "throttle_stopped"),
     ) -> None:
         c = config or ThrottleConfig()
+        self.events = events
         self.window_ns = int(c.window * 1e9)
         self.start_ratio, self.min_over = c.start_ratio, c.min_over
         self.stop_after_ns = int(c.stop_after * 1e9)
@@ -364,11 +366,11 @@ class ThrottleWatch:
             if over >= self.min_over and over >= self.start_ratio * total:
                 s.throttling = True
                 s.since = now
-                self._emit("throttle_started", rule, s, over=over, total=total)
+                self._emit(self.events[0], rule, s, over=over, total=total)
 
     def _stop(self, rule: str, s: _RuleStats, now: int) -> None:
         s.throttling = False
-        self._emit("throttle_stopped", rule, s, duration=(now - s.since) / 1e9)
+        self._emit(self.events[1], rule, s, duration=(now - s.since) / 1e9)
 
     def _emit(self, event: str, rule: str, s: _RuleStats, **fields: float) -> None:
         if self.on_change is not None:

@@ -162,6 +162,9 @@ def test_forced_level_and_breaker_and_kill_switch(api):
     api.json("PUT", "/v1/switches/global", {"action": "force_allow", "who": "a", "why": "b"})
     status = api.json("GET", "/v1/status")[1]
     assert status["kill_switch"]["action"] == "force_allow" and status["switches"] == 3
+    assert status["fallback"] == []
+    ops.fallback.sample({"shop/tb": (10, 4)})  # 4 checks answered by the failure mode
+    assert api.json("GET", "/v1/status")[1]["fallback"] == ["shop/tb"]
 
 
 def test_read_endpoints_for_autoscalers():

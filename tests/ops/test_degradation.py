@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from limiter.errors import ConfigError, InvalidParameter
-from limiter.ops.degradation import Degradation, DegradationConfig, ServiceLevels
+from limiter.ops.degradation import DEFAULT_WEIGHTS, Degradation, DegradationConfig, ServiceLevels
 from limiter.schema import load
 
 
@@ -112,7 +112,7 @@ def test_config_errors():
             load(DegradationConfig, section, "degradation")
     # A config's weights add to the default ones; in code they replace them.
     weights = load(DegradationConfig, {"weights": {"cpu": 2}}, "degradation").weights
-    assert weights == {"breakers": 0.9, "cpu": 2.0}
+    assert weights == {**DEFAULT_WEIGHTS, "cpu": 2.0} and DEFAULT_WEIGHTS["breakers"] == 0.9
     assert DegradationConfig(weights={"cpu": 2}).weights == {"cpu": 2.0}
     with pytest.raises(InvalidParameter, match="thresholds: must increase"):
         DegradationConfig(thresholds=(0.9, 0.8))
