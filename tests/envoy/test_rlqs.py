@@ -120,15 +120,17 @@ def test_a_reload_that_changes_the_rule_abandons_its_buckets(served) -> None:  #
 def test_an_assignment_outlives_the_service_until_its_time_to_live(served) -> None:  # type: ignore[no-untyped-def]
     service, envoy, _ = served
     alice = key()
+    # The time to live runs from the assignment, which comes after the bucket's first
+    # request: on a slow host, stopping the service may take most of it.
+    opened = time.monotonic()
     envoy.request("/", alice)
     time.sleep(0.3)
     assert statuses(envoy, alice, 6)[-1] == 429
     service.stop()
-    killed = time.monotonic()
     assert envoy.request("/", alice).status == 429  # still enforced by Envoy itself
     # After --quota-ttl (3 s): expired_assignment_behavior (ALLOW_ALL in the example).
     until(envoy, alice, 200, timeout=10)
-    assert time.monotonic() - killed >= 2.5
+    assert time.monotonic() - opened >= 2.9
 
 
 def test_two_envoys_share_one_global_limit_fairly(tmp_path: Path) -> None:
