@@ -289,7 +289,9 @@ class Decider:
         for k in range(i, j):
             forced = gate.forced
             if forced is None:
-                verdict = self.policy.client_verdict(state.ops_name, keys[k], costs[k], state.limit)
+                verdict = self.policy.client_verdict(
+                    state.ops_name, keys[k], costs[k], state.limit, state.capacity
+                )
                 if verdict is None:
                     rest.append(k)
                     continue
@@ -300,10 +302,12 @@ class Decider:
         return rest
 
     def _gate(self, rule: RuleState, priority: Priority | None, level: int) -> _Gate:
+        tier = rule.priority if priority is None else priority
+        if rule.unreserved is not None and tier < rule.reserve_for:
+            rule = rule.unreserved  # a tier below the reserve's decides without it
         policy = self.policy
         if policy is None:
             return _Gate(rule, None, rule.shadow, False, None)
-        tier = rule.priority if priority is None else priority
         verdict = policy.rule_verdict(rule.ops_name, rule.limit, tier, level)
         if verdict is None:
             counter = policy.client_counter(rule.ops_name)

@@ -1,0 +1,79 @@
+"""Reserved shares in a real service: sheddable traffic cannot take what a rule keeps
+for critical traffic, in memory and on Redis."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from envoy.service.ratelimit.v3 import rls_pb2
+from limiter.server import v1
+
+from tests.service.conftest import ServiceProcess, rls_stub
+from tests.service.conftest import request as rls_request
+from tests.service.test_redis import patient
+
+OK = rls_pb2.RateLimitResponse.OK
+CRITICAL, SHEDDABLE_PLUS, SHEDDABLE = 2, 3, 4  # limiter.v1 Priority
+CONFIG = """
+domain: web
+descriptors:
+  - key: api
+    rate_limit:
+      unit: hour
+      requests_per_unit: 10
+      name: api
+      priority: sheddable
+      reserved: {fraction: 0.3, priority: critical}
+  - key: bucket
+    rate_limit:
+      unit: hour
+      requests_per_unit: 10
+      algorithm: token_bucket
+      name: bucket
+      reserved: {fraction: 0.2}
+"""
+
+
+@pytest.fixture(params=["memory", "redis"])
+def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServiceProcess]:
+    path = tmp_path / "rules.yaml"
+    path.write_text(CONFIG)
+    args = ()
+    if request.param == "redis":
+        args = ("--redis", patient(request.getfixturevalue("redis_url")))
+    proc = ServiceProcess(path, *args).start()
+    yield proc
+    assert proc.stop() == 0
+
+
+def decide(channel: grpc.Channel, rule: str, key: str, priorities: list[int]) -> list[bool]:
+    checks = [v1.Check(domain="web", rule=rule, key=key, priority=p) for p in priorities]
+    answer = v1.LimiterStub(channel).Decide(v1.DecideRequest(checks=checks), timeout=10)
+    return [r.allowed for r in answer.results]
+
+
+def test_a_sheddable_flood_cannot_take_the_reserve(service: ServiceProcess) -> None:
+    with grpc.insecure_channel(service.target) as channel:
+        # Envoy's checks carry the rule's own tier (sheddable): 7 of 10 per hour.
+        rls = rls_stub(channel)
+        codes = [
+            rls.ShouldRateLimit(rls_request("web", {"api": "k"}), timeout=10).overall_code
+            for _ in range(12)
+        ]
+        assert codes == [OK] * 7 + [rls_pb2.RateLimitResponse.OVER_LIMIT] * 5
+        # A native check of a lower tier than critical is refused too; critical ones
+        # take the reserve, and only then are they refused.
+        assert decide(channel, "api", "k", [SHEDDABLE_PLUS, SHEDDABLE]) == [False, False]
+        assert decide(channel, "api", "k", [CRITICAL] * 4) == [True, True, True, False]
+
+
+def test_critical_is_allowed_while_sheddable_is_refused(service: ServiceProcess) -> None:
+    with grpc.insecure_channel(service.target) as channel:
+        # The bucket's own tier is critical (the default): unmarked checks may use it all.
+        flood = decide(channel, "bucket", "t", [SHEDDABLE] * 12)
+        assert flood == [True] * 8 + [False] * 4  # a burst of 10, 2 kept back
+        mixed = decide(channel, "bucket", "t", [SHEDDABLE, CRITICAL, SHEDDABLE, 0, 0])
+        assert mixed == [False, True, False, True, False]
