@@ -77,3 +77,28 @@ def test_critical_is_allowed_while_sheddable_is_refused(service: ServiceProcess)
         assert flood == [True] * 8 + [False] * 4  # a burst of 10, 2 kept back
         mixed = decide(channel, "bucket", "t", [SHEDDABLE, CRITICAL, SHEDDABLE, 0, 0])
         assert mixed == [False, True, False, True, False]
+
+
+def test_an_rls_descriptor_carries_its_priority(service: ServiceProcess) -> None:
+    """A ``limiter.priority`` entry (Envoy: a request_headers action) sets the check's
+    tier and is no part of the match or the key."""
+    with grpc.insecure_channel(service.target) as channel:
+        rls = rls_stub(channel)
+
+        def code(priority: str) -> int:
+            descriptor = [("bucket", "r"), ("limiter.priority", priority)]
+            msg = rls_pb2.RateLimitRequest(domain="web")
+            entries = msg.descriptors.add().entries
+            for key, value in descriptor:
+                entries.add(key=key, value=value)
+            return rls.ShouldRateLimit(msg, timeout=10).overall_code
+
+        over = rls_pb2.RateLimitResponse.OVER_LIMIT
+        assert [code("sheddable") for _ in range(9)] == [OK] * 8 + [over]
+        assert [code("Critical") for _ in range(3)] == [OK, OK, over]
+        # The same key as a native check of the rule: one state.
+        assert decide(channel, "bucket", "r", [CRITICAL]) == [False]
+        with pytest.raises(grpc.RpcError) as info:
+            code("vip")
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "descriptors[0].entries[1].value must be one of" in info.value.details()
