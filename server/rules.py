@@ -137,9 +137,11 @@ class RuleState:
         # ``unreserved``, the same state leaving the reserve untouched.
         self.reserve_for: Priority | None = None
         self.unreserved: RuleState | None = None
-        if lim.reserved is not None and kernel is not None:
+        units = 0 if lim.reserved is None or kernel is None else lim.reserved.units(lim)
+        units = min(units, lim.max_cost - 1)  # an override's smaller limit keeps one unit
+        if units > 0:
             self.reserve_for = lim.reserved.priority
-            self.unreserved = self._without(lim.reserved.units(lim))
+            self.unreserved = self._without(units)
 
     def _without(self, reserve: int) -> RuleState:
         """This state deciding through its kernel's view that leaves ``reserve`` untouched

@@ -3,6 +3,8 @@ for critical traffic, in memory and on Redis."""
 
 from __future__ import annotations
 
+import json
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from tests.service.conftest import request as rls_request
 from tests.service.test_redis import patient
 
 OK = rls_pb2.RateLimitResponse.OK
+TOKEN = "reserved-shares-admin-token"
 CRITICAL, SHEDDABLE_PLUS, SHEDDABLE = 2, 3, 4  # limiter.v1 Priority
 CONFIG = """
 domain: web
@@ -44,7 +47,7 @@ def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServiceP
     args = ()
     if request.param == "redis":
         args = ("--redis", patient(request.getfixturevalue("redis_url")))
-    proc = ServiceProcess(path, *args).start()
+    proc = ServiceProcess(path, *args, env={"LIMITER_ADMIN_TOKEN": TOKEN}).start()
     yield proc
     assert proc.stop() == 0
 
@@ -102,3 +105,18 @@ def test_an_rls_descriptor_carries_its_priority(service: ServiceProcess) -> None
             code("vip")
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "descriptors[0].entries[1].value must be one of" in info.value.details()
+
+
+def test_an_override_keeps_the_reserve_in_proportion(service: ServiceProcess) -> None:
+    body = {"action": "override", "limit": 5, "who": "t", "why": "smaller", "ttl": 60}
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{service.http_port}/v1/switches/rule:web/api",
+        data=json.dumps(body).encode(),
+        method="PUT",
+        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+    with grpc.insecure_channel(service.target) as channel:
+        assert decide(channel, "api", "o", [SHEDDABLE] * 4) == [True] * 3 + [False]
+        assert decide(channel, "api", "o", [CRITICAL] * 3) == [True] * 2 + [False]
