@@ -107,7 +107,11 @@ class Reserve(Section):
 
     def units(self, limit: Limit) -> int:
         """The reserve in the units of ``limit``'s kernel (requests or bucket tokens)."""
-        return int(self.fraction * limit.max_cost + 0.5)
+        return self.part(limit.max_cost)
+
+    def part(self, whole: int) -> int:
+        """The reserve out of ``whole`` units, rounded to the nearest unit."""
+        return int(self.fraction * whole + 0.5)
 
 
 @dataclass(frozen=True)
