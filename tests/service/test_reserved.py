@@ -37,6 +37,14 @@ descriptors:
       algorithm: token_bucket
       name: bucket
       reserved: {fraction: 0.2}
+  - key: fast
+    rate_limit:
+      unit: second
+      requests_per_unit: 4
+      burst: 20
+      algorithm: token_bucket
+      name: fast
+      reserved: {fraction: 0.5}
 """
 
 
@@ -120,3 +128,18 @@ def test_an_override_keeps_the_reserve_in_proportion(service: ServiceProcess) ->
     with grpc.insecure_channel(service.target) as channel:
         assert decide(channel, "api", "o", [SHEDDABLE] * 4) == [True] * 3 + [False]
         assert decide(channel, "api", "o", [CRITICAL] * 3) == [True] * 2 + [False]
+
+
+def test_a_held_sheddable_check_waits_until_the_bucket_is_above_the_reserve(
+    service: ServiceProcess,
+) -> None:
+    """A burst of 20, half of it reserved, 4 tokens a second: of 12 sheddable checks 10
+    pass; one that may wait is held until a token above the reserve is back (250 ms),
+    never admitted at once out of the reserve."""
+    check = v1.Check(domain="web", rule="fast", key="h", priority=SHEDDABLE)
+    held = v1.Check(domain="web", rule="fast", key="h", priority=SHEDDABLE, max_wait=2.0)
+    with grpc.insecure_channel(service.target) as channel:
+        stub = v1.LimiterStub(channel)
+        results = stub.Decide(v1.DecideRequest(checks=[check] * 12 + [held]), timeout=10).results
+    assert [r.allowed for r in results[:12]] == [True] * 10 + [False] * 2
+    assert results[12].allowed and results[12].waited > 0.1, results[12]
