@@ -83,6 +83,27 @@ cdef class _Gcra(RateKernel):
         """Emission interval in ns (1/rate rounded up to a whole ns)."""
         return self.interval
 
+    def reserving(self, reserve):
+        """This kernel's state seen with ``reserve`` fewer units of burst: a request
+        through the view passes only if it leaves ``reserve`` units in the bucket, so
+        traffic that may not touch a reserve is refused while only the reserve is left,
+        and the reserve refills first. Keys, clock and rate are shared with this kernel."""
+        if self.max_wait_ns:
+            raise InvalidParameter("a shaper keeps no reserve (its requests wait instead)")
+        cdef int64_t r = check_count("reserve", reserve, 0, self.burst - 1)
+        cdef _Gcra view = type(self).__new__(type(self))
+        view.table = self.table
+        view.clock = self.clock
+        view.wall = self.wall
+        view.rate = self.rate
+        view.interval = self.interval
+        view.max_wait_ns = 0
+        view.burst = self.burst - r
+        view.tolerance = view.burst * self.interval
+        view.limit_value = view.burst
+        view.max_cost = view.burst
+        return view
+
 
 @cython.final
 cdef class TokenBucket(_Gcra):

@@ -67,6 +67,23 @@ cdef class _Window(RateKernel):
         self.max_cost = self.limit
         self._setup(width, max_keys, clock, True)
 
+    def reserving(self, reserve):
+        """This kernel's state seen with a limit ``reserve`` lower: a request through the
+        view passes only if it leaves ``reserve`` units of the window, so traffic that may
+        not touch a reserve is refused once only the reserve is left. Keys and clock are
+        shared with this kernel."""
+        cdef int64_t r = check_count("reserve", reserve, 0, self.limit - 1)
+        cdef _Window view = type(self).__new__(type(self))
+        view.table = self.table
+        view.clock = self.clock
+        view.wall = self.wall
+        view.period = self.period
+        view.period_ns = self.period_ns
+        view.limit = self.limit - r
+        view.limit_value = view.limit
+        view.max_cost = view.limit
+        return view
+
 
 @cython.final
 cdef class FixedWindow(_Window):

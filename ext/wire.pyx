@@ -487,7 +487,7 @@ cdef tuple _check(Cursor* c, frozenset priorities, Py_ssize_t max_key_chars,
                   double max_wait_limit, _Last last_domain, _Last last_rule):
     cdef Cursor sub = _sub(c, "")
     cdef uint32_t tag
-    cdef str domain = "", rule = "", key = "", tenant = ""
+    cdef str domain = "", rule = "", key = ""
     cdef uint64_t cost = 0
     cdef int32_t priority = 0
     cdef double max_wait = 0.0
@@ -504,7 +504,10 @@ cdef tuple _check(Cursor* c, frozenset priorities, Py_ssize_t max_key_chars,
         elif tag == (5 << 3 | 0):
             priority = <int32_t>_varint(&sub, ".priority")
         elif tag == (6 << 3 | 2):
-            tenant = _string(&sub, ".tenant")
+            # Removed from limiter.v1 (the field number is reserved): an old client's
+            # tenant must not be dropped silently.
+            raise WireError(".tenant: no longer part of limiter.v1; a tenant is part of "
+                            "the check's key, or a rule of its own")
         elif tag == (7 << 3 | 1):
             max_wait = _double(&sub, ".max_wait")
         else:
@@ -515,14 +518,14 @@ cdef tuple _check(Cursor* c, frozenset priorities, Py_ssize_t max_key_chars,
         raise WireError(f".key: {len(key)} characters, at most {max_key_chars}")
     if not (0.0 <= max_wait <= max_wait_limit):  # also refuses NaN
         raise WireError(f".max_wait: must be in [0, {max_wait_limit:g}] s, got {max_wait!r}")
-    return (domain, rule, key, cost, priority, tenant, max_wait)
+    return (domain, rule, key, cost, priority, max_wait)
 
 
 def parse_decide_request(
     bytes data not None, Py_ssize_t max_checks, frozenset priorities not None,
     Py_ssize_t max_key_chars, double max_wait_limit,
 ):
-    """``DecideRequest`` bytes → [(domain, rule, key, cost, priority, tenant, max_wait)].
+    """``DecideRequest`` bytes → [(domain, rule, key, cost, priority, max_wait)].
 
     Checks repeating the previous check's domain or rule share its str object.
 

@@ -1,7 +1,7 @@
 # Type hints for the compiled core (ext/*.pxi). Keep in step with the Cython sources.
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import numpy.typing as npt
@@ -70,6 +70,7 @@ class _Gcra(RateKernel):
     burst: int
     interval_ns: int
     max_wait_ns: int
+    def reserving(self, reserve: int) -> Self: ...
 
 class TokenBucket(_Gcra):
     def __init__(
@@ -107,6 +108,7 @@ class _Window(RateKernel):
     limit: int
     period: float
     period_ns: int
+    def reserving(self, reserve: int) -> Self: ...
     def __init__(
         self,
         limit: int,

@@ -116,6 +116,31 @@ QUEUE_ORDERS = ("fifo", "lifo")
 ADAPTIVE_KEYS = ("target_latency", "percentile", "mode")
 # The algorithms that take a ``burst``.
 BUCKETS = ("token_bucket", "leaky_bucket")
+# The algorithms whose kernels can keep part of their limit back (``reserved``).
+RESERVABLE = ("token_bucket", "leaky_bucket", "fixed_window", "sliding_window")
+
+
+@dataclass(frozen=True)
+class Reserve(Section):
+    """A share of a rule's limit kept for its more important traffic
+    (``rate_limit.reserved``): checks of a tier below ``priority`` may use only the rest
+    of the limit, so all of them are refused before a check at ``priority`` or above is."""
+
+    fraction: float = setting(
+        doc="the share of the limit (a bucket's burst) kept back, rounded to whole units",
+        low=0, high=1, open_low=True, open_high=True,
+    )  # fmt: skip
+    priority: Priority = setting(
+        Priority.CRITICAL, "the least important tier that may use the reserve"
+    )
+
+    def units(self, limit: Limit) -> int:
+        """The reserve in the units of ``limit``'s kernel (requests or bucket tokens)."""
+        return self.part(limit.max_cost)
+
+    def part(self, whole: int) -> int:
+        """The reserve out of ``whole`` units, rounded to the nearest unit."""
+        return int(self.fraction * whole + 0.5)
 
 
 @dataclass(frozen=True)
@@ -197,12 +222,16 @@ class Limit(Section):
         0.0, "how long an RLS check may wait for admission before it is answered "
         "(rate rules only; Envoy's default timeout is 20 ms)", low=0, high=MAX_HOLD, seconds=True,
     )  # fmt: skip
+    reserved: Reserve | None = setting(
+        None, "a share of the limit only checks of a tier at or above its priority may use "
+        "(none: every tier uses the whole limit)",
+    )  # fmt: skip
 
     def check(self, given: frozenset[str] | None) -> None:
         algorithm = self.algorithm
         if given is not None:
             if self.unlimited:
-                for name in ("unit", "requests_per_unit", "burst", "queue", "hold"):
+                for name in ("unit", "requests_per_unit", "burst", "queue", "hold", "reserved"):
                     if name in given:
                         raise FieldError(name, "not allowed together with 'unlimited: true'")
                 return
@@ -224,11 +253,28 @@ class Limit(Section):
                 "hold", "an RLS check holds no concurrency slot, so there is nothing to wait "
                 f"for (algorithm is {algorithm}); use the native API's max_wait instead",
             )  # fmt: skip
+        if self.reserved is not None:
+            self._check_reserve(self.reserved)
         if given is not None and self.requests_per_unit > 0:
             try:
                 build_kernel(self, max_keys=1)
             except InvalidParameter as exc:
                 raise FieldError("", str(exc)) from None
+
+    def _check_reserve(self, reserved: Reserve) -> None:
+        if self.algorithm not in RESERVABLE:
+            raise FieldError(
+                "reserved", f"only {', '.join(RESERVABLE)} keep a reserve "
+                f"(algorithm is {self.algorithm})",
+            )  # fmt: skip
+        if self.unlimited or self.requests_per_unit == 0:
+            return
+        units, whole = reserved.units(self), self.max_cost
+        if not 1 <= units < whole:
+            raise FieldError(
+                "reserved.fraction", f"{reserved.fraction:g} of {whole} reserves {units} "
+                "units: a reserve must keep at least one and leave at least one",
+            )  # fmt: skip
 
     @property
     def seconds(self) -> int:

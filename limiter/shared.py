@@ -63,6 +63,12 @@ class SharedLimiter(_Shared):
     def allow(self, key: str = "", cost: int = 1) -> bool:
         return self.acquire(key, cost).allowed
 
+    def reserving(self, reserve: int) -> SharedLimiter:
+        """This limit's state, leaving ``reserve`` units untouched: the store's and the
+        local fallback's (the kernel's ``reserving``)."""
+        view = self.kernel.reserving(reserve)
+        return SharedLimiter(view, self.store.reserving(reserve), view.max_cost, self.failure_mode)
+
     def _checked(self, keys: Any, costs: Any) -> tuple[list[str], list[int]]:
         ks = [valid_key(k) for k in keys]
         if costs is None:

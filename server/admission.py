@@ -288,7 +288,10 @@ class ServiceAdmission:
     def _prune(self) -> None:
         """Drop idle queues of kernels no rule uses any more (after reloads)."""
         book = self.rulebook
-        live = {id(s.kernel) for s in [*book.all_states(), *book.relimited.values()]}
+        states = [*book.all_states(), *book.relimited.values()]
+        # A rule with a reserve also decides through its view (``RuleState.unreserved``).
+        states += [s.unreserved for s in states if s.unreserved is not None]
+        live = {id(s.kernel) for s in states}
         for ident, rq in list(self.queues.items()):
             if ident not in live and not rq.lanes:
                 del self.queues[ident]

@@ -289,7 +289,9 @@ class Decider:
         for k in range(i, j):
             forced = gate.forced
             if forced is None:
-                verdict = self.policy.client_verdict(state.ops_name, keys[k], costs[k], state.limit)
+                verdict = self.policy.client_verdict(
+                    state.ops_name, keys[k], costs[k], state.limit, state.capacity
+                )
                 if verdict is None:
                     rest.append(k)
                     continue
@@ -302,20 +304,20 @@ class Decider:
         return rest
 
     def _gate(self, rule: RuleState, priority: Priority | None, level: int) -> _Gate:
+        tier = rule.priority if priority is None else priority
         policy = self.policy
         if policy is None:
-            return _Gate(rule, None, rule.shadow, False, None)
-        tier = rule.priority if priority is None else priority
+            return _Gate(_tiered(rule, tier), None, rule.shadow, False, None)
         verdict = policy.rule_verdict(rule.ops_name, rule.limit, tier, level)
         if verdict is None:
             counter = policy.client_counter(rule.ops_name)
-            return _Gate(rule, None, rule.shadow, counter is None, counter)
+            return _Gate(_tiered(rule, tier), None, rule.shadow, counter is None, counter)
         if verdict.decision is not None:
             return _Gate(rule, verdict.decision, False, False, None)
         state = rule
         if verdict.limit is not None and verdict.limit != rule.limit:
             state = self.rulebook.with_limit(rule, verdict.limit)
-        return _Gate(state, None, rule.shadow or verdict.shadow, False, None)
+        return _Gate(_tiered(state, tier), None, rule.shadow or verdict.shadow, False, None)
 
     async def _finish_shared(
         self,
@@ -462,6 +464,12 @@ class Decider:
         if tally is None:
             tally = tallies[state.ops_name] = [0, 0]
         tally[0 if allowed or shadow or state.shadow else 1] += cost
+
+
+def _tiered(state: RuleState, tier: Priority) -> RuleState:
+    """What decides a check of ``tier``: a tier below the rule's reserve decides without it."""
+    view = state.unreserved
+    return state if view is None or tier >= state.reserve_for else view
 
 
 def _unlimited(rule: RuleState) -> Outcome:

@@ -75,7 +75,7 @@ class LimiterService:
         except WireError as exc:
             raise BadRequest(str(exc)) from None
         if parsed:
-            domains, names, keys, costs, priorities, _, waits = zip(*parsed, strict=True)
+            domains, names, keys, costs, priorities, waits = zip(*parsed, strict=True)
             if max(costs) > MAX_COST:
                 i = next(i for i, c in enumerate(costs) if c > MAX_COST)
                 raise BadRequest(f"checks[{i}].cost: must be at most {MAX_COST}, got {costs[i]}")

@@ -15,6 +15,8 @@ Assignments:
 - the operations policy acts on assignments: a ``force_deny`` switch or a degradation
   level that sheds the rule's tier sends DENY_ALL, ``force_allow`` and shadow mode
   ALLOW_ALL, an ``override`` switch a new limit;
+- a rule whose tier is below its ``reserved`` priority assigns its buckets only the
+  unreserved part of the limit (a bucket's requests have the rule's tier);
 - a bucket no rule limits (unknown domain or descriptor, an ``unlimited`` rule) gets
   ALLOW_ALL, as RLS answers OK; so does a concurrency rule (Envoy counts requests, not
   requests in flight, so no quota can hold one);
@@ -207,6 +209,11 @@ class QuotaService(rlqs_pb2_grpc.RateLimitQuotaServiceServicer):
                     bucket.strategy = ALLOW_ALL
                 elif verdict.limit is not None:
                     limit = verdict.limit
+        reserved, tier = state.rule.limit.reserved, state.reserve_for
+        if reserved is not None and tier is not None and state.priority < tier and limit > 1:
+            # A bucket's requests have their rule's tier: below the reserve's, the bucket
+            # is assigned only the unreserved part.
+            limit -= min(reserved.part(limit), limit - 1)
         per_second, window = _rate(state, limit)
         if bucket.pool is None:
             bucket.pool = QuotaPool(per_second, window=window, ttl=self.ttl)

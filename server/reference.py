@@ -90,6 +90,16 @@ descriptors:
       requests_per_unit: 100
       queue: {mode: weighted, weights: [8, 4, 2, 1], max_queue: 50, max_wait: 2}
 """,
+    "descriptors[].rate_limit.reserved": """\
+domain: api
+descriptors:
+  - key: api
+    rate_limit:
+      unit: second
+      requests_per_unit: 1000
+      algorithm: token_bucket
+      reserved: {fraction: 0.2, priority: critical}
+""",
     "alerts": """\
 alerts:
   cooldown: 120

@@ -8,13 +8,18 @@ descriptor is, else OK (never UNKNOWN); an unknown domain is answered OK and cou
 
 Answers are immediate (Envoy's rate-limit timeout defaults to 20 ms), except for a rule
 that opts into a short ``hold`` (at most ``limiter.config.MAX_HOLD``): a check it refuses
-waits up to that long for admission, at the rule's own priority.
+waits up to that long for admission, at its priority.
+
+A check has its rule's priority unless its descriptor carries a ``limiter.priority``
+entry (``PRIORITY_ENTRY``; Envoy: a ``request_headers`` action with that descriptor key),
+which is taken out of the descriptor before it is matched.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import grpc
 from envoy.service.ratelimit.v3 import rls_pb2
@@ -25,6 +30,8 @@ from limiter.server.rules import MAX_UINT32, BadRequest
 
 from limiter import headers as rl_headers
 from limiter.config import UNIT_BY_ENUM
+from limiter.errors import InvalidParameter
+from limiter.priority import Priority
 
 Response = rls_pb2.RateLimitResponse
 SERVICE = rls_pb2.DESCRIPTOR.services_by_name["RateLimitService"].full_name
@@ -39,6 +46,9 @@ MAX_RESET = 1e12  # seconds: a Duration holds far more; no real window comes nea
 MAX_DESCRIPTORS = 1024
 MAX_ENTRIES = 64
 MAX_VALUE_CHARS = 4096
+# The descriptor entry that carries a check's priority (not part of the rule's match or key).
+PRIORITY_ENTRY = "limiter.priority"
+_PRIORITY_BYTES = PRIORITY_ENTRY.encode()
 
 
 @dataclass(frozen=True)
@@ -114,6 +124,9 @@ class RateLimitService:
                 raise BadRequest(
                     f"descriptors[{i}].hits_addend: must be at most {MAX_COST}, got {hits}"
                 )
+        priorities = None
+        if _PRIORITY_BYTES in data:  # a substring scan: most requests carry no priority
+            descriptors, priorities = _priorities(descriptors)
         decider = self.decider
         rules = decider.match(domain, descriptors)
         if rules is None:
@@ -125,6 +138,7 @@ class RateLimitService:
             rules,
             [d.values for d in descriptors],
             [default_hits if d.hits is None else d.hits or 1 for d in descriptors],
+            priorities=priorities,
             keep_permits=False,
             caller=caller,
         )
@@ -169,6 +183,40 @@ class RateLimitService:
         return encode_rls_response(
             overall, statuses, headers, [(self.options.level_header, str(level))]
         )
+
+
+class _Stripped(NamedTuple):
+    """A descriptor without its priority entry (what matching and the key see)."""
+
+    entries: tuple[tuple[str, str], ...]
+    values: str
+    limit: Any
+    hits: int | None
+
+
+def _priorities(descriptors: list[Any]) -> tuple[list[Any], list[Priority | None] | None]:
+    """The descriptors without their ``PRIORITY_ENTRY``, and each one's priority (None:
+    its rule's; None for the list when no descriptor has one)."""
+    out: list[Any] = []
+    priorities: list[Priority | None] = []
+    for i, d in enumerate(descriptors):
+        priority = None
+        kept = []
+        for j, (key, value) in enumerate(d.entries):
+            if key != PRIORITY_ENTRY:
+                kept.append((key, value))
+                continue
+            try:
+                priority = Priority.parse(value, f"descriptors[{i}].entries[{j}].value")
+            except InvalidParameter as exc:
+                raise BadRequest(str(exc)) from None
+        if priority is None:
+            out.append(d)
+        else:
+            values = "\x1f".join(value for _, value in kept)
+            out.append(_Stripped(tuple(kept), values, d.limit, d.hits))
+        priorities.append(priority)
+    return out, priorities if any(p is not None for p in priorities) else None
 
 
 def _detail(entries: tuple[tuple[str, str], ...]) -> str:

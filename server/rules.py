@@ -27,6 +27,7 @@ from envoy.service.ratelimit.v3.rls_pb2 import RateLimitResponse
 from limiter import Decision, InvalidParameter
 from limiter.config import UNIT_BY_ENUM, Config, Limit, Rule, build_kernel, quota_window
 from limiter.limits import share
+from limiter.priority import Priority
 
 MAX_UINT32 = 2**32 - 1
 NEAR_LIMIT_RATIO = 0.8
@@ -80,6 +81,7 @@ class RuleState:
     """One rule ready to decide: what enforces it, its counters, what answers echo."""
 
     __slots__ = (
+        "capacity",
         "detailed",
         "domain",
         "kernel",
@@ -93,11 +95,13 @@ class RuleState:
         "prefix",
         "priority",
         "replaces",
+        "reserve_for",
         "rls_limit",
         "rule",
         "shadow",
         "stats",
         "unlimited",
+        "unreserved",
         "window",
     )
 
@@ -123,11 +127,35 @@ class RuleState:
         self.near = int(self.limit * NEAR_LIMIT_RATIO)
         self.max_cost = lim.max_cost
         self.priority = lim.priority
+        # What the rule's clients share while it throttles (requests per second); a
+        # concurrency limit is no rate.
+        rate = not lim.unlimited and lim.algorithm != "concurrency" and lim.mode == "rate"
+        self.capacity = self.limit / lim.seconds if rate else None
         self.kind = _kind(kernel)
         # How the operations side (switches, shedding) names the rule: "<domain>/<label>".
         self.ops_name = f"{rule.domain}/{rule.label}"
         # Keys are namespaced by rule so a shared store never mixes two rules' counters.
         self.prefix = f"{rule.domain}\x1f{rule.id}\x1f"
+        # A rule with a reserve: checks of a tier below ``reserve_for`` are decided by
+        # ``unreserved``, the same state leaving the reserve untouched.
+        self.reserve_for: Priority | None = None
+        self.unreserved: RuleState | None = None
+        units = 0 if lim.reserved is None or kernel is None else lim.reserved.units(lim)
+        units = min(units, lim.max_cost - 1)  # an override's smaller limit keeps one unit
+        if units > 0:
+            self.reserve_for = lim.reserved.priority
+            self.unreserved = self._without(units)
+
+    def _without(self, reserve: int) -> RuleState:
+        """This state deciding through its kernel's view that leaves ``reserve`` untouched
+        (same keys, counters and names)."""
+        view = object.__new__(RuleState)
+        for name in RuleState.__slots__:
+            setattr(view, name, getattr(self, name))
+        view.kernel = self.kernel.reserving(reserve)
+        view.max_cost = view.kernel.max_cost
+        view.reserve_for = view.unreserved = None
+        return view
 
     def refusal(self) -> Decision:
         """The answer to a check no wait can help (a zero limit, or a cost above what the

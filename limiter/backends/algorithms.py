@@ -102,7 +102,8 @@ class GcraCodec(Codec):
         self.interval = spec.interval_ns
         tau = spec.limit * spec.interval_ns
         self.max_wait = spec.max_wait_ns if spec.algorithm == "leaky_shaper" else 0
-        threshold = tau + self.max_wait
+        self.usable = spec.limit - spec.reserve  # the burst this binding may take from
+        threshold = self.usable * spec.interval_ns + self.max_wait
         if threshold + tau >= MAX_EXACT_NS * 1000:
             raise InvalidParameter(f"burst / rate spans too long for the Redis backend: {spec}")
         self.shared = divmod(threshold, 1000)
@@ -112,7 +113,7 @@ class GcraCodec(Codec):
 
     def decode(self, now_us: int, r: list[int], i: int, cost: int) -> Decision:
         d = r[i + 1] * 1000 + r[i + 2]  # max(tat, now) - now
-        return gcra_decision(r[i], d, cost, self.interval, self.limit, self.max_wait)
+        return gcra_decision(r[i], d, cost, self.interval, self.usable, self.max_wait)
 
 
 class WindowCodec(Codec):
@@ -131,7 +132,8 @@ class WindowCodec(Codec):
         self.period = spec.period_ns
         self.sliding = spec.algorithm == "sliding_window"
         mode = b"sliding" if self.sliding else b"fixed"
-        self.shared = (mode, *divmod(self.period, 1000), spec.limit)
+        self.usable = spec.limit - spec.reserve  # the part of the limit this binding may use
+        self.shared = (mode, *divmod(self.period, 1000), self.usable)
 
     def args(self, cost: int, lease: bytes = b"") -> tuple[int]:
         return (cost,)
@@ -139,7 +141,7 @@ class WindowCodec(Codec):
     def decode(self, now_us: int, r: list[int], i: int, cost: int) -> Decision:
         elapsed = r[i + 3] * 1000 + r[i + 4]
         return window_decision(
-            self.sliding, r[i], self.limit, self.period, r[i + 1], r[i + 2], elapsed, cost
+            self.sliding, r[i], self.usable, self.period, r[i + 1], r[i + 2], elapsed, cost
         )
 
 

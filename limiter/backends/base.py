@@ -20,6 +20,9 @@ class Spec:
     interval_ns: int = 0  # GCRA emission interval (1/rate)
     period_ns: int = 0  # window length
     max_wait_ns: int = 0  # shaper only
+    # Units of ``limit`` this binding leaves untouched (a reserve for more important
+    # traffic): it decides on the same keys as the binding without one.
+    reserve: int = 0
 
 
 @runtime_checkable

@@ -499,6 +499,11 @@ class RedisBound:
         """Seconds until a failed node is tried again (what a refusal on failure says)."""
         return self.backend.breaker.cooldown
 
+    def reserving(self, reserve: int) -> RedisBound:
+        """The same algorithm on the same keys, leaving ``reserve`` units of the limit
+        untouched (see ``Spec.reserve``)."""
+        return RedisBound(self.backend, replace(self.spec, reserve=reserve), self.options)
+
     def _keys(self, key: str) -> tuple[tuple[bytes, ...], int, bytes]:
         """Redis keys, cluster slot and RESP-encoded keys of a user key (memoised)."""
         found = self.key_cache.get(key)

@@ -134,8 +134,11 @@ class Operations:
             return Verdict(Decision(False, limit, 0, 1.0, 1.0))
         return None
 
-    def client_verdict(self, rule: str, client: str, hits: int, limit: int) -> Verdict | None:
-        """Abnormal-client blocks, and top-client shedding while ``rule`` is throttling."""
+    def client_verdict(
+        self, rule: str, client: str, hits: int, limit: int, capacity: float | None = None
+    ) -> Verdict | None:
+        """Abnormal-client blocks, and top-client shedding while ``rule`` is throttling
+        (``capacity``: the rule's limit per second, what its clients share fairly)."""
         if not 1 <= hits <= MAX_COUNT:
             raise InvalidParameter(f"hits must be in [1, {MAX_COUNT}], got {hits!r}")
         abnormal = self.abnormal
@@ -143,7 +146,7 @@ class Operations:
             left = max(abnormal.blocked_for(client), 0.001)
             return Verdict(Decision(False, limit, 0, left, left))
         pressure = self.throttle.is_throttling(rule)
-        if not self.clients.check(rule, client, hits, pressure=pressure):
+        if not self.clients.check(rule, client, hits, pressure=pressure, capacity=capacity):
             return Verdict(Decision(False, limit, 0, 1.0, 1.0))
         return None
 

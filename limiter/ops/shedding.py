@@ -1,14 +1,16 @@
 """Who gets cut: the heaviest clients of a throttling rule, abnormal clients, throttled rules.
 
 A flood from one client must not starve the well-behaved ones, so while a rule is
-under pressure any client whose share of the rule's recent traffic exceeds a cap is
-refused first. Clients with an abnormal burst or 4xx ratio are blocked outright for a
-cool-down. Which rules throttle, and which clients send most, is readable as a top-N
-for operators and autoscalers.
+under pressure a client whose share of the rule's recent traffic exceeds a cap is cut
+down to its max-min fair share of the rule's capacity: it keeps what the lighter
+clients leave, and loses more only as they need more. Clients with an abnormal burst
+or 4xx ratio are blocked outright for a cool-down. Which rules throttle, and which
+clients send most, is readable as a top-N for operators and autoscalers.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +29,7 @@ __all__ = [
     "ThrottleConfig",
     "ThrottleWatch",
     "TopClients",
+    "fair_level",
 ]
 
 Clock = Callable[[], int]
@@ -40,11 +43,12 @@ MAX_COUNT = 1 << 40
 @dataclass(frozen=True)
 class ClientsConfig(Section):
     """Top-client shedding (``shedding.clients``): while a rule throttles, a client whose
-    share of the rule's recent requests is above ``max_share`` is refused first."""
+    share of the rule's recent requests is above ``max_share`` is cut to its max-min fair
+    share of the rule's limit."""
 
     max_share: float = setting(
-        1.0, "the largest share of a rule's requests one client may send while it throttles "
-        "(1: count only, never cut)", low=0, high=1, open_low=True,
+        1.0, "a client sending more than this share of a throttling rule's requests is cut "
+        "to its fair share (1: count only, never cut)", low=0, high=1, open_low=True,
     )  # fmt: skip
     capacity: int = setting(64, "clients tracked per rule (heaviest kept)", low=1, high=1 << 20)
     window: float = setting(
@@ -115,13 +119,38 @@ class SheddingConfig(Section):
         return TopClients(lambda: ClientShedder(self.clients, clock=clock))
 
 
+def fair_level(capacity: float, demands: list[float], rest: float = 0.0) -> float:
+    """The max-min fair level of ``capacity`` among ``demands`` (water-filling): each
+    demand at or below it is met in full, each above it gets exactly it. ``rest`` is
+    demand already served in full (lighter clients not listed). ``inf``: everyone fits."""
+    left = capacity - rest
+    if left <= 0:
+        return 0.0
+    ordered = sorted(demands)
+    n = len(ordered)
+    for i, d in enumerate(ordered):
+        level = left / (n - i)
+        if d > level:
+            return level
+        left -= d
+    return math.inf
+
+
 class ClientShedder:
-    """One rule's top-client cut: refuse clients above ``max_share`` while under pressure.
+    """One rule's top-client cut: while under pressure, a client above ``max_share`` of
+    the rule's requests gets no more than its max-min fair share.
 
     Every request is counted in a Space-Saving sketch over ``window`` seconds, so the
     share reflects what a client asks for, not what it was granted: a flooding client
     stays cut for as long as it floods. ``min_requests`` avoids judging a near-empty
     window. ``max_share`` 1.0 (the default) only counts, for the top-N, and never cuts.
+
+    The fair share is the water-filling level of ``capacity`` (the rule's limit per
+    second) over the window's demands: the lighter clients are served in full and the
+    heavy ones split what is left, so a heavy client is cut to what the others leave,
+    not to nothing, and further only as their demand grows. A cut client passes that
+    share of its requests, spread evenly (a credit per client), not in bursts. Without
+    a capacity (a concurrency rule) the level is ``max_share`` of the window's requests.
     """
 
     def __init__(self, config: ClientsConfig | None = None, *, clock: Clock | None = None) -> None:
@@ -129,18 +158,59 @@ class ClientShedder:
         self.max_share = config.max_share
         self.min_requests = config.min_requests
         self.sketch = HeavyHitters(config.capacity, config.window, config.buckets, clock=clock)
+        # Per cut client, the units it has earned and not yet sent.
+        self._credit: dict[str, float] = {}
+        self.max_credits = 4 * config.capacity
+        self.clock = clock or time.monotonic_ns
+        self.sub_ns = max(round(config.window / config.buckets * 1e9), 1)
+        self.window_ns = self.sub_ns * config.buckets
+        # The level is recomputed at most this often: it needs the whole top-N.
+        self.refresh_ns = max(self.sub_ns // 10, 1_000_000)
+        self._level: tuple[int, float | None, float] = (-(1 << 62), None, 0.0)
         self.shed = 0
 
-    def check(self, client: str, cost: int = 1, *, pressure: bool = False) -> bool:
-        """Count the request; False when it should be cut (pressure and a share over the cap)."""
+    def check(
+        self, client: str, cost: int = 1, *, pressure: bool = False, capacity: float | None = None
+    ) -> bool:
+        """Count the request; False when it should be cut: under pressure, a share over
+        the cap and the client's passed requests at its fair share. ``capacity``: the
+        rule's limit per second (None: unknown)."""
         estimate = self.sketch.offer(client, cost)
         if not pressure:
             return True
         total = self.sketch.total()
-        if total >= self.min_requests and estimate > self.max_share * total:
-            self.shed += 1
-            return False
-        return True
+        if total < self.min_requests or estimate <= self.max_share * total:
+            return True
+        share = self.level(capacity, total) / estimate
+        if share >= 1:
+            return True
+        credits = self._credit
+        credit = credits.get(client, 0.0) + share * cost
+        if credit >= cost:
+            credits[client] = credit - cost
+            return True
+        if client not in credits and len(credits) >= self.max_credits:
+            credits.clear()  # cut clients come and go: forget the old ones
+        credits[client] = credit
+        self.shed += 1
+        return False
+
+    def level(self, capacity: float | None, total: int | None = None) -> float:
+        """Requests one client may pass within the window now (its fair share)."""
+        if total is None:
+            total = self.sketch.total()
+        if capacity is None:
+            return self.max_share * total
+        now = self.clock()
+        at, known, level = self._level
+        if known == capacity and 0 <= now - at < self.refresh_ns:
+            return level
+        # The sketch counts the live sub-windows: all but the current one in full.
+        span = (self.window_ns - self.sub_ns + now % self.sub_ns) / 1e9
+        tracked = [float(c) for _, c, _ in self.sketch.top(self.sketch.capacity)]
+        level = fair_level(capacity * span, tracked, max(total - sum(tracked), 0.0))
+        self._level = (now, capacity, level)
+        return level
 
     def top(self, n: int = 10) -> list[dict[str, Any]]:
         total = self.sketch.total()
@@ -176,12 +246,20 @@ class TopClients:
                     s = self._rules[rule] = self.factory()
         return s
 
-    def check(self, rule: str, client: str, cost: int = 1, *, pressure: bool = False) -> bool:
+    def check(
+        self,
+        rule: str,
+        client: str,
+        cost: int = 1,
+        *,
+        pressure: bool = False,
+        capacity: float | None = None,
+    ) -> bool:
         """``ClientShedder.check`` for ``rule``'s shedder (hot path: one dict lookup)."""
         s = self._rules.get(rule)
         if s is None:
             s = self[rule]
-        return s.check(client, cost, pressure=pressure)
+        return s.check(client, cost, pressure=pressure, capacity=capacity)
 
     def rules(self) -> list[str]:
         return sorted(self._rules)

@@ -192,7 +192,6 @@ def test_client_options_checked_and_a_borrowed_channel_left_open(service):
     for bad, match in (
         ({"max_batch": 0}, "max_batch"),
         ({"observe_batch": 0}, "observe_batch"),
-        ({"tenant": 7}, "tenant"),
         ({"throttle": "yes"}, "throttle"),
     ):
         with pytest.raises(InvalidParameter, match=match):

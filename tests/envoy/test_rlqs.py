@@ -180,3 +180,24 @@ def test_two_envoys_share_one_global_limit_fairly(tmp_path: Path) -> None:
     assert 18 <= total <= 22, (admitted, demand, seconds)
     # The light Envoy asked ~10/s, under its fair share (10 of 20): it got what it asked.
     assert admitted[1] >= 0.9 * demand[1], (admitted, demand)
+
+
+def test_a_sheddable_rules_buckets_get_only_the_unreserved_part(tmp_path: Path) -> None:
+    config = tmp_path / "rules.yaml"
+    config.write_text(
+        "domain: envoy-example\ndescriptors:\n  - key: api_key\n    rate_limit: "
+        "{name: per-api-key, unit: hour, requests_per_unit: 10, priority: sheddable, "
+        "reserved: {fraction: 0.3}}\n"
+    )
+    service = LimiterProcess(config, workdir=tmp_path / "svc").start()
+    try:
+        with Envoy(
+            envoy_config(EXAMPLES / "rlqs.yaml", clusters={"limiter": service.grpc_port}),
+            workdir=tmp_path / "envoy",
+        ) as envoy:
+            alice = key()
+            assert envoy.request("/", alice).status == 200  # before any assignment
+            time.sleep(0.3)
+            assert statuses(envoy, alice, 9) == [200] * 7 + [429] * 2  # 10 less the 3 kept
+    finally:
+        service.stop()

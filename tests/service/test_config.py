@@ -157,6 +157,18 @@ A = "domain: d\ndescriptors:\n  - key: a\n"
          "rate_limit.mode: only algorithm 'adaptive' takes it"),
         (A + "    rate_limit: {algorithm: adaptive, unit: second, requests_per_unit: 5, "
          "percentile: 1.5}", "rate_limit.percentile: must be a number in (0, 1)"),
+        (A + "    rate_limit: {unit: second, requests_per_unit: 10, reserved: {fraction: 1}}",
+         "rate_limit.reserved.fraction: must be a number in (0, 1)"),
+        (A + "    rate_limit: {unit: second, requests_per_unit: 10, reserved: {}}",
+         "rate_limit.reserved.fraction: required"),
+        (A + "    rate_limit: {unit: second, requests_per_unit: 4, reserved: {fraction: 0.1}}",
+         "rate_limit.reserved.fraction: 0.1 of 4 reserves 0 units"),
+        (A + "    rate_limit: {requests_per_unit: 4, algorithm: concurrency, "
+         "reserved: {fraction: 0.5}}", "rate_limit.reserved: only token_bucket, leaky_bucket"),
+        (A + "    rate_limit: {unit: second, requests_per_unit: 9, reserved: {fraction: 0.5, "
+         "priority: vip}}", "rate_limit.reserved.priority: "),
+        (A + "    rate_limit: {unlimited: true, reserved: {fraction: 0.5}}",
+         "rate_limit.reserved: not allowed together with 'unlimited: true'"),
     ],
 )  # fmt: skip
 def test_errors_name_file_path_and_field(text: str, needle: str) -> None:

@@ -90,9 +90,7 @@ def test_admission_hook_gets_refused_checks_with_max_wait() -> None:
             return state.acquire(key, cost), 0.25, False
 
     native = LimiterService(Decider(book, admission=Admission()), Metrics())
-    check = v1.Check(
-        domain="d", rule="per-user", key="q", cost=5, priority=4, tenant="t", max_wait=1
-    )
+    check = v1.Check(domain="d", rule="per-user", key="q", cost=5, priority=4, max_wait=1)
 
     async def scenario() -> list:  # type: ignore[type-arg]
         first = await native.decide(v1.DecideRequest(checks=[check]))
