@@ -118,14 +118,20 @@ def wsgi_app(environ: dict, start_response: Callable) -> list[bytes]:
 
 def asgi_gated(headers: bool = True):
     from limiter.clients.asgi import RateLimitMiddleware
+    from limiter.clients.keys import client_ip
 
-    return RateLimitMiddleware(asgi_app, limiter_bucket(), headers_on_success=headers)
+    return RateLimitMiddleware(
+        asgi_app, limiter_bucket(), key=client_ip(), headers_on_success=headers
+    )
 
 
 def wsgi_gated(headers: bool = True):
+    from limiter.clients.keys import client_ip
     from limiter.clients.wsgi import RateLimitMiddleware
 
-    return RateLimitMiddleware(wsgi_app, limiter_bucket(), headers_on_success=headers)
+    return RateLimitMiddleware(
+        wsgi_app, limiter_bucket(), key=client_ip(), headers_on_success=headers
+    )
 
 
 def serve_asgi(port: int, variant: str) -> None:

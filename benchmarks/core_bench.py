@@ -60,9 +60,9 @@ class Settings:
     rounds: int
     round_ns: float  # aimed duration of one timed round of one cell
     retime_budget: float  # seconds into the run after which noisy groups are not re-timed
-    mem_keys: int
+    mem_keys: int  # ours alone, at scale
     mem_bound: int
-    peer_mem_keys: int
+    compare_keys: int  # ours and every peer, like for like
 
 
 def settings(quick: bool) -> Settings:
@@ -415,16 +415,20 @@ def rss_bytes() -> int:
 
 
 def probe(kind: str, n: int, max_keys: int, trace: bool) -> dict:
-    """Feed ``n`` distinct keys to one limiter; report memory growth (run in a subprocess)."""
+    """Feed ``n`` distinct keys to one limiter; report memory growth (run in a subprocess).
+
+    Every limiter gets the same configuration (peers' ``memory`` path): 1 per hour with a
+    burst of 10, so each key's state stays live.
+    """
     if kind == "ours":
-        lim = TokenBucket(rate=1 / 3600, burst=10, max_keys=max_keys)
+        lim = TokenBucket(rate=1 / peers.HOUR_S, burst=peers.MEMORY_BURST, max_keys=max_keys)
         call = lim.allow
     else:
         impl = {
-            "token-bucket": lambda: peers.token_bucket_tb("allow"),
-            "limits": lambda: peers.limits_impl("fixed", "allow", False),
-            "throttled-py": lambda: peers.throttled_impl("token_bucket", "allow", 2 * n),
-            "pyrate-limiter": lambda: peers.pyrate_impl("token_bucket", "allow", False),
+            "token-bucket": lambda: peers.token_bucket_tb("memory"),
+            "limits": lambda: peers.limits_impl("fixed", "memory", False),
+            "throttled-py": lambda: peers.throttled_impl("token_bucket", "memory", 2 * n),
+            "pyrate-limiter": lambda: peers.pyrate_impl("token_bucket", "memory", False),
         }[kind]()
         call = impl.check
     gc.collect()
@@ -466,7 +470,14 @@ def run_probe(kind: str, n: int, max_keys: int, trace: bool) -> dict:
 
 
 def bench_memory(s: Settings, log) -> dict:
-    mem: dict = {"ours": [], "peers": []}
+    """``compare``: ours and each peer on the same ``compare_keys`` keys, same
+    configuration; ``ours``: ours alone at ``mem_keys``, unbounded and bounded."""
+    mem: dict = {"compare": [], "ours": []}
+    n = s.compare_keys
+    for kind in ("ours", *PEER_PACKAGES):
+        r = run_probe(kind, n, n, False)  # ours: max_keys = n, so nothing is evicted
+        mem["compare"].append(r)
+        log(f"  memory {kind} n={n:,}: RSS +{r['rss_growth'] / 2**20:.1f} MiB")
     for max_keys in (s.mem_keys, s.mem_bound):
         rss = run_probe("ours", s.mem_keys, max_keys, False)
         traced = run_probe("ours", s.mem_keys, max_keys, True)
@@ -477,10 +488,6 @@ def bench_memory(s: Settings, log) -> dict:
             f"RSS +{rss['rss_growth'] / 2**20:.1f} MiB, len {rss['len']:,}, "
             f"evictions {rss['evictions']:,}"
         )
-    for kind in PEER_PACKAGES:
-        r = run_probe(kind, s.peer_mem_keys, 0, False)
-        mem["peers"].append(r)
-        log(f"  memory {kind} n={s.peer_mem_keys:,}: RSS +{r['rss_growth'] / 2**20:.1f} MiB")
     return mem
 
 
@@ -835,6 +842,51 @@ def targets(results: list[GroupResult]) -> list[tuple[str, str, str]]:
     return rows
 
 
+def render_memory(mem: dict) -> list[str]:
+    """The memory section: like for like first, then ours alone at scale."""
+    lines = [
+        "## Memory",
+        "",
+        "Each probe runs in a fresh process and feeds distinct keys (`user:NNNNNNN`, created "
+        "per call, so retained key strings count) to one limiter. Every limiter has the same "
+        "configuration: a token bucket of 1 per hour with a burst of 10 (`limits`, which has "
+        "no token bucket: a fixed window of 10 per hour), so each key's state stays live. RSS "
+        "growth is the whole process; tracemalloc sees only Python allocations (mostly the "
+        "retained key strings), not the C state arrays.",
+        "",
+        "Like for like (same keys, same count, same configuration; ours with `max_keys` = "
+        "the key count, so nothing is evicted):",
+        "",
+        "| limiter | distinct keys | RSS growth | bytes/key (RSS) | × ours | time |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    ours = mem["compare"][0]["rss_growth"]
+    for r in mem["compare"]:
+        name = "limiter TokenBucket" if r["kind"] == "ours" else r["kind"]
+        lines.append(
+            f"| {name} | {r['n']:,} | {r['rss_growth'] / 2**20:.1f} MiB | "
+            f"{r['rss_growth'] / r['n']:.0f} | {r['rss_growth'] / ours:.1f} | "
+            f"{r['seconds']:.2f} s |"
+        )
+    lines += [
+        "",
+        "Ours alone at a larger count, unbounded and with a `max_keys` bound (no peer row: "
+        "not a comparison):",
+        "",
+        "| limiter | distinct keys | max_keys | RSS growth | bytes/key (RSS) | tracemalloc growth "
+        "| len | evictions | time |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in mem["ours"]:
+        lines.append(
+            f"| limiter TokenBucket | {r['n']:,} | {r['max_keys']:,} | "
+            f"{r['rss_growth'] / 2**20:.1f} MiB | {r['rss_growth'] / r['n']:.0f} | "
+            f"{r['traced_growth'] / 2**20:.1f} MiB | {r['len']:,} | {r['evictions']:,} | "
+            f"{r['seconds']:.2f} s |"
+        )
+    return lines
+
+
 def render(
     results,
     extras,
@@ -925,30 +977,7 @@ def render(
                 f"| {g.algorithm} | {g.keys} | {g.path} | {c.impl} | {c.api} | {fmt_ns(c.best)} "
                 f"| {c.best / a.best:.2f} | {c.allowed:.2f} | {c.note} |"
             )
-    lines += ["", "## Memory", ""]
-    lines += [
-        "Each probe runs in a fresh process and feeds distinct keys (`user:NNNNNNN`, created "
-        "per call, so retained key strings count) to a token bucket (rate 1/hour, burst 10, "
-        "so rows stay busy and must be evicted rather than expire). RSS growth is the whole "
-        "process; tracemalloc sees only Python allocations (mostly the retained key strings), "
-        "not the C state arrays.",
-        "",
-        "| limiter | distinct keys | max_keys | RSS growth | bytes/key (RSS) | tracemalloc growth "
-        "| len | evictions | time |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in mem["ours"]:
-        lines.append(
-            f"| limiter TokenBucket | {r['n']:,} | {r['max_keys']:,} | "
-            f"{r['rss_growth'] / 2**20:.1f} MiB | {r['rss_growth'] / r['n']:.0f} | "
-            f"{r['traced_growth'] / 2**20:.1f} MiB | {r['len']:,} | {r['evictions']:,} | "
-            f"{r['seconds']:.2f} s |"
-        )
-    for r in mem["peers"]:
-        lines.append(
-            f"| {r['kind']} | {r['n']:,} | unbounded | {r['rss_growth'] / 2**20:.1f} MiB | "
-            f"{r['rss_growth'] / r['n']:.0f} | – | – | – | {r['seconds']:.2f} s |"
-        )
+    lines += ["", *render_memory(mem)]
     lines += ["", "## Peer pitfalls (measured in this run)", ""]
     tf = pitfalls["throttled"]
     lines.append(
@@ -992,6 +1021,11 @@ def main() -> None:
         "a --quick run writes only when given)",
     )
     ap.add_argument(
+        "--memory-only",
+        action="store_true",
+        help="run only the memory probes and print (or --out) that section",
+    )
+    ap.add_argument(
         "--probe", nargs=4, metavar=("KIND", "N", "MAX_KEYS", "TRACE"), help=argparse.SUPPRESS
     )
     args = ap.parse_args()
@@ -1010,6 +1044,24 @@ def main() -> None:
         print(f"[{time.monotonic() - t0:6.1f}s] {msg}", flush=True)
 
     log(f"limiter {limiter.__file__}; {'quick' if s.quick else 'full'} run")
+    if args.memory_only:
+        mem = bench_memory(s, log)
+        info = machine_info()
+        cmd = "python benchmarks/core_bench.py --memory-only" + (" --quick" if s.quick else "")
+        report = "\n".join(
+            [
+                f"`{cmd}` on {started} ({info['cpu']}, {info['cores']} cores; limiter commit "
+                f"{info['commit']}; load average {load0} at start, "
+                f"{os.getloadavg()[0]:.2f} at end)",
+                "",
+                *render_memory(mem),
+            ]
+        )
+        print(report)
+        if args.out:
+            with open(args.out, "w") as f:
+                f.write(report + "\n")
+        return
     results = bench_groups(s, log)
     extras, notes = bench_extras(s, log)
     mem = bench_memory(s, log)

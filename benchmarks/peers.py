@@ -4,7 +4,9 @@ Each factory returns an ``Impl``: a timed statement (``stmt`` over the loop vari
 names bound from ``env``) plus an untimed ``check(k) -> bool allowed`` used to warm keys
 and to verify that a cell measured the path it claims (allow or deny). Configurations:
 ``allow`` never refuses during a run; ``deny`` allows 1 per hour, so after one warm-up call
-per key every call is refused. Peers use their in-memory storage and non-blocking calls.
+per key every call is refused; ``memory`` is the memory probe's, the same for every
+limiter: 1 per hour with a burst of 10 (``limits`` has no token bucket: a fixed window of
+10 per hour). Peers use their in-memory storage and non-blocking calls.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import token_bucket
 # deny path: 1 per hour, burst 1.
 HUGE = 10**9
 HOUR_S = 3600
+MEMORY_BURST = 10
 
 
 @dataclass
@@ -55,7 +58,9 @@ def versions() -> dict[str, str]:
 
 
 def token_bucket_tb(path: str) -> Impl:
-    rate, cap = (1.0, HUGE) if path == "allow" else (1.0 / HOUR_S, 1)
+    rate, cap = {
+        "allow": (1.0, HUGE), "deny": (1.0 / HOUR_S, 1), "memory": (1.0 / HOUR_S, MEMORY_BURST)
+    }[path]  # fmt: skip
     lim = token_bucket.Limiter(rate, cap, token_bucket.MemoryStorage())
     return Impl(
         "token-bucket Limiter.consume",
@@ -74,6 +79,8 @@ def throttled_impl(using: str, path: str, max_size: int) -> Impl:
     """throttled-py on its MemoryStore, MAX_SIZE raised so the keyed cells keep every key."""
     if path == "deny":
         quota = throttled.per_hour(1, 1)
+    elif path == "memory":
+        quota = throttled.per_hour(1, burst=MEMORY_BURST)
     elif using in ("token_bucket", "gcra", "leaking_bucket"):
         quota = throttled.per_sec(1, burst=HUGE)
     else:
@@ -105,7 +112,7 @@ def limits_impl(strategy: str, path: str, single_key: bool) -> Impl | None:
         return None
     storage = limits.storage.MemoryStorage()
     lim = cls(storage)
-    item = limits.RateLimitItemPerHour(HUGE if path == "allow" else 1)
+    item = limits.RateLimitItemPerHour({"allow": HUGE, "memory": MEMORY_BURST}.get(path, 1))
     before = None
     note = ""
     if strategy == "moving" and path == "allow":
@@ -163,11 +170,11 @@ class _PerKeyFactory(pyrate.BucketFactory):
 def pyrate_impl(algorithm: str, path: str, single_key: bool) -> Impl:
     """pyrate-limiter, in-memory: log buckets (fixed / sliding log) or state buckets (GCRA)."""
     if algorithm in ("token_bucket", "gcra"):
-        rate = (
-            pyrate.Rate(HUGE, pyrate.Duration.SECOND, burst=HUGE)
-            if path == "allow"
-            else pyrate.Rate(1, pyrate.Duration.HOUR, burst=1)
-        )
+        rate = {
+            "allow": pyrate.Rate(HUGE, pyrate.Duration.SECOND, burst=HUGE),
+            "deny": pyrate.Rate(1, pyrate.Duration.HOUR, burst=1),
+            "memory": pyrate.Rate(1, pyrate.Duration.HOUR, burst=MEMORY_BURST),
+        }[path]
         alg_cls = pyrate.TokenBucket if algorithm == "token_bucket" else pyrate.GCRA
 
         def make() -> pyrate.AbstractBucket:

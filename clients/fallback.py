@@ -4,6 +4,11 @@
 closed) refuses it, and a limiter object (anything with ``acquire(key, cost)``,
 e.g. a ``TokenBucket``) decides locally with the embedded engine until the service
 is back.
+
+A call the client's own throttle kept from the service is not a failure to answer:
+the client judged the service overloaded, and letting the request through would
+undo that protection. It is refused whatever the mode, unless a local limiter
+stands in for the service, which then decides.
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ class ClientDecision(Decision):
     """A Decision plus where it came from and what the service said besides.
 
     ``source`` is ``"service"`` (the service answered), ``"fallback"`` (the service
-    failed or timed out and the failure mode decided) or ``"throttled"`` (refused
-    locally by client-side throttling, then decided by the failure mode).
+    failed or timed out and the failure mode decided) or ``"throttled"`` (kept from
+    the service by client-side throttling: refused, or decided by a local limiter
+    failure mode).
     ``level`` is the degradation level the service reported (0 if unknown),
     ``lease`` identifies concurrency permits to release on the native API, and
     ``headers`` are the rate-limit response headers the service chose (Envoy RLS),
@@ -83,10 +89,12 @@ class Fallback:
             )
         self.mode = mode
 
-    def decide(self, key: str, cost: int, source: str) -> ClientDecision:
-        if self.mode == "allow":
+    def decide(self, key: str, cost: int, throttled: bool) -> ClientDecision:
+        """The answer for a call that failed (``throttled`` False) or was throttled."""
+        source = "throttled" if throttled else "fallback"
+        if self.mode == "allow" and not throttled:
             return ClientDecision(True, 0, 0, 0.0, source=source)
-        if self.mode == "deny":
+        if isinstance(self.mode, str):
             return ClientDecision(False, 0, 0, DENY_RETRY_AFTER, DENY_RETRY_AFTER, source=source)
         return ClientDecision.wrap(self.mode.acquire(key, cost), source)
 

@@ -70,12 +70,13 @@ class Ticket:
     """One admitted request: ends exactly once, whichever of completion, error or
     cancellation comes first (gRPC may report cancellation from another thread)."""
 
-    __slots__ = ("_once", "_tokens", "decision", "level", "started")
+    __slots__ = ("_once", "_tokens", "before", "decision", "level", "started")
 
-    def __init__(self, decision: Any, level: int) -> None:
+    def __init__(self, decision: Any, level: int, before: float = 0.0) -> None:
         self.decision = decision
         self.level = level
         self.started = time.perf_counter()
+        self.before = before  # seconds the request spent before admission
         self._once = [True]
 
     def __enter__(self) -> Ticket:
@@ -137,6 +138,11 @@ class Gate:
         elif isinstance(window, bool) or not isinstance(window, int | float) or window < 0:
             raise InvalidParameter(f"window must be a number of seconds >= 0, got {window!r}")
         self.record = feedback.record if feedback is not None else None
+        self.own_record = getattr(limiter, "record", None)
+        controller = getattr(limiter, "controller", None)
+        self.target = getattr(controller, "target_latency", None) or getattr(
+            limiter, "target_latency", None
+        )
         # The adaptive limiter's permits measure and report themselves; recording the
         # same call again through limiter.record would count it twice.
         self.record_reported = feedback is not limiter
@@ -146,10 +152,20 @@ class Gate:
         self.legacy_headers = legacy_headers
         self._policy_fields: dict[int, str] = {}  # RateLimit-Policy by limit: it rarely changes
 
-    def open(self, decision: Any) -> Ticket:
-        """Start an admitted request."""
+    def open(self, decision: Any, before: float = 0.0) -> Ticket:
+        """Start an admitted request that spent ``before`` seconds before admission
+        (in a proxy, the server's backlog, the event loop), 0 when not known."""
         level = self.level() if self.level is not None else getattr(decision, "level", 0)
-        return Ticket(decision, level)
+        return Ticket(decision, level, before)
+
+    def hung_up(self, ticket: Ticket) -> bool | None:
+        """The outcome of a request whose client went away before its answer: a drop
+        once it had taken longer than the adaptive limiter's target (the client most
+        likely gave up waiting), else nothing (it left for its own reasons)."""
+        if self.target is None:
+            return None
+        waited = time.perf_counter() - ticket.started + ticket.before
+        return False if waited >= self.target else None
 
     def close(self, ticket: Ticket, ok: bool | None) -> None:
         """End a request: release its permit; ``ok`` None means "say nothing" (e.g. a
@@ -157,7 +173,15 @@ class Gate:
         if not ticket.claim():
             return
         decision = ticket.decision
-        if hasattr(decision, "dropped"):  # a self-reporting permit (AdaptivePermit)
+        if hasattr(decision, "dropped") and ticket.before > 0 and self.own_record is not None:
+            # The permit measures from admission; report the whole wait instead.
+            decision.ignore()
+            if ok is not None:
+                latency = time.perf_counter() - ticket.started + ticket.before
+                self.own_record(latency, ok=ok)
+            if not self.record_reported:
+                return
+        elif hasattr(decision, "dropped"):  # a self-reporting permit (AdaptivePermit)
             if ok is None:
                 decision.ignore()
             elif ok:
@@ -171,7 +195,7 @@ class Gate:
             if release is not None:
                 release()
         if ok is not None and self.record is not None:
-            self.record(time.perf_counter() - ticket.started, ok=ok)
+            self.record(time.perf_counter() - ticket.started + ticket.before, ok=ok)
 
     def close_soon(self, ticket: Ticket, ok: bool | None) -> None:
         """``close`` for event-loop code: when releasing or recording may do blocking I/O

@@ -10,6 +10,7 @@ and, if ``trusted`` networks are given, only when the peer is one of them.
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -108,6 +109,54 @@ def client_ip(
         return parts[-hops] if len(parts) >= hops else parts[0]
 
     return by_client_ip
+
+
+def everyone(name: str = "all") -> KeyFunc:
+    """One key for every request: the limiter guards the whole app (a global limit).
+
+    The middleware needs the key said out loud: a keyed limiter (``ConcurrencyLimit``,
+    ``TokenBucket``, ...) under ``client_ip()`` is a limit per client, under
+    ``everyone()`` one limit for all.
+    """
+    if not isinstance(name, str):
+        raise InvalidParameter(f"name must be a str, got {name!r:.80}")
+
+    def for_everyone(request: RequestInfo) -> str:
+        return name
+
+    return for_everyone
+
+
+def request_start(header: str = "X-Request-Start") -> Callable[[RequestInfo], float | None]:
+    """When the request reached the proxy in front of the app, from ``header``.
+
+    Reads ``t=<seconds>`` with a fraction (nginx: ``proxy_set_header X-Request-Start
+    "t=${msec}";``), or whole milliseconds or microseconds since the epoch, with or
+    without ``t=``; None when absent or unreadable. The proxy's clock must agree
+    with this host's (the same host, or NTP).
+    """
+    if not isinstance(header, str) or not header:
+        raise InvalidParameter(f"header must be a non-empty str, got {header!r}")
+
+    def started(request: RequestInfo) -> float | None:
+        value = request.header(header)
+        if not value:
+            return None
+        value = value.strip()
+        if value.startswith("t="):
+            value = value[2:]
+        try:
+            t = float(value)
+        except ValueError:
+            return None
+        if not math.isfinite(t) or t <= 0:
+            return None
+        # Seconds, milliseconds or microseconds since the epoch, by magnitude.
+        while t > 1e11:
+            t /= 1000.0
+        return t
+
+    return started
 
 
 def header(name: str, default: str = "") -> KeyFunc:

@@ -85,11 +85,10 @@ class _NativeBase:
         failure_mode: object = "allow",
         throttle: AdaptiveThrottle | bool | None = True,
         priority: object = None,
-        tenant: str = "",
         observe_batch: int = 64,
         observe_interval: float = 0.1,
     ) -> None:
-        for name, value in (("domain", domain), ("rule", rule), ("tenant", tenant)):
+        for name, value in (("domain", domain), ("rule", rule)):
             if not isinstance(value, str):
                 raise InvalidParameter(f"{name} must be a str, got {value!r:.80}")
         if not domain:
@@ -101,7 +100,6 @@ class _NativeBase:
         self.domain = domain
         self.rule = rule
         self.priority = priority_value(priority)
-        self.tenant = tenant
         self.observe_batch = observe_batch
         self.observe_interval = observe_interval
         self.policy = CallPolicy(timeout, failure_mode, throttle)
@@ -116,7 +114,6 @@ class _NativeBase:
         *,
         rule: str | None = None,
         priority: object = None,
-        tenant: str | None = None,
         max_wait: float = 0.0,
     ) -> Any:
         """One ``limiter.v1.Check``, with this client's defaults filled in."""
@@ -126,16 +123,14 @@ class _NativeBase:
             raise InvalidParameter(f"cost must be an integer >= 1, got {cost!r}")
         if isinstance(max_wait, bool) or not isinstance(max_wait, int | float) or max_wait < 0:
             raise InvalidParameter(f"max_wait must be a number of seconds >= 0, got {max_wait!r}")
-        for name, value in (("rule", rule), ("tenant", tenant)):
-            if value is not None and not isinstance(value, str):
-                raise InvalidParameter(f"{name} must be a str, got {value!r:.80}")
+        if rule is not None and not isinstance(rule, str):
+            raise InvalidParameter(f"rule must be a str, got {rule!r:.80}")
         return v1.Check(
             domain=self.domain,
             rule=self.rule if rule is None else rule,
             key=key,
             cost=cost,
             priority=self.priority if priority is None else priority_value(priority),
-            tenant=self.tenant if tenant is None else tenant,
             max_wait=max_wait,
         )
 

@@ -75,13 +75,16 @@ class CallPolicy:
         """Classify a failed call: raise for bad requests, else log and fall back."""
         code = error.code() if callable(getattr(error, "code", None)) else None
         if code not in UNANSWERED:
+            self.answered()  # refusing a bad request is an answer: the service is up
             if code == grpc.StatusCode.INVALID_ARGUMENT:
                 raise InvalidParameter(f"{what}: {error.details()}") from error
             raise error
+        if self.throttle is not None:
+            self.throttle.rejected()
         log.debug("%s failed (%s); failure mode %r decides", what, code, self.fallback.mode)
 
     def fallback_for(self, key: str, cost: int, throttled: bool) -> ClientDecision:
-        return self.fallback.decide(key, cost, "throttled" if throttled else "fallback")
+        return self.fallback.decide(key, cost, throttled)
 
 
 @dataclass(frozen=True, slots=True)

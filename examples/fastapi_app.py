@@ -18,8 +18,7 @@ from fastapi import FastAPI, Request
 from limiter.clients.asgi import RateLimitMiddleware
 from limiter.clients.keys import client_ip
 
-from limiter import TokenBucket
-from limiter._core import AdaptiveLimiter
+from limiter import AdaptiveLimiter, TokenBucket
 
 adaptive = AdaptiveLimiter(target_latency=0.05, percentile=0.9, mode="concurrency", max_limit=64)
 

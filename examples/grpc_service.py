@@ -32,16 +32,17 @@ async def say_hello(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
     return b"hello " + request + suffix
 
 
-async def serve(port: int) -> grpc.aio.Server:
+async def serve(port: int) -> tuple[grpc.aio.Server, int]:
+    """The server, started, and the port it listens on (port 0: any free port)."""
     interceptor = AioRateLimitInterceptor(TokenBucket(rate=10.0, burst=5), key=by_peer)
     server = grpc.aio.server(interceptors=[interceptor])
     handler = grpc.unary_unary_rpc_method_handler(say_hello)
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler("demo.Greeter", {"SayHello": handler}),)
     )
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    port = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
-    return server
+    return server, port
 
 
 async def burst(target: str, interceptors: list) -> tuple[int, int]:
@@ -60,14 +61,14 @@ async def burst(target: str, interceptors: list) -> tuple[int, int]:
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, default=50051)
+    parser.add_argument("--port", type=int, default=50051, help="0: any free port")
     parser.add_argument("--serve", action="store_true", help="serve until interrupted")
     args = parser.parse_args()
-    server = await serve(args.port)
+    server, port = await serve(args.port)
     if args.serve:
         await server.wait_for_termination()
         return
-    target = f"127.0.0.1:{args.port}"
+    target = f"127.0.0.1:{port}"
     ok, refused = await burst(target, [])
     print(f"plain client:    ok={ok} refused={refused}")
     await asyncio.sleep(1.0)  # let the bucket refill

@@ -8,16 +8,29 @@
 # Control law, evaluated every ``interval`` (every ``probe_interval`` while in slow
 # start, as TCP slow start grows per round trip) on the P-th percentile of the
 # freshest ``window_samples`` latencies seen since the last cut (at most ``horizon``
-# back, from a Reservoir; a dropped or timed-out call counts as slower than any
-# target, and calls admitted before the last cut are left out: they describe a limit
-# no longer in force). With r = percentile / target:
-# - r > 1, overload: cut the limit by 1/2 the first time, then 1/4, 1/8, ... down to
+# back, and no further than ``window_age`` once ``min_samples`` are in, from a
+# Reservoir; a dropped or timed-out call counts as slower than any target, and calls
+# admitted before the last cut are left out: they describe a limit no longer in
+# force), and on the queue ratio q: the median of the freshest ``min_samples`` calls
+# over the no-load baseline (concurrency mode: measured by a probe, see
+# ``_start_probe``; rate mode: the lowest fresh median seen). With r = percentile /
+# target:
+# - r > 1 with a slow call in this interval (or a queue now), overload: cut the
+#   limit by 1/2 the first time, then 1/4, 1/8, ... down to
 #   ``min_cut``, at most one cut per ``interval`` (as TCP cuts once per round trip).
 #   A cut that did not cure the overload by the next evaluation means conditions
 #   changed: the next cut doubles instead (1/8 -> 1/4 -> 1/2). Slow calls trigger
 #   the evaluation early, as soon as there are enough of them to breach the
 #   percentile, so a capacity drop is met before a queue builds;
-# - r <= 1 - headroom, healthy: if the limit is the bottleneck (calls refused and
+# - concurrency mode with a probed baseline, no breach, at a saturated limit: the
+#   limit follows the queue, limit x (1 + ``tolerance``) / q (at most half off, at
+#   most ``growth`` up per interval), as Envoy's gradient controller and Gradient2
+#   do: the queue in front of the backend stays short and the target stays the
+#   bound. Before the first probe, a standing queue (q > 1 + tolerance) brings the
+#   limit down by the same factor (``_drain``), and the rules below apply;
+# - r <= 1 - headroom (rate mode: or r <= 1 with no queue now: a percentile near the
+#   target with the fresh median at the baseline is the tail of a backlog that is
+#   gone), healthy and q <= 1 + tolerance: if the limit is the bottleneck (calls refused and
 #   at least half of it in use) it grows: slow start (x ``growth`` per evaluation)
 #   up to the level it was last cut from, then additively (``additive`` x that level
 #   per evaluation). It never grows while it is not the bottleneck. Before there are
@@ -35,13 +48,17 @@
 #   through that much faster). Rate mode grows as on any healthy evaluation: a paced
 #   stream also drains its queue whenever the rate dips under capacity (see
 #   ``_drained``);
-# - in between, near the target: hold; in the upper half of that band ease off by
-#   one additive step (rate mode: to no more than the backend delivered). This keeps
+# - in between, near the target: hold; in the upper half of that band, with the
+#   fresh median rising over the baseline (q > 1 + tolerance / 2), ease off by one
+#   additive step (rate mode, with a standing queue: to no more than the backend
+#   delivered). Stale calls in the window alone never ease the limit. This keeps
 #   the percentile under the target without waiting for a breach, and ends an
 #   open-ended slow start before it overshoots (as TCP HyStart does on delay), or a
 #   slow start back to the level last cut from once that cut is two intervals old;
-# - rate mode, backend-bound (the enforcer's in-flight guard refused calls and the
-#   backend delivered less than the rate): latency stays flat up to capacity, so the
+# - rate mode, backend-bound (a standing queue, or refusals by the enforcer's in-flight
+#   guard with the median rising, and the backend delivered less than the rate;
+#   without a queue fewer deliveries only mean fewer arrivals, and the rate must not
+#   ratchet down to them while the backend idles): latency stays flat up to capacity, so the
 #   knee shows as throughput instead; the rate comes down to one additive step over
 #   what was delivered (past slow start: at most one additive step lower per
 #   evaluation) and slow start ends there (see ``_trim``);
@@ -67,6 +84,19 @@ cdef enum:
 cdef enum:
     PHASE_SLOW_START = 0
     PHASE_ADDITIVE = 1
+
+cdef enum:
+    # Smallest default burst of the rate mode's pacing, in calls (see _burst_calls).
+    MIN_BURST = 20
+
+cdef enum:
+    # Calls whose median is the baseline after a probe; fewer (a timed-out probe)
+    # than BASE_MIN leave the baseline as it was.
+    PROBE_CALLS = 30
+    PROBE_STAGES = 5
+    BASE_MIN = 5
+    # Calls behind the fresh median that measures the queue.
+    FRESH_MIN = 20
 
 OUTCOMES = {"ok": OUTCOME_OK, "dropped": OUTCOME_DROPPED, "ignored": OUTCOME_IGNORED}
 MODES = ("rate", "concurrency")
@@ -105,7 +135,12 @@ cdef class AdaptiveLimit:
     per slow-start step, ``additive`` step (fraction of the level last cut from),
     ``headroom`` below the target where growth stops (default 0.35 in concurrency
     mode, 0.2 in rate mode), ``min_cut`` (smallest cut), ``rearm_after`` healthy
-    growth steps (0 = never; default 1), ``seed``.
+    growth steps (0 = never; default 1), ``tolerance`` (the fresh median may rise
+    this much over the no-load baseline before it counts as a standing queue;
+    default 0.25), ``window_age`` (seconds: the percentile and median windows stop
+    there once they hold ``min_samples`` calls; default 2 x interval),
+    ``baseline_interval`` (seconds between baseline probes in concurrency mode;
+    default ``horizon``), ``seed``.
 
     ``mode`` only says what the limit counts (admissions per second or calls in
     flight) for the saturation test; enforcing it is ``AdaptiveLimiter``'s job, so
@@ -127,6 +162,25 @@ cdef class AdaptiveLimit:
     cdef readonly int64_t min_samples
     cdef readonly int64_t window_samples
     cdef readonly int32_t rearm_after
+    cdef readonly double tolerance
+    cdef readonly double window_age
+    cdef readonly double baseline_interval
+    cdef int64_t window_age_ns
+    cdef int64_t baseline_ns
+    cdef double base
+    cdef int64_t base_at
+    cdef double queue_ratio
+    cdef bint probing
+    cdef int64_t probe_start
+    cdef double probe_restore
+    cdef double probe_before
+    cdef bint probed
+    cdef int32_t probe_stage
+    cdef double before_sum
+    cdef int64_t before_n
+    cdef int32_t probe_n
+    cdef double probe_samples[PROBE_CALLS]
+    cdef int64_t slow_interval
     cdef int32_t healthy_run
     cdef bint reprobe
     cdef bint gentle
@@ -165,7 +219,8 @@ cdef class AdaptiveLimit:
                  max_limit=100_000, initial_limit=None, clock=None, *, interval=0.5,
                  probe_interval=None, horizon=10.0, subwindows=40, samples=256, min_samples=None,
                  window_samples=None, growth=1.5,
-                 additive=0.03, headroom=None, min_cut=0.03125, rearm_after=None, seed=0):
+                 additive=0.03, headroom=None, min_cut=0.03125, rearm_after=None,
+                 tolerance=0.25, window_age=None, baseline_interval=None, seed=0):
         self.target_latency = check_positive("target_latency", target_latency, MAX_SECONDS)
         self.percentile = check_fraction("percentile", percentile)
         if mode not in MODES:
@@ -199,6 +254,23 @@ cdef class AdaptiveLimit:
             raise InvalidParameter(
                 f"horizon must be at least interval ({interval!r} s), got {horizon!r}")
         self.rearm_ns = seconds_to_ns(h)
+        self.tolerance = check_positive("tolerance", tolerance, 100.0)
+        if window_age is None:
+            window_age = 2 * self.interval
+        self.window_age = check_positive("window_age", window_age, h)
+        self.window_age_ns = seconds_to_ns(self.window_age)
+        if baseline_interval is None:
+            baseline_interval = h
+        if (isinstance(baseline_interval, (int, float)) and not isinstance(baseline_interval, bool)
+                and baseline_interval == 0):
+            self.baseline_interval = 0.0  # never probe
+        else:
+            self.baseline_interval = check_positive("baseline_interval", baseline_interval, 86400.0)
+        if 0 < self.baseline_interval < self.interval:
+            raise InvalidParameter(
+                f"baseline_interval must be at least interval ({interval!r} s), "
+                f"got {baseline_interval!r}")
+        self.baseline_ns = seconds_to_ns(self.baseline_interval if self.baseline_interval > 0 else h)
         self.growth = check_positive("growth", growth, 16.0)
         if self.growth <= 1.0:
             raise InvalidParameter(f"growth must be > 1, got {growth!r}")
@@ -245,6 +317,9 @@ cdef class AdaptiveLimit:
         self.step = 0.0
         self.last_percentile = NAN
         self.ref_median = NAN
+        self.base = NAN
+        self.base_at = -1
+        self.queue_ratio = 1.0
         self.last_eval = -1
         self.last_cut = -1
         self.quiet_since = -1
@@ -282,13 +357,25 @@ cdef class AdaptiveLimit:
                 self.evidence._add(INFINITY if outcome == OUTCOME_DROPPED else latency, now)
                 if outcome == OUTCOME_DROPPED or latency > self.target_latency:
                     self.slow += 1
+                    self.slow_interval += 1
+        if self.probing:
+            if outcome == OUTCOME_OK and now - seconds_to_ns(latency) >= self.probe_start:
+                self.probe_samples[self.probe_n] = latency
+                self.probe_n += 1
+            elif outcome == OUTCOME_OK and self.probe_stage == 0:
+                # Admitted before the probe: these waited behind the full queue.
+                self.before_sum += latency
+                self.before_n += 1
+            if self.probe_n == PROBE_CALLS or now - self.probe_start >= 2 * self.interval_ns:
+                self._end_probe(now)
+            return 0
         if now - self.last_eval >= (
                 self.interval_ns if self.phase == PHASE_ADDITIVE else self.probe_ns):
             self._evaluate(now)
         elif self.slow >= self.early_after and (
                 self.last_cut < 0 or now - self.last_cut >= self.interval_ns):
             self._check_overload(now)
-        elif (not self.rate_mode and self.completed == self.min_samples
+        elif (not self.rate_mode and not self.probed and self.completed == self.min_samples
                 and self.ref_median > 0 and self._saturated(now) and self._drained(now)):
             # Concurrency mode: the queue drained mid-interval (the backend got
             # faster), grow now.
@@ -306,9 +393,130 @@ cdef class AdaptiveLimit:
         self.slow = 0
         if self.evidence._count(now) < self.min_samples:
             return 0
-        if self.evidence._quantile(self.percentile, now, self.window_samples) > self.target_latency:
+        if self._window(self.percentile, now) > self.target_latency:
             self._evaluate(now)
         return 0
+
+    cdef inline double _window(self, double p, int64_t now) noexcept:
+        """The p-quantile of the freshest ``window_samples`` calls, no older than
+        ``window_age`` once ``min_samples`` are in: at a low admission rate a count
+        alone would reach back to calls from a queue long drained."""
+        return self.evidence._quantile(p, now, self.window_samples, self.window_age_ns,
+                                       self.min_samples)
+
+    cdef double _queue_signal(self, int64_t now, bint saturated) noexcept:
+        """Fresh median over the no-load baseline (1.0 when either is unknown).
+
+        Rate mode (and concurrency mode without probes): the baseline is the lowest
+        median of ``window_samples`` fresh calls seen, a small dip moving it a
+        quarter of the way; after two ``baseline_interval`` without a lower one it
+        may rise, by at most ``tolerance`` at a time (the backend got slower; a single
+        queued median must not become the baseline). Concurrency mode: the first
+        median seen, until a probe measures it (with calls in flight capped over the
+        knee every call queues, so no passive median shows the no-load latency).
+        """
+        cdef double m = self.evidence._quantile(0.5, now, self.window_samples,
+                                                self.window_age_ns, self.min_samples)
+        # The queue now: the freshest min_samples calls (the baseline needs more).
+        cdef double fresh = self.evidence._quantile(0.5, now, self.min_samples,
+                                                    self.window_age_ns, FRESH_MIN)
+        if not m > 0:
+            return 1.0
+        if not self.base > 0:
+            self.base = m
+            self.base_at = now - (self.baseline_ns if saturated else 0)
+        elif m <= self.base and (self.rate_mode or self.baseline_interval == 0):
+            # The lowest of many noisy medians is lower than the median it
+            # estimates: a small dip moves the baseline a quarter of the way.
+            if m * (1.0 + self.tolerance) < self.base:
+                self.base = m
+            else:
+                self.base -= (self.base - m) / 4
+            self.base_at = now
+        elif now - self.base_at >= 2 * self.baseline_ns and (
+                self.rate_mode or self.baseline_interval == 0):
+            self.base = min(m, self.base * (1.0 + self.tolerance))
+            self.base_at = now
+        return fresh / self.base
+
+    cdef void _start_probe(self, int64_t now) noexcept:
+        """Concurrency mode: measure the no-load latency, as Envoy's minRTT window does.
+
+        With calls in flight capped above the backend's concurrency every call
+        queues, median included, so nothing passive shows the latency without a
+        queue. For a short while (``PROBE_CALLS`` calls admitted after the start, at
+        most two intervals) the limit is halved, then restored; the median of the
+        calls admitted meanwhile is the new baseline. Halving rather than pinning to
+        a small constant keeps most of the throughput; a limit still above the knee
+        after halving overestimates the baseline, and the next probe corrects it.
+        """
+        self.probing = True
+        self.probe_start = now
+        self.probe_restore = self.limit_value
+        self.probe_stage = 0
+        self.before_sum = 0.0
+        self.before_n = 0
+        self.probe_before = self.evidence._quantile(0.5, now, self.min_samples,
+                                                    self.window_age_ns, FRESH_MIN)
+        self.probe_n = 0
+        self.limit_value = self._clamp(self.limit_value / 2)
+
+    cdef void _end_probe(self, int64_t now) noexcept:
+        """The probe's calls are in (or its time is up): settle the baseline.
+
+        If the median fell clearly when the calls in flight were halved, the limit
+        stood over a queue, and the half may still: halve again (at most
+        ``PROBE_STAGES`` times; not once the median is back within ``tolerance`` of
+        a baseline an earlier probe measured). Once halving no longer lowers the median, that
+        median is the no-load latency, and twice the last level was already free of
+        queueing: the limit comes back to no more than that, plus ``tolerance``.
+        """
+        cdef double median
+        if self.probe_n < BASE_MIN:
+            self.probing = False
+            self.limit_value = self.probe_restore
+            self.base_at = now
+            self._next_interval(now)
+            return
+        median = self.evidence_median(self.probe_samples, self.probe_n)
+        if self.probe_stage == 0 and self.before_n > 0:
+            self.probe_before = max(self.probe_before, self.before_sum / self.before_n)
+        if (self.probe_before > median * (1.0 + self.tolerance) and self.probe_stage < PROBE_STAGES
+                and self.limit_value > self.min_limit
+                and not (self.probed and median <= (1.0 + self.tolerance) * self.base)):
+            self.probe_stage += 1
+            self.probe_before = median
+            self.probe_start = now
+            self.probe_n = 0
+            self.limit_value = self._clamp(self.limit_value / 2)
+            return
+        self.probing = False
+        self.probed = True
+        self.base = median
+        self.base_at = now
+        if self.probe_stage > 0:
+            self.limit_value = min(self.probe_restore,
+                                   self._clamp(2 * self.limit_value * (1.0 + self.tolerance)))
+            if self.ceiling < self.probe_restore:
+                self.ceiling = self.probe_restore
+                self.step = self.additive * self.ceiling
+            self.phase = PHASE_ADDITIVE
+        else:
+            self.limit_value = self.probe_restore
+        self._next_interval(now)
+
+    cdef double evidence_median(self, double* v, int32_t n) noexcept:
+        """Median of n values (n small: insertion sort in place)."""
+        cdef int32_t i, j
+        cdef double x
+        for i in range(1, n):
+            x = v[i]
+            j = i - 1
+            while j >= 0 and v[j] > x:
+                v[j + 1] = v[j]
+                j -= 1
+            v[j + 1] = x
+        return v[n // 2] if n % 2 else 0.5 * (v[n // 2 - 1] + v[n // 2])
 
     cdef bint _saturated(self, int64_t now) noexcept:
         """Is the limit the bottleneck? Refusals and at least half of it in use.
@@ -323,15 +531,25 @@ cdef class AdaptiveLimit:
         return self.peak_in_flight >= 0.5 * self.limit_value
 
     cdef bint _backend_bound(self, int64_t now) noexcept:
-        """Rate mode: the in-flight guard refused calls and the backend delivered
-        clearly less than the rate, so the backend, not the rate, is the bottleneck."""
-        if not self.rate_mode or self.guarded == 0:
+        """Rate mode: calls queue at the backend (the in-flight guard refused some, or
+        the fresh median stands over the baseline) and it delivered clearly less than
+        the rate, so the backend, not the rate, is the bottleneck. Without a queue,
+        delivering less than the rate only means fewer calls arrived."""
+        if not self.rate_mode or (self.guarded == 0 and not self._queued()):
+            return False
+        if self.queue_ratio <= 1.0 + self.tolerance / 2:
             return False
         cdef double elapsed = ns_to_seconds(now - self.last_eval)
         return elapsed > 0 and self.completed / elapsed * (1.0 + self.additive) < self.limit_value
 
+    cdef inline bint _queued(self) noexcept:
+        return self.queue_ratio > 1.0 + self.tolerance
+
     cdef int _evaluate(self, int64_t now) except -1:
+        if self.probing:
+            return 0
         cdef int64_t n = self.evidence._count(now)
+        self.queue_ratio = self._queue_signal(now, self.rejected > 0) if n >= self.min_samples else 1.0
         cdef bint saturated = self._saturated(now)
         if n < self.min_samples:
             if (saturated and n > 0 and n * 5 >= self.min_samples
@@ -345,9 +563,9 @@ cdef class AdaptiveLimit:
             elif now - self.last_eval >= 4 * self.interval_ns:
                 self._next_interval(now)
             return 0
-        cdef double pct = self.evidence._quantile(self.percentile, now, self.window_samples)
+        cdef double pct = self._window(self.percentile, now)
         cdef double before = self.limit_value
-        cdef double median = self.evidence._quantile(0.5, now, self.window_samples)
+        cdef double median = self._window(0.5, now)
         self.last_percentile = pct
         self.evaluations += 1
         cdef double ratio = pct / self.target_latency
@@ -355,9 +573,26 @@ cdef class AdaptiveLimit:
         if drained and ratio > 1.0 - self.headroom:
             # The window still holds calls from before the queue drained.
             ratio = 1.0 - self.headroom
+        if ratio > 1.0 and self.slow_interval == 0 and not self._queued():
+            # Breached only by calls from before this interval, and no queue now:
+            # those calls describe a backlog that is gone.
+            ratio = 1.0 - self.headroom / 2
         if ratio > 1.0:
             if self.last_cut < 0 or now - self.last_cut >= self.interval_ns:
                 self._cut(now)
+        elif (not self.rate_mode and saturated and self.probed
+                and self.completed >= FRESH_MIN):
+            # The no-load latency is known: the limit follows the queue (once the
+            # interval's own calls are enough to show it).
+            self.last_was_cut = False
+            self.healthy_run = 0
+            self._follow_queue()
+        elif (not self.rate_mode and saturated and self._queued()
+                and self.completed >= FRESH_MIN):
+            # A standing queue at the limit: come down by its share.
+            self.last_was_cut = False
+            self.healthy_run = 0
+            self._drain()
         elif self._backend_bound(now):
             # The in-flight guard refused calls: the backend, not the rate, was the
             # bottleneck, so the rate is above what it delivers. Come down to that.
@@ -370,7 +605,21 @@ cdef class AdaptiveLimit:
                 self.quiet_since = now
             if now - self.quiet_since >= self.rearm_ns:
                 self.next_shift = 1
-            if ratio <= 1.0 - self.headroom:
+            if (ratio <= 1.0 - self.headroom and not drained and self.phase == PHASE_SLOW_START
+                    and self.queue_ratio > 1.0 + self.tolerance / 2):
+                # Latency rising over the baseline: the knee is near. Slow start
+                # ends (as TCP HyStart ends it on delay).
+                self.healthy_run = 0
+                if saturated:
+                    self._end_slow_start(now)
+            elif ratio <= 1.0 - self.headroom and not drained and self._queued():
+                self.healthy_run = 0
+            elif ratio <= 1.0 - self.headroom or (
+                    self.rate_mode and ratio <= 1.0 and self.base > 0 and self.evaluations > 1
+                    and self.queue_ratio <= 1.0 + self.tolerance / 2):
+                # (Rate mode: a percentile near the target with the fresh median at
+                # the baseline is the slow tail of a backlog that is gone, or the
+                # service's own tail; the queue, not the tail, says when to stop.)
                 if saturated:
                     if drained and not self.rate_mode:
                         # Calls in flight capped and the queue gone: the backend
@@ -384,13 +633,20 @@ cdef class AdaptiveLimit:
             else:
                 self.healthy_run = 0
                 self._end_slow_start(now)
-                if ratio > 1.0 - self.headroom / 2 and saturated:
+                if (ratio > 1.0 - self.headroom / 2 and saturated
+                        and self.queue_ratio > 1.0 + self.tolerance / 2):
                     self._ease(now)
         # The reference for _drained, unless the limit came down by more than one
         # additive step (a cut drains the queue by itself).
         if self.limit_value < before * (1.0 - self.additive) * (1.0 - 1e-9):
             median = NAN
         self.ref_median = median
+        if (not self.rate_mode and saturated and self.limit_value >= before
+                and self.baseline_interval > 0
+                and self.base_at >= 0 and now - self.base_at >= self.baseline_ns):
+            self._next_interval(now)
+            self._start_probe(now)
+            return 0
         self._next_interval(now)
         return 0
 
@@ -526,13 +782,51 @@ cdef class AdaptiveLimit:
         cdef double new = self.limit_value - self.additive * self.limit_value
         cdef double elapsed = ns_to_seconds(now - self.last_eval)
         cdef double delivered
-        if self.rate_mode and elapsed > 0:
+        if self.rate_mode and elapsed > 0 and self._queued():
             delivered = self.completed / elapsed * (1.0 - self.additive)
             if delivered < new:
                 new = delivered
         self.limit_value = self._clamp(new)
 
+    cdef void _drain(self) noexcept:
+        """Concurrency mode, a standing queue (fresh median over the baseline by more
+        than ``tolerance``): by Little's law the same throughput needs the limit
+        times (1 + tolerance) / ratio in flight, at most half off. Not a cut (the
+        cut sequence does not advance); slow start ends and the level the queue was
+        seen at becomes the ceiling, as after a cut."""
+        cdef double new = self.limit_value * (1.0 + self.tolerance) / self.queue_ratio
+        if new < self.limit_value / 2:
+            new = self.limit_value / 2
+        if self.ceiling < self.limit_value:
+            self.ceiling = self.limit_value
+            self.step = self.additive * self.ceiling
+        self.phase = PHASE_ADDITIVE
+        self.reprobe = False
+        self.gentle = False
+        self.limit_value = self._clamp(new)
+
+    cdef void _follow_queue(self) noexcept:
+        """Concurrency mode with a probed baseline, at a saturated limit and under the
+        target: the limit times (1 + tolerance) / queue ratio, the calls in flight
+        that keep the median ``tolerance`` over the no-load latency (Little's law,
+        as Envoy's gradient controller does), at most half off and at most
+        ``growth`` times up per interval. Under it the backend idles, over it calls
+        queue; the target stays the bound (a breach is cut, not followed)."""
+        cdef double new = self.limit_value * (1.0 + self.tolerance) / self.queue_ratio
+        if new < self.limit_value / 2:
+            new = self.limit_value / 2
+        elif new > self.limit_value * self.growth:
+            new = self.limit_value * self.growth
+        if new < self.limit_value and self.ceiling < self.limit_value:
+            self.ceiling = self.limit_value
+            self.step = self.additive * self.ceiling
+        self.phase = PHASE_ADDITIVE
+        self.reprobe = False
+        self.gentle = False
+        self.limit_value = self._clamp(new)
+
     cdef void _next_interval(self, int64_t now) noexcept:
+        self.slow_interval = 0
         self.last_eval = now
         self.admitted = 0
         self.rejected = 0
@@ -557,11 +851,19 @@ cdef class AdaptiveLimit:
         return ldexp(1.0, -self.next_shift)
 
     @property
+    def baseline(self):
+        """The no-load median latency (seconds) the queue is measured against; NaN
+        before any."""
+        return self.base
+
+    @property
     def state(self):
         return {"limit": self.limit_value, "ceiling": self.ceiling,
                 "phase": "slow_start" if self.phase == PHASE_SLOW_START else "additive",
                 "next_cut": self.next_cut, "percentile": self.last_percentile,
-                "cuts": self.cuts, "evaluations": self.evaluations}
+                "cuts": self.cuts, "evaluations": self.evaluations,
+                "baseline": self.base, "queue_ratio": self.queue_ratio,
+                "probing": self.probing}
 
     def on_decision(self, allowed, in_flight=0, now=None, *, guarded=False):
         """Tell the controller about one admission decision (for the saturation test).
@@ -610,6 +912,8 @@ cdef class AdaptiveLimit:
                 f"limit={self.limit_value:.3f})")
 
 
+# Not tracked by the cyclic GC, for the reason Permit is not (concurrency.pxi).
+@cython.no_gc
 cdef class AdaptivePermit(Decision):
     """A Decision from AdaptiveLimiter that measures its call and reports the outcome.
 
@@ -669,32 +973,42 @@ cdef class AdaptivePermit(Decision):
             self.owner._free(self.cost)
 
 
+cpdef double pacing_burst(double burst, double target_latency, double limit) noexcept:
+    """Calls that may pass at once above a rate mode's pace of ``limit`` per second:
+    ``burst`` seconds' worth when set (> 0), else the default. Poisson arrivals at 90%
+    of a paced rate overflow a bucket of about 20 calls 1% of the time, whatever the
+    rate (an M/D/1 queue's length); half the target's worth at the limit queues at most
+    half the target. The default never exceeds one second's worth (at least one call):
+    a limit of a few calls per second, or per hour, is not passed 20 at once. Shared by
+    the in-memory and the Redis-shared adaptive limiters."""
+    if burst > 0:
+        return burst * limit
+    return max(1.0, min(max(MIN_BURST, 0.5 * target_latency * limit), limit))
+
+
 @cython.final
 cdef class AdaptiveLimiter:
     """A limit that follows the backend's latency; ``acquire`` -> AdaptivePermit.
 
     ``mode="rate"`` paces admissions at ``current_limit`` per second (GCRA with
-    ``burst`` seconds' worth of tolerance) and, for calls made through permits,
-    refuses while more than rate x target_latency x ``queue_cap`` (default 0.4) are in
-    flight (a backlog the backend is not draining; 0 disables; the controller hears of
-    these refusals: see ``_trim``); ``mode="concurrency"`` admits while fewer than
+    ``burst`` seconds' worth of tolerance; default None: half the target latency's
+    worth, at least ``MIN_BURST`` calls and at most one second's worth: see
+    ``pacing_burst``) and, for calls made through permits, refuses while more than the larger
+    of that burst and rate x target_latency x ``queue_cap`` (default 0.4) are in
+    flight (a backlog the backend is not draining; 0 disables; the controller hears
+    of these refusals: see ``_trim``); ``mode="concurrency"`` admits while fewer than
     ``current_limit`` calls are in flight. One limit guards the whole
     backend, so every key shares it (keys are validated for uniformity with the
     other limiters). Feed it outcomes by using the permit (``with``/``async with``)
     or with ``record()``. Controller knobs (``interval``, ``horizon``, ``growth``,
     ...) are those of ``AdaptiveLimit``; ``limit_model`` supplies one ready-made.
-
-    ``backend`` (a Redis URL or ``RedisBackend``) shares one limit across processes:
-    the limiter then delegates to ``limiter.backends.shared_adaptive.
-    SharedAdaptiveLimiter`` under ``name`` (rate mode only; every process that uses
-    the same name on the same Redis converges on, and paces at, one limit). Permits
-    still measure their calls and report them to it.
+    One limit shared by many processes through Redis is
+    ``limiter.backends.shared_adaptive.SharedAdaptiveLimiter``.
     """
 
     cdef readonly AdaptiveLimit controller
-    cdef readonly object shared
     cdef readonly str mode
-    cdef readonly double burst
+    cdef double burst_s
     cdef readonly double queue_cap
     cdef bint rate_mode
     cdef int64_t tat
@@ -702,16 +1016,9 @@ cdef class AdaptiveLimiter:
     cdef object clock
 
     def __init__(self, target_latency=0.1, percentile=0.99, mode="rate", min_limit=1,
-                 max_limit=100_000, initial_limit=None, clock=None, *, burst=0.01,
-                 queue_cap=None, backend=None, limit_model=None, name="adaptive", **controller):
+                 max_limit=100_000, initial_limit=None, clock=None, *, burst=None,
+                 queue_cap=None, limit_model=None, **controller):
         self.clock = check_clock(clock)
-        if backend is not None and backend != "memory://":
-            if queue_cap is not None:
-                raise InvalidParameter(
-                    "queue_cap is not supported with a shared backend (it paces only)")
-            self._share(backend, name, target_latency, percentile, mode, min_limit, max_limit,
-                        initial_limit, burst, limit_model, controller)
-            return
         if limit_model is not None:
             if not isinstance(limit_model, AdaptiveLimit):
                 raise InvalidParameter(
@@ -722,7 +1029,7 @@ cdef class AdaptiveLimiter:
                                             max_limit, initial_limit, clock, **controller)
         self.mode = self.controller.mode
         self.rate_mode = self.mode == "rate"
-        self.burst = check_positive("burst", burst, 60.0)
+        self.burst_s = 0.0 if burst is None else check_positive("burst", burst, 60.0)
         if queue_cap is None:
             queue_cap = 0.4
         if isinstance(queue_cap, (int, float)) and not isinstance(queue_cap, bool) and queue_cap == 0:
@@ -732,81 +1039,44 @@ cdef class AdaptiveLimiter:
         self.tat = 0
         self.in_flight_count = 0
 
-    cdef _share(self, object backend, object name, object target_latency, object percentile,
-                object mode, object min_limit, object max_limit, object initial_limit,
-                object burst, object limit_model, dict controller):
-        """Delegate to a SharedAdaptiveLimiter on ``backend`` (see the class docstring)."""
-        if mode != "rate":
-            raise InvalidParameter(
-                f"mode must be 'rate' with a shared backend (the shared limit paces "
-                f"admissions), got {mode!r}")
-        if limit_model is not None:
-            raise InvalidParameter("limit_model cannot be combined with a shared backend")
-        from limiter.backends.redis import RedisBackend
-        from limiter.backends.shared_adaptive import SharedAdaptiveLimiter
-
-        if isinstance(backend, str):
-            bind_backend(backend, Spec("token_bucket", limit=1, interval_ns=NS_PER_S))
-        elif not isinstance(backend, RedisBackend):
-            raise InvalidParameter(
-                f"backend must be a Redis URL or a RedisBackend for AdaptiveLimiter, "
-                f"got {backend!r:.80}")
-        self.shared = SharedAdaptiveLimiter(
-            backend, name, target_latency=target_latency, percentile=percentile,
-            min_limit=min_limit, max_limit=max_limit, initial_limit=initial_limit, burst=burst,
-            **controller)
-        self.controller = self.shared.controller
-        self.mode = "rate"
-        self.rate_mode = True
-        self.burst = self.shared.burst
-        self.queue_cap = 0.0
-
     cdef inline int64_t _now(self) except? -1:
         return read_clock(self.clock, False)
 
-    cdef AdaptivePermit _acquire_shared(self, object key, object cost):
-        cdef Decision d = self.shared.acquire(key, cost)
-        cdef AdaptivePermit p = AdaptivePermit.__new__(AdaptivePermit)
-        p.owner = self
-        p.start = self._now()
-        p.cost = cost
-        p.allowed = d.allowed
-        p.limit = d.limit
-        p.remaining = d.remaining
-        p.reset_after = d.reset_after
-        p.retry_after = d.retry_after
-        if p.allowed:
-            self.in_flight_count += p.cost
-        return p
+    cdef inline double _burst_calls(self, double lim) noexcept:
+        """Calls that may pass at once above the pace at rate ``lim``."""
+        return pacing_burst(self.burst_s, self.controller.target_latency, lim)
+
+    @property
+    def burst(self):
+        """Burst tolerance in seconds' worth of the limit, None for the default."""
+        return self.burst_s if self.burst_s > 0 else None
 
     def acquire(self, key="", cost=1):
         """Ask to start a call; returns an AdaptivePermit (check ``allowed``)."""
-        if self.shared is not None:
-            return self._acquire_shared(key, cost)
         check_key(key)
         cdef int64_t c = cost_arg(cost, MAX_COUNT)
         cdef int64_t now = self._now()
         cdef AdaptiveLimit ctl = self.controller
         cdef double lim = ctl.limit_value
-        cdef int64_t interval, tolerance, tat, new_tat, allow_at, cap, remaining
+        cdef int64_t interval, tolerance, d, cap
+        cdef double tokens
         cdef AdaptivePermit p = AdaptivePermit.__new__(AdaptivePermit)
         cdef double latency
         cdef bint guarded = False
+        cdef Outcome o
         p.owner = self
         p.start = now
         p.cost = c
         if self.rate_mode:
             interval = <int64_t>ceil(NS_PER_S / lim)
-            tolerance = <int64_t>ceil(self.burst * lim)
+            tokens = self._burst_calls(lim)
+            tolerance = <int64_t>ceil(tokens)
             if tolerance < c:
                 tolerance = c
             tolerance *= interval
-            tat = self.tat if self.tat > now else now
-            new_tat = tat + c * interval
-            allow_at = new_tat - tolerance
             p.limit = <int64_t>ceil(lim)
             if self.queue_cap > 0 and self.in_flight_count + c > max(
-                    1.0, lim * ctl.target_latency * self.queue_cap):
+                    1.0, tokens, lim * ctl.target_latency * self.queue_cap):
                 # Little's law: at this rate, more calls in flight than
                 # queue_cap x target's worth means the backend is not keeping up;
                 # pacing alone would let that queue grow without bound.
@@ -814,17 +1084,16 @@ cdef class AdaptiveLimiter:
                 p.remaining = 0
                 p.retry_after = ns_to_seconds(interval)
                 guarded = True
-            elif allow_at > now:
-                p.allowed = False
-                p.remaining = 0
-                p.reset_after = ns_to_seconds(tat - now)
-                p.retry_after = ns_to_seconds(allow_at - now)
             else:
-                self.tat = new_tat
-                p.allowed = True
-                p.remaining = (tolerance - (new_tat - now)) // interval
-                p.reset_after = ns_to_seconds(new_tat - now)
-                self.in_flight_count += c
+                d = self.tat - now if self.tat > now else 0
+                gcra_outcome(d + c * interval <= tolerance, d, c, interval, tolerance, 0, &o)
+                p.allowed = o.allowed
+                p.remaining = o.remaining if o.remaining > 0 else 0
+                p.reset_after = ns_to_seconds(o.reset_ns)
+                p.retry_after = ns_to_seconds(o.retry_ns) if o.retry_ns > 0 else 0.0
+                if o.allowed:
+                    self.tat = now + o.reset_ns
+                    self.in_flight_count += c
         else:
             cap = <int64_t>floor(lim)
             if cap < 1:
@@ -846,12 +1115,7 @@ cdef class AdaptiveLimiter:
     cdef int _finish(self, int64_t start, int64_t cost, int outcome) except -1:
         cdef int64_t now = self._now()
         self._free(cost)
-        cdef double latency = ns_to_seconds(now - start if now > start else 0)
-        if self.shared is not None:
-            if outcome != OUTCOME_IGNORED:
-                self.shared.record(latency, outcome == OUTCOME_OK)
-            return 0
-        self.controller._update(latency, outcome, now)
+        self.controller._update(ns_to_seconds(now - start if now > start else 0), outcome, now)
         return 0
 
     cdef void _free(self, int64_t cost) noexcept:
@@ -863,24 +1127,16 @@ cdef class AdaptiveLimiter:
         """One completed call measured by the caller (seconds); ``ok=False`` = dropped."""
         cdef double v = check_latency(latency)
         cdef int o = parse_outcome(ok, outcome)
-        if self.shared is not None:
-            if o != OUTCOME_IGNORED:
-                self.shared.record(v, o == OUTCOME_OK)
-            return
         self.controller._update(v, o, self._now())
 
     @property
     def current_limit(self):
         """Allowed admissions per second (rate) or calls in flight (concurrency)."""
-        if self.shared is not None:
-            return self.shared.current_limit
         return self.controller.limit_value
 
     @property
     def current_percentile(self):
         """Latency percentile (seconds) the controller last acted on; NaN before any."""
-        if self.shared is not None:
-            return self.shared.controller.last_percentile
         return self.controller.last_percentile
 
     @property
@@ -890,8 +1146,6 @@ cdef class AdaptiveLimiter:
 
     def summary(self):
         """The controller's mergeable summary (see ``AdaptiveLimit.summary``)."""
-        if self.shared is not None:
-            return self.shared.controller.summary()
         return self.controller.summary(self._now())
 
     def __repr__(self):

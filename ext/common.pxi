@@ -17,8 +17,6 @@ cimport numpy as cnp
 cdef extern from "Python.h":
     long long PyLong_AsLongLongAndOverflow(object obj, int* overflow) except? -1
 
-from limiter.backends import Spec
-from limiter.backends import bind as bind_backend
 from limiter.errors import InvalidParameter, RateLimited
 
 cnp.import_array()

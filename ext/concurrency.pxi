@@ -1,5 +1,9 @@
 # Concurrency (in-flight) counter: +1 on start, -1 on finish, refuse above a limit.
 
+# Not tracked by the cyclic GC: a permit refers only to its limiter and key, which never
+# refer back, so it can be in no cycle; a service may hold hundreds of thousands, and
+# tracked they would lengthen every full collection (a pause of the whole process).
+@cython.no_gc
 cdef class Permit(Decision):
     """A Decision from ConcurrencyLimit that holds ``cost`` in-flight slots until released.
 
@@ -11,15 +15,13 @@ cdef class Permit(Decision):
     cdef ConcurrencyLimit owner
     cdef object key
     cdef int64_t cost
-    # The backend's lease id when state is shared (leases expire if never released).
-    cdef readonly object lease
     cdef readonly bint released
 
     def release(self):
         """Give the slots back; idempotent."""
         if self.allowed and not self.released:
             self.released = True
-            self.owner._release(self.key, self.cost, self.lease)
+            self.owner._release(self.key, self.cost)
 
     def __exit__(self, exc_type, exc, tb):
         self.release()
@@ -28,7 +30,7 @@ cdef class Permit(Decision):
     def __dealloc__(self):
         if self.allowed and not self.released and self.owner is not None:
             self.released = True
-            self.owner._release(self.key, self.cost, self.lease)
+            self.owner._release(self.key, self.cost)
 
 
 @cython.final
@@ -42,11 +44,11 @@ cdef class ConcurrencyLimit(KeyedLimiter):
 
     cdef readonly int64_t limit
 
-    def __init__(self, limit, *, max_keys=1_000_000, backend=None):
+    def __init__(self, limit, *, max_keys=1_000_000):
         self.limit = check_count("limit", limit, 1, MAX_COUNT)
         self.limit_value = self.limit
         self.max_cost = self.limit
-        self._setup(1, max_keys, None, False, backend, Spec("concurrency", limit=self.limit), False)
+        self._setup(1, max_keys, None, False, False)
 
     cdef int _decide(self, object key, int64_t cost, int64_t now, Outcome* out) except -1:
         cdef int32_t slot = self.table.get(key, now)
@@ -68,10 +70,7 @@ cdef class ConcurrencyLimit(KeyedLimiter):
         out.remaining = self.limit - row[0]
         return 0
 
-    cdef int _release(self, object key, int64_t cost, object lease) except -1:
-        if self.remote is not None:
-            self.remote.release(key, cost, lease)
-            return 0
+    cdef int _release(self, object key, int64_t cost) except -1:
         cdef int32_t slot = self.table.find(key)
         if slot < 0:
             return 0
@@ -85,9 +84,6 @@ cdef class ConcurrencyLimit(KeyedLimiter):
         """Take ``cost`` in-flight slots for ``key``; returns a Permit (check ``allowed``)."""
         cdef int64_t c = cost_arg(cost, self.max_cost)
         key = check_key(key)
-        if self.remote is not None:
-            decision, lease = self.remote.acquire_lease(key, c)
-            return self._remote_permit(key, c, decision, lease)
         cdef Outcome o
         o.detail = True
         cdef Permit p = Permit.__new__(Permit)
@@ -100,32 +96,9 @@ cdef class ConcurrencyLimit(KeyedLimiter):
         p.cost = c
         return p
 
-    async def acquire_async(self, key="", cost=1):
-        """``acquire`` for asyncio code: a shared backend is awaited, never blocking the loop."""
-        if self.remote is None:
-            return self.acquire(key, cost)
-        c = cost_arg(cost, self.max_cost)
-        key = check_key(key)
-        decision, lease = await self.remote.acquire_lease_async(key, c)
-        return self._remote_permit(key, c, decision, lease)
-
-    cdef Permit _remote_permit(self, object key, int64_t cost, object decision, object lease):
-        """A Permit for a decision of the shared backend; ``lease`` is what release needs."""
-        cdef Permit p = Permit.__new__(Permit)
-        p.allowed = decision.allowed
-        p.limit = self.limit
-        p.remaining = decision.remaining
-        p.owner = self
-        p.key = key
-        p.cost = cost
-        p.lease = lease
-        return p
-
     def in_flight(self, key=""):
         """Units currently held for ``key``."""
         key = check_key(key)
-        if self.remote is not None:
-            return self.remote.in_flight(key)
         cdef int32_t slot = self.table.find(key)
         return 0 if slot < 0 else self.table.row(slot)[0]
 

@@ -8,7 +8,10 @@
 
 from cpython.ref cimport Py_DECREF, Py_INCREF
 from cpython.sequence cimport PySequence_Fast_ITEMS
+from cpython.unicode cimport PyUnicode_GET_LENGTH
 from libc.string cimport memset
+
+from hashlib import blake2b
 
 
 cdef extern from "Python.h":
@@ -31,6 +34,13 @@ cdef extern from *:
 
 
 cdef int64_t NEVER_IDLE = 0x7FFFFFFFFFFFFFFF
+# Keys longer than MAX_KEY_CHARS characters are kept as their first KEY_HEAD characters,
+# "\x1f#" and the 32 hex digits of a 128-bit BLAKE2b digest of the whole key: a table of
+# max_keys keys then holds a bounded number of bytes, however long the keys callers send
+# (a digest of 128 bits makes two keys sharing one row a practical impossibility).
+MAX_KEY_CHARS = 128
+KEY_HEAD = 64
+cdef Py_ssize_t _MAX_KEY_CHARS = MAX_KEY_CHARS
 cdef object ONE = 1
 # Entry words: [key pointer (0 = empty entry), low 32 bits of the key's hash with
 # the CLOCK reference bit above them, idle_at, the algorithm's state...].
@@ -263,13 +273,22 @@ cdef class KeyTable:
         self.moves += 1
 
 
+cdef object long_key(str key):
+    """The digest form of a key over MAX_KEY_CHARS characters (see MAX_KEY_CHARS)."""
+    whole = key.encode("utf-8", "surrogatepass")
+    return key[:KEY_HEAD] + "\x1f#" + blake2b(whole, digest_size=16).hexdigest()
+
+
 cdef inline object check_key(object key):
     """Keys are exact str (a str subclass is copied to a plain str: its __hash__ or
-    __eq__ could run Python code in the middle of an update)."""
+    __eq__ could run Python code in the middle of an update) of at most MAX_KEY_CHARS
+    characters (a longer one is kept as its digest form, ``long_key``)."""
     if type(key) is str:
-        return key
+        if PyUnicode_GET_LENGTH(key) <= _MAX_KEY_CHARS:
+            return key
+        return long_key(key)
     if isinstance(key, str):
-        return str.__str__(key)
+        return check_key(str.__str__(key))
     raise InvalidParameter(f"key must be a str, got {type(key).__name__}: {key!r:.80}")
 
 
@@ -310,17 +329,15 @@ cdef class KeyedLimiter:
     cdef object clock
     cdef bint wall
     cdef int64_t limit_value
-    cdef int64_t max_cost
-    # Shared state (limiter.backends.Bound) when backend= names one; None = this process.
-    cdef readonly object remote
+    # The largest cost one request can ever be granted.
+    cdef readonly int64_t max_cost
 
-    cdef _setup(self, int32_t width, object max_keys, object clock, bint wall, object backend,
-                object spec, bint can_evict_busy=True):
+    cdef _setup(self, int32_t width, object max_keys, object clock, bint wall,
+                bint can_evict_busy=True):
         cdef int64_t mk = check_count("max_keys", max_keys, 1, MAX_KEYS)
         self.table = KeyTable(width, mk, can_evict_busy)
         self.clock = check_clock(clock)
         self.wall = wall
-        self.remote = bind_backend(backend, spec)
 
     cdef int _decide(self, object key, int64_t cost, int64_t now, Outcome* out) except -1:
         raise NotImplementedError
@@ -333,9 +350,6 @@ cdef class KeyedLimiter:
     def reset(self, key=""):
         """Forget ``key``'s state (it starts fresh)."""
         key = check_key(key)
-        if self.remote is not None:
-            self.remote.reset(key)
-            return
         cdef int32_t slot = self.table.find(key)
         if slot >= 0:
             self.table.remove(slot)
@@ -367,21 +381,12 @@ cdef class RateKernel(KeyedLimiter):
         """Take ``cost`` units for ``key`` if they are available; returns a Decision."""
         cdef int64_t c = cost_arg(cost, self.max_cost)
         key = check_key(key)
-        if self.remote is not None:
-            return self.remote.acquire(key, c)
         cdef int64_t now = self._now()
         cdef Outcome o
         o.detail = True
         self._decide_row(self.table.get(key, now), c, now, &o)
         return make_decision(o.allowed, self.limit_value, o.remaining, o.reset_ns,
                              o.retry_ns, o.wait_ns)
-
-    async def acquire_async(self, key="", cost=1):
-        """``acquire`` for asyncio code: a shared backend is awaited, never blocking the loop."""
-        if self.remote is None:
-            return self.acquire(key, cost)
-        c = cost_arg(cost, self.max_cost)
-        return await self.remote.acquire_async(check_key(key), c)
 
     def acquire_batch(self, keys, costs=None):
         """``acquire`` for many requests in order, at one clock reading: a list of
@@ -397,8 +402,6 @@ cdef class RateKernel(KeyedLimiter):
             cs = [cost_arg(c, self.max_cost) for c in costs]
             if len(cs) != n:
                 raise InvalidParameter(f"costs: {len(cs)} given for {n} keys")
-        if self.remote is not None:
-            return self.remote.acquire_batch(ks, cs)
         cdef int64_t now = self._now()
         cdef Outcome o
         o.detail = True
@@ -413,8 +416,6 @@ cdef class RateKernel(KeyedLimiter):
         """Like ``acquire`` but returns only a bool (no Decision is built)."""
         cdef int64_t c = cost_arg(cost, self.max_cost)
         key = check_key(key)
-        if self.remote is not None:
-            return self.remote.acquire(key, c).allowed
         cdef int64_t now = self._now()
         cdef Outcome o
         o.detail = False
@@ -455,15 +456,11 @@ cdef class RateKernel(KeyedLimiter):
         if len(seq) != n:
             raise InvalidParameter(f"keys changed length while read: {n} then {len(seq)}")
         for i in range(n):
-            if type(<object>items[i]) is not str:
+            if (type(<object>items[i]) is not str
+                    or PyUnicode_GET_LENGTH(<object>items[i]) > _MAX_KEY_CHARS):
                 seq = [check_key(k) for k in seq]
                 items = PySequence_Fast_ITEMS(seq)
                 break
-        if self.remote is not None:
-            return np.fromiter(
-                (d.allowed for d in self.remote.acquire_batch(
-                    list(seq), None if not has_costs else cv)),
-                dtype=np.bool_, count=n)
         cdef int64_t now = self._now()
         cdef Py_hash_t hashes[BATCH_CHUNK]
         cdef int32_t slots[BATCH_CHUNK]
@@ -493,3 +490,14 @@ cdef class RateKernel(KeyedLimiter):
                     self._decide(<object>items[start + j], c, now, &o)
                 out[start + j] = o.allowed
         return out.view(np.bool_)
+
+
+def valid_key(key):
+    """``key`` as the kernels keep it (an exact str of at most MAX_KEY_CHARS characters),
+    or InvalidParameter naming it."""
+    return check_key(key)
+
+
+def valid_cost(cost, maximum):
+    """``cost`` as an int in [1, ``maximum``], or InvalidParameter naming it."""
+    return cost_arg(cost, maximum)

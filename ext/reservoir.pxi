@@ -212,11 +212,13 @@ cdef class Reservoir:
         self.offered[s] = n + 1
 
     cdef Py_ssize_t _gather(self, int64_t now, double* total, int64_t enough=0,
-                            bint sort=True) noexcept:
+                            bint sort=True, int64_t max_age=0, int64_t floor=0) noexcept:
         """Live samples (value, weight) into scratch (sorted if asked); returns how many.
 
         Newest sub-windows first; with ``enough`` > 0, stops once that many values
-        were offered to the sub-windows taken (the freshest adequate sample).
+        were offered to the sub-windows taken (the freshest adequate sample); with
+        ``max_age`` > 0 (ns), also stops at sub-windows older than that once
+        ``floor`` values are in (fresh rather than large when traffic is light).
         """
         cdef int64_t idx = now // self.sub_ns
         cdef int64_t at
@@ -226,6 +228,8 @@ cdef class Reservoir:
         total[0] = 0.0
         for at in range(idx, idx - self.subwindows, -1):
             if at < 0 or (enough > 0 and total[0] >= enough):
+                break
+            if max_age > 0 and total[0] >= floor and (idx - at) * self.sub_ns >= max_age:
                 break
             s = <int32_t>(at % self.subwindows)
             if self.window_index[s] != at or self.offered[s] == 0:
@@ -251,10 +255,11 @@ cdef class Reservoir:
                 return self.scratch[i].value
         return self.scratch[m - 1].value
 
-    cdef double _quantile(self, double p, int64_t now, int64_t enough=0) noexcept:
-        """The p-quantile at ``now``, NaN when the horizon holds no value."""
+    cdef double _quantile(self, double p, int64_t now, int64_t enough=0, int64_t max_age=0,
+                          int64_t floor=0) noexcept:
+        """The p-quantile at ``now``, NaN when the horizon holds no value (see _gather)."""
         cdef double total
-        cdef Py_ssize_t m = self._gather(now, &total, enough, False)
+        cdef Py_ssize_t m = self._gather(now, &total, enough, False, max_age, floor)
         if m == 0:
             return NAN
         return weighted_select(self.scratch, m, p * total)

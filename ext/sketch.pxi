@@ -197,7 +197,7 @@ cdef class HeavyHitters:
 
     def estimate(self, key):
         """Estimated count of ``key`` in the window (an upper bound; 0 if untracked)."""
-        check_key(key)
+        key = check_key(key)
         return self._estimate(key, self._now())
 
     def total(self):
@@ -211,7 +211,7 @@ cdef class HeavyHitters:
 
     def share(self, key):
         """``estimate(key) / total()`` (0.0 on an empty window)."""
-        check_key(key)
+        key = check_key(key)
         cdef int64_t now = self._now()
         cdef int64_t e_now = now // self.sub_ns, total = 0
         cdef int32_t b

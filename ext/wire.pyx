@@ -487,7 +487,7 @@ cdef tuple _check(Cursor* c, frozenset priorities, Py_ssize_t max_key_chars,
                   double max_wait_limit, _Last last_domain, _Last last_rule):
     cdef Cursor sub = _sub(c, "")
     cdef uint32_t tag
-    cdef str domain = "", rule = "", key = "", tenant = ""
+    cdef str domain = "", rule = "", key = ""
     cdef uint64_t cost = 0
     cdef int32_t priority = 0
     cdef double max_wait = 0.0
@@ -504,7 +504,10 @@ cdef tuple _check(Cursor* c, frozenset priorities, Py_ssize_t max_key_chars,
         elif tag == (5 << 3 | 0):
             priority = <int32_t>_varint(&sub, ".priority")
         elif tag == (6 << 3 | 2):
-            tenant = _string(&sub, ".tenant")
+            # Removed from limiter.v1 (the field number is reserved): an old client's
+            # tenant must not be dropped silently.
+            raise WireError(".tenant: no longer part of limiter.v1; a tenant is part of "
+                            "the check's key, or a rule of its own")
         elif tag == (7 << 3 | 1):
             max_wait = _double(&sub, ".max_wait")
         else:
@@ -515,14 +518,14 @@ cdef tuple _check(Cursor* c, frozenset priorities, Py_ssize_t max_key_chars,
         raise WireError(f".key: {len(key)} characters, at most {max_key_chars}")
     if not (0.0 <= max_wait <= max_wait_limit):  # also refuses NaN
         raise WireError(f".max_wait: must be in [0, {max_wait_limit:g}] s, got {max_wait!r}")
-    return (domain, rule, key, cost, priority, tenant, max_wait)
+    return (domain, rule, key, cost, priority, max_wait)
 
 
 def parse_decide_request(
     bytes data not None, Py_ssize_t max_checks, frozenset priorities not None,
     Py_ssize_t max_key_chars, double max_wait_limit,
 ):
-    """``DecideRequest`` bytes → [(domain, rule, key, cost, priority, tenant, max_wait)].
+    """``DecideRequest`` bytes → [(domain, rule, key, cost, priority, max_wait)].
 
     Checks repeating the previous check's domain or rule share its str object.
 
@@ -601,8 +604,9 @@ def encode_decide_response(list results not None, uint32_t level):
     """The ``DecideResponse`` bytes for results given as plain values.
 
     ``results``: (allowed, code, limit, remaining, reset_after, retry_after, waited,
-    permit or None) per check, in request order; every Result and the response carry
-    ``level``.
+    permit or None, ...) per check, in request order (a tuple or a NamedTuple such as
+    the decider's ``Outcome``; fields past the eighth are not encoded); every Result and
+    the response carry ``level``.
     """
     cdef Py_ssize_t size = 0, n = len(results), i, result_size, permit_size
     cdef tuple r
@@ -613,10 +617,10 @@ def encode_decide_response(list results not None, uint32_t level):
     cdef list sizes = [None] * n
     for i in range(n):
         value_ = results[i]
-        if not (type(value_) is tuple and len(<tuple>value_) == 8):
+        if not (isinstance(value_, tuple) and len(<tuple>value_) >= 8):
             _refuse(value_, RESULT_KINDS, f"results[{i}]")
         r = <tuple>value_
-        if not (type(r[0]) is bool and type(r[1]) is int and type(r[2]) is int
+        if not (type(r[0]) is bool and isinstance(r[1], int) and type(r[2]) is int
                 and type(r[3]) is int and _number(r[4]) and _number(r[5]) and _number(r[6])
                 and (r[7] is None or type(r[7]) is str)):
             _refuse(r, RESULT_KINDS, f"results[{i}]")

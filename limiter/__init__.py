@@ -8,19 +8,12 @@ from limiter.errors import ConfigError, InvalidParameter, LimiterError, RateLimi
 try:
     from limiter._core import (
         AdaptiveLimit,
-        AdaptiveLimiter,
         AdaptivePermit,
-        ConcurrencyLimit,
         Decision,
-        FixedWindow,
         HeavyHitters,
-        LeakyBucket,
-        LeakyShaper,
         Permit,
         PriorityQueue,
         Reservoir,
-        SlidingWindow,
-        TokenBucket,
         weighted_quantile,
     )
 except ImportError as exc:  # pragma: no cover - exercised only on a broken install
@@ -32,6 +25,17 @@ except ImportError as exc:  # pragma: no cover - exercised only on a broken inst
 
 from limiter.admission import AdmissionQueue, DeadlineExceeded, QueuedPermit, QueueFull
 from limiter.decorators import limited, rate_limited
+from limiter.failure import FailureMode
+from limiter.limits import (
+    AdaptiveLimiter,
+    ConcurrencyLimit,
+    FixedWindow,
+    LeakyBucket,
+    LeakyShaper,
+    SlidingWindow,
+    TokenBucket,
+)
+from limiter.priority import Priority
 
 __all__ = [
     "AdaptiveLimit",
@@ -42,6 +46,7 @@ __all__ = [
     "ConfigError",
     "DeadlineExceeded",
     "Decision",
+    "FailureMode",
     "FixedWindow",
     "HeavyHitters",
     "InvalidParameter",
@@ -49,6 +54,7 @@ __all__ = [
     "LeakyShaper",
     "LimiterError",
     "Permit",
+    "Priority",
     "PriorityQueue",
     "QueueFull",
     "QueuedPermit",

@@ -1,7 +1,7 @@
 # Type hints for the compiled core (ext/*.pxi). Keep in step with the Cython sources.
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import numpy.typing as npt
@@ -45,13 +45,12 @@ class Decision:
     ) -> bool: ...
 
 class Permit(Decision):
-    lease: object
     released: bool
     def release(self) -> None: ...
 
 class KeyedLimiter:
-    remote: object
     max_keys: int
+    max_cost: int
     evictions: int
     def reset(self, key: str = "") -> None: ...
     def __len__(self) -> int: ...
@@ -59,7 +58,6 @@ class KeyedLimiter:
 class RateKernel(KeyedLimiter):
     def acquire(self, key: str = "", cost: int = 1) -> Decision: ...
     def allow(self, key: str = "", cost: int = 1) -> bool: ...
-    async def acquire_async(self, key: str = "", cost: int = 1) -> Decision: ...
     def acquire_batch(
         self, keys: Sequence[str], costs: Sequence[int] | None = None
     ) -> list[Decision]: ...
@@ -71,6 +69,8 @@ class _Gcra(RateKernel):
     rate: float
     burst: int
     interval_ns: int
+    max_wait_ns: int
+    def reserving(self, reserve: int) -> Self: ...
 
 class TokenBucket(_Gcra):
     def __init__(
@@ -80,7 +80,6 @@ class TokenBucket(_Gcra):
         *,
         clock: Clock | None = None,
         max_keys: int = 1_000_000,
-        backend: object = None,
     ) -> None: ...
 
 class LeakyBucket(_Gcra):
@@ -91,7 +90,6 @@ class LeakyBucket(_Gcra):
         *,
         clock: Clock | None = None,
         max_keys: int = 1_000_000,
-        backend: object = None,
     ) -> None: ...
 
 class LeakyShaper(_Gcra):
@@ -104,12 +102,13 @@ class LeakyShaper(_Gcra):
         max_wait: float = 1.0,
         clock: Clock | None = None,
         max_keys: int = 1_000_000,
-        backend: object = None,
     ) -> None: ...
 
 class _Window(RateKernel):
     limit: int
     period: float
+    period_ns: int
+    def reserving(self, reserve: int) -> Self: ...
     def __init__(
         self,
         limit: int,
@@ -117,7 +116,6 @@ class _Window(RateKernel):
         *,
         clock: Clock | None = None,
         max_keys: int = 1_000_000,
-        backend: object = None,
     ) -> None: ...
 
 class FixedWindow(_Window): ...
@@ -125,11 +123,8 @@ class SlidingWindow(_Window): ...
 
 class ConcurrencyLimit(KeyedLimiter):
     limit: int
-    def __init__(
-        self, limit: int, *, max_keys: int = 1_000_000, backend: object = None
-    ) -> None: ...
+    def __init__(self, limit: int, *, max_keys: int = 1_000_000) -> None: ...
     def acquire(self, key: str = "", cost: int = 1) -> Permit: ...
-    async def acquire_async(self, key: str = "", cost: int = 1) -> Permit: ...
     def in_flight(self, key: str = "") -> int: ...
 
 class Reservoir:
@@ -163,6 +158,10 @@ class AdaptiveLimit:
     next_cut: float
     state: Any
     probe_interval: float
+    baseline: float
+    tolerance: float
+    window_age: float
+    baseline_interval: float
     def on_decision(
         self, allowed: bool, in_flight: int = 0, now: int | None = None, *, guarded: bool = False
     ) -> None: ...
@@ -178,11 +177,12 @@ class AdaptivePermit(Decision):
     def dropped(self) -> None: ...
     def ignore(self) -> None: ...
 
+def pacing_burst(burst: float, target_latency: float, limit: float) -> float: ...
+
 class AdaptiveLimiter:
     current_limit: float
     current_percentile: float
     in_flight: int
-    shared: Any
     def __init__(
         self,
         target_latency: float = 0.1,
@@ -193,11 +193,9 @@ class AdaptiveLimiter:
         initial_limit: float | None = None,
         clock: Clock | None = None,
         *,
-        burst: float = 0.01,
+        burst: float | None = None,
         queue_cap: float | None = None,
-        backend: object = None,
         limit_model: Any = None,
-        name: str = "adaptive",
         **controller: Any,
     ) -> None: ...
     def acquire(self, key: str = "", cost: int = 1) -> AdaptivePermit: ...
@@ -248,3 +246,23 @@ class HeavyHitters:
     def top(self, n: int = 10) -> list[tuple[str, int, int]]: ...
     def clear(self) -> None: ...
     def __len__(self) -> int: ...
+
+def gcra_decision(
+    allowed: bool, d: int, cost: int, interval: int, burst: int, max_wait: int = 0
+) -> Decision: ...
+def window_decision(
+    sliding: bool,
+    allowed: bool,
+    limit: int,
+    period_ns: int,
+    cur: int,
+    prev: int,
+    elapsed: int,
+    cost: int,
+) -> Decision: ...
+
+MAX_KEY_CHARS: int
+KEY_HEAD: int
+
+def valid_key(key: object) -> str: ...
+def valid_cost(cost: object, maximum: int) -> int: ...

@@ -3,9 +3,10 @@
 A config file holds one or more YAML documents (``---``); each names a ``domain`` and
 its nested ``descriptors`` exactly as envoyproxy/ratelimit reads them, so existing
 files load unchanged. Extensions live inside ``rate_limit`` (``algorithm``, ``burst``,
-``priority``, ``failure_mode``, ``queue``, ``hold``); other top-level sections (e.g.
-``alerts``) are parsed by whoever registered them with ``register_section``. Every
-error is a ``ConfigError`` naming the file, the descriptor path and the field.
+``priority``, ``failure_mode``, ``queue``, ``hold``); the other top-level sections
+(``alerts``, ``breakers``, ``degradation``, ``shedding``, ``switches``) configure the
+operations side (``limiter.ops``). Every key is declared once (``limiter.schema``), and
+every error is a ``ConfigError`` naming the file, the descriptor path and the field.
 
 Matching follows envoyproxy/ratelimit: a request descriptor's entries walk the tree one
 level per entry; at each level an exact ``key``+``value`` wins over a ``value`` ending
@@ -15,16 +16,66 @@ reached at the request's own depth can supply the limit.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
-from collections.abc import Callable, Iterable, Sequence
+import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from yaml.composer import Composer
+from yaml.constructor import SafeConstructor
+from yaml.resolver import Resolver
 
-from limiter.errors import ConfigError, InvalidParameter
+from limiter import schema
+from limiter.errors import ConfigError, InvalidParameter, brief
+from limiter.failure import DEFAULT as DEFAULT_FAILURE_MODE
+from limiter.failure import FailureMode
+from limiter.ops.policy import SECTIONS, OpsConfig
+from limiter.priority import BY_RANK, Priority
+from limiter.schema import FieldError, Section, required, setting
+
+log = logging.getLogger("limiter.config")
+
+
+def _event_loader() -> type:
+    """libyaml's parser (several times faster than PyYAML's) under PyYAML's own composer.
+
+    libyaml's composer builds a whole document in one C call that holds the interpreter
+    throughout (tens of ms for thousands of rules), stalling the decision loop on every
+    reload; taking its events one at a time keeps the speed and lets other threads run
+    between them. Plain PyYAML when libyaml is missing.
+    """
+    try:
+        from yaml._yaml import CParser
+    except ImportError:
+        return yaml.SafeLoader
+
+    class EventLoader(CParser, Composer, SafeConstructor, Resolver):  # type: ignore[misc]
+        check_node = Composer.check_node
+        get_node = Composer.get_node
+        get_single_node = Composer.get_single_node
+
+        def __init__(self, stream: str) -> None:
+            CParser.__init__(self, stream)
+            Composer.__init__(self)
+            SafeConstructor.__init__(self)
+            Resolver.__init__(self)
+
+    return EventLoader
+
+
+LOADER = _event_loader()
+
+# Bounds on what a config may be: the bytes of all its files, its rules, and the nodes
+# YAML aliases may add to a document by repeating others (a few aliases nested a few
+# levels deep can stand for billions of nodes, which checking would then walk).
+MAX_CONFIG_BYTES = 4 << 20
+MAX_RULES = 10_000
+MAX_ALIAS_NODES = 100_000
 
 # Seconds per unit, and the RLS v3 enum numbers (RateLimitResponse.RateLimit.Unit).
 UNIT_SECONDS = {
@@ -47,10 +98,8 @@ ALGORITHMS = (
     "concurrency",
     "adaptive",
 )
-# Google SRE criticality tiers, most important first.
-PRIORITIES = ("critical_plus", "critical", "sheddable_plus", "sheddable")
-# What a rule answers when its backend fails: allow, deny, or decide in this process.
-FAILURE_MODES = ("allow", "deny", "local")
+# Priority names, most important first (the order of per-priority lists such as queue weights).
+PRIORITIES = tuple(p.label for p in BY_RANK)
 
 # Largest limit accepted (the kernels' own bound).
 MAX_LIMIT = 1 << 40
@@ -63,67 +112,169 @@ MAX_QUEUE_DEPTH = 1_000_000
 MAX_QUEUE_WEIGHT = 1_000_000
 QUEUE_MODES = ("weighted", "strict")
 QUEUE_ORDERS = ("fifo", "lifo")
-_QUEUE_KEYS = {"mode", "weights", "max_queue", "order", "max_wait"}
-
-_RATE_LIMIT_KEYS = {
-    "unit",
-    "requests_per_unit",
-    "unlimited",
-    "name",
-    "replaces",
-    "algorithm",
-    "burst",
-    "priority",
-    "failure_mode",
-    "target_latency",
-    "percentile",
-    "mode",
-    "queue",
-    "hold",
-}
 # Extension fields only an adaptive rule takes.
-_ADAPTIVE_KEYS = ("target_latency", "percentile", "mode")
-_DESCRIPTOR_KEYS = {"key", "value", "rate_limit", "descriptors", "shadow_mode", "detailed_metric"}
+ADAPTIVE_KEYS = ("target_latency", "percentile", "mode")
+# The algorithms that take a ``burst``.
+BUCKETS = ("token_bucket", "leaky_bucket")
+# The algorithms whose kernels can keep part of their limit back (``reserved``).
+RESERVABLE = ("token_bucket", "leaky_bucket", "fixed_window", "sliding_window")
 
 
 @dataclass(frozen=True)
-class QueueSpec:
-    """How the service holds checks of one rule that ask to wait (``max_wait`` > 0).
+class Reserve(Section):
+    """A share of a rule's limit kept for its more important traffic
+    (``rate_limit.reserved``): checks of a tier below ``priority`` may use only the rest
+    of the limit, so all of them are refused before a check at ``priority`` or above is."""
 
-    One class per priority tier (``PRIORITIES`` order, most important first), served
-    ``weighted`` (each class gets its weight's share of turns, none starves) or
-    ``strict`` (a class waits until every more important one is empty); ``max_queue``
-    bounds each class per key (a full class answers at once); ``max_wait`` caps every
-    hold in seconds, whatever the caller asks.
-    """
+    fraction: float = setting(
+        doc="the share of the limit (a bucket's burst) kept back, rounded to whole units",
+        low=0, high=1, open_low=True, open_high=True,
+    )  # fmt: skip
+    priority: Priority = setting(
+        Priority.CRITICAL, "the least important tier that may use the reserve"
+    )
 
-    mode: str = "weighted"
-    weights: tuple[int, ...] = (8, 4, 2, 1)
-    max_queue: tuple[int, ...] = (100, 100, 100, 100)
-    order: str = "fifo"
-    max_wait: float = 30.0
+    def units(self, limit: Limit) -> int:
+        """The reserve in the units of ``limit``'s kernel (requests or bucket tokens)."""
+        return self.part(limit.max_cost)
+
+    def part(self, whole: int) -> int:
+        """The reserve out of ``whole`` units, rounded to the nearest unit."""
+        return int(self.fraction * whole + 0.5)
 
 
 @dataclass(frozen=True)
-class Limit:
-    """What one rule enforces; ``unlimited`` rules enforce nothing."""
+class QueueSpec(Section):
+    """How the service holds checks of one rule that ask to wait (``rate_limit.queue``):
+    a native Decide check with ``max_wait`` > 0 that would be refused waits in its
+    priority's class instead, until admitted or ``max_wait`` passes."""
 
-    requests_per_unit: int
-    unit: str
-    algorithm: str = "fixed_window"
-    burst: int | None = None
-    unlimited: bool = False
-    name: str = ""
-    replaces: tuple[str, ...] = ()
-    priority: str = "critical"
-    failure_mode: str = "allow"
-    # adaptive only: the latency percentile to keep under target, and what is limited
-    target_latency: float = 0.1
-    percentile: float = 0.99
-    mode: str = "rate"
-    # queued admission (native Decide with max_wait) and the opt-in RLS hold, in seconds
-    queue: QueueSpec = field(default_factory=QueueSpec)
-    hold: float = 0.0
+    mode: str = setting(
+        "weighted",
+        "weighted: each priority class gets its weight's share of turns, none starves; "
+        "strict: a class waits until every more important one is empty",
+        choices=QUEUE_MODES,
+    )
+    weights: tuple[int, ...] = setting(
+        (8, 4, 2, 1), "each class's share of turns (mode weighted only)",
+        low=1, high=MAX_QUEUE_WEIGHT, per_priority=True,
+    )  # fmt: skip
+    max_queue: tuple[int, ...] = setting(
+        (100, 100, 100, 100), "checks waiting per class and key; a full class answers at once",
+        low=1, high=MAX_QUEUE_DEPTH, per_priority=True,
+    )  # fmt: skip
+    order: str = setting("fifo", "which waiting check of a class goes first", choices=QUEUE_ORDERS)
+    max_wait: float = setting(
+        30.0, "the longest any check waits, whatever the caller asks",
+        low=0, high=MAX_QUEUE_WAIT, open_low=True, seconds=True,
+    )  # fmt: skip
+
+    def check(self, given: frozenset[str] | None) -> None:
+        if given is not None and "weights" in given and self.mode != "weighted":
+            raise FieldError("weights", f"only mode 'weighted' takes weights (mode is {self.mode})")
+
+
+@dataclass(frozen=True)
+class Limit(Section):
+    """What one rule enforces (``rate_limit``), in envoyproxy/ratelimit's keys (``unit``,
+    ``requests_per_unit``, ``unlimited``, ``name``, ``replaces``) plus limiter's. Windows
+    are aligned to the unit; ``unlimited`` rules enforce nothing."""
+
+    requests_per_unit: int = setting(
+        0, "requests per unit (adaptive: the ceiling; concurrency: requests in flight)",
+        low=0, high=MAX_LIMIT, required="unless unlimited",
+    )  # fmt: skip
+    unit: str = setting(
+        "second", "the unit of requests_per_unit (any case); a month is 30 days, a year 365",
+        choices=tuple(UNIT_SECONDS), required="unless unlimited or concurrency",
+    )  # fmt: skip
+    algorithm: str = setting("fixed_window", "how the limit is enforced", choices=ALGORITHMS)
+    burst: int | None = setting(
+        None, "token_bucket: bucket size (default requests_per_unit); leaky_bucket: queue "
+        "size (default 1)", low=1, high=MAX_LIMIT,
+    )  # fmt: skip
+    unlimited: bool = setting(False, "enforce nothing (only name and replaces may go with it)")
+    name: str = setting("", "names the rule for the native API, metrics and switches")
+    replaces: tuple[str, ...] = setting(
+        (), "names of rules this one replaces when both match a request", low=1, item_key="name"
+    )
+    priority: Priority = setting(Priority.CRITICAL, "the tier of the rule's traffic")
+    failure_mode: FailureMode = setting(
+        DEFAULT_FAILURE_MODE, "the answer while the shared store cannot be reached (local: "
+        "this replica's own kernel; allow; deny)",
+    )  # fmt: skip
+    target_latency: float = setting(
+        0.1, "adaptive: the latency to keep the percentile under",
+        low=0, high=3600, open_low=True, open_high=True, seconds=True,
+    )  # fmt: skip
+    percentile: float = setting(
+        0.99, "adaptive: the latency percentile watched", low=0, high=1, open_low=True,
+        open_high=True,
+    )  # fmt: skip
+    mode: str = setting(
+        "rate", "adaptive: what is limited, requests per second or requests in flight",
+        choices=("rate", "concurrency"),
+    )  # fmt: skip
+    queue: QueueSpec = setting(
+        QueueSpec(), "how checks that ask to wait (native max_wait) are queued"
+    )
+    hold: float = setting(
+        0.0, "how long an RLS check may wait for admission before it is answered "
+        "(rate rules only; Envoy's default timeout is 20 ms)", low=0, high=MAX_HOLD, seconds=True,
+    )  # fmt: skip
+    reserved: Reserve | None = setting(
+        None, "a share of the limit only checks of a tier at or above its priority may use "
+        "(none: every tier uses the whole limit)",
+    )  # fmt: skip
+
+    def check(self, given: frozenset[str] | None) -> None:
+        algorithm = self.algorithm
+        if given is not None:
+            if self.unlimited:
+                for name in ("unit", "requests_per_unit", "burst", "queue", "hold", "reserved"):
+                    if name in given:
+                        raise FieldError(name, "not allowed together with 'unlimited: true'")
+                return
+            for name in ("requests_per_unit", "unit"):
+                if name not in given and not (name == "unit" and algorithm == "concurrency"):
+                    raise required(Limit, name)
+            for name in ADAPTIVE_KEYS:
+                if name in given and algorithm != "adaptive":
+                    raise FieldError(
+                        name, f"only algorithm 'adaptive' takes it (algorithm is {algorithm})"
+                    )
+        if self.burst is not None and algorithm not in BUCKETS:
+            raise FieldError(
+                "burst", f"only {' and '.join(BUCKETS)} take a burst (algorithm is {algorithm})"
+            )
+        permit = algorithm == "concurrency" or (algorithm == "adaptive" and self.mode != "rate")
+        if self.hold and permit:
+            raise FieldError(
+                "hold", "an RLS check holds no concurrency slot, so there is nothing to wait "
+                f"for (algorithm is {algorithm}); use the native API's max_wait instead",
+            )  # fmt: skip
+        if self.reserved is not None:
+            self._check_reserve(self.reserved)
+        if given is not None and self.requests_per_unit > 0:
+            try:
+                build_kernel(self, max_keys=1)
+            except InvalidParameter as exc:
+                raise FieldError("", str(exc)) from None
+
+    def _check_reserve(self, reserved: Reserve) -> None:
+        if self.algorithm not in RESERVABLE:
+            raise FieldError(
+                "reserved", f"only {', '.join(RESERVABLE)} keep a reserve "
+                f"(algorithm is {self.algorithm})",
+            )  # fmt: skip
+        if self.unlimited or self.requests_per_unit == 0:
+            return
+        units, whole = reserved.units(self), self.max_cost
+        if not 1 <= units < whole:
+            raise FieldError(
+                "reserved.fraction", f"{reserved.fraction:g} of {whole} reserves {units} "
+                "units: a reserve must keep at least one and leave at least one",
+            )  # fmt: skip
 
     @property
     def seconds(self) -> int:
@@ -153,6 +304,45 @@ class Limit:
             self.percentile,
             self.mode,
         )
+
+
+@dataclass(frozen=True)
+class Descriptor(Section):
+    """One entry of ``descriptors``. A request descriptor's entries walk the tree one level
+    per entry: an exact ``key`` and ``value`` wins over a ``value`` prefix ending in ``*``,
+    which wins over a key alone; only the level reached by the request's last entry can
+    supply the limit."""
+
+    key: str = setting(doc="the entry's key", low=1)
+    value: str | int | float | None = setting(
+        None, "the entry's value, exact or a prefix ending in `*`; none: any value"
+    )
+    rate_limit: Limit | None = setting(None, "the limit of requests whose descriptor ends here")
+    descriptors: tuple[Any, ...] | None = setting(
+        None, "descriptors for the request descriptor's next entry", kind="a list of descriptors"
+    )
+    shadow_mode: bool = setting(False, "count over-limit answers but answer OK")
+    detailed_metric: bool = setting(False, "metrics per descriptor value (bounded)")
+
+    def check(self, given: frozenset[str] | None) -> None:
+        if self.value is not None:
+            object.__setattr__(self, "value", str(self.value))
+
+
+@dataclass(frozen=True)
+class Document(OpsConfig):
+    """A YAML document of a config file: a domain's rules, operations sections, or both
+    (each section at most once in a whole config)."""
+
+    domain: str | None = setting(None, "the domain the descriptors belong to", low=1)
+    descriptors: tuple[Any, ...] | None = setting(
+        None, "the domain's rules: a tree of descriptors", kind="a list of descriptors"
+    )
+
+    def check(self, given: frozenset[str] | None) -> None:
+        super().check(given)
+        if self.descriptors is not None and self.domain is None:
+            raise FieldError("domain", "required next to 'descriptors'")
 
 
 @dataclass(eq=False)
@@ -218,10 +408,32 @@ class Domain:
                 return None
         return node.rule
 
+    def match_unordered(self, pairs: Mapping[str, str]) -> tuple[Rule | None, tuple[str, ...]]:
+        """The rule for an unordered set of (key, value) pairs (an Envoy quota bucket), and
+        the keys in the order the rule's descriptor nests them: the first path of the tree
+        that uses every pair once, trying keys in name order at each level."""
+        found = _unordered(self.root, dict(pairs), ())
+        return found if found is not None else (None, ())
+
+
+def _unordered(
+    node: Node, left: dict[str, str], order: tuple[str, ...]
+) -> tuple[Rule | None, tuple[str, ...]] | None:
+    if not left:
+        return (node.rule, order) if node.rule is not None else None
+    for key in sorted(left):
+        child = node.child((key, left[key]))
+        if child is not None:
+            rest = {k: v for k, v in left.items() if k != key}
+            found = _unordered(child, rest, (*order, key))
+            if found is not None:
+                return found
+    return None
+
 
 @dataclass
 class Config:
-    """A whole loaded configuration: domains plus registered extension sections."""
+    """A whole loaded configuration: domains plus the operations sections given."""
 
     domains: dict[str, Domain] = field(default_factory=dict)
     sections: dict[str, Any] = field(default_factory=dict)
@@ -230,22 +442,6 @@ class Config:
     @property
     def rules(self) -> list[Rule]:
         return [rule for domain in self.domains.values() for rule in domain.rules]
-
-
-SectionParser = Callable[[Any, str], Any]
-_SECTIONS: dict[str, SectionParser] = {}
-
-
-def register_section(name: str, parser: SectionParser) -> None:
-    """Let another module own a top-level YAML section (e.g. ``alerts``).
-
-    ``parser(value, where)`` gets the raw YAML value and a location prefix for its
-    error messages; it returns the parsed object (stored in ``Config.sections[name]``)
-    or raises ``ConfigError``. The section may appear in at most one document.
-    """
-    if name in ("domain", "descriptors") or not name.isidentifier():
-        raise InvalidParameter(f"section name {name!r} is reserved or not an identifier")
-    _SECTIONS[name] = parser
 
 
 def config_files(path: str | os.PathLike[str]) -> list[Path]:
@@ -259,70 +455,169 @@ def config_files(path: str | os.PathLike[str]) -> list[Path]:
 def load(path: str | os.PathLike[str]) -> Config:
     """Read and validate a config file or directory; raises ConfigError."""
     files = config_files(path)
+    _warn_broken_links(path)
     if not files:
         raise ConfigError(f"{path}: no .yaml or .yml files in this directory")
     config = Config()
+    room = MAX_CONFIG_BYTES
     for f in files:
         try:
-            text = f.read_text(encoding="utf-8")
+            with f.open("rb") as stream:
+                data = stream.read(room + 1)
+            if len(data) > room:
+                raise ConfigError(
+                    f"{f}: the config's files hold more than {MAX_CONFIG_BYTES} bytes "
+                    "(the most a config may hold)"
+                )
+            room -= len(data)
+            text = data.decode("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{f}: cannot read: {exc}") from None
         _parse_into(config, text, str(f))
     return config
 
 
+def _warn_broken_links(path: str | os.PathLike[str]) -> None:
+    """Say which *.yaml entries of a config directory are skipped as links to nothing
+    (dangling, or a loop), so a missing rule file does not go unnoticed."""
+    p = Path(path)
+    if not p.is_dir():
+        return
+    for f in sorted(p.iterdir()):
+        if f.suffix in (".yaml", ".yml") and f.is_symlink() and not f.exists():
+            log.warning(
+                "config file %s is a symbolic link to nothing (dangling or a loop): skipped",
+                f,
+                extra={"fields": {"path": str(f)}},
+            )
+
+
 def parse(text: str, source: str = "<string>") -> Config:
     """Validate config text (one or more YAML documents); raises ConfigError."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source}: more than {MAX_CONFIG_BYTES} characters")
     config = Config()
     _parse_into(config, text, source)
     return config
 
 
+class _Loader(LOADER):  # type: ignore[misc, valid-type]
+    """``LOADER`` refusing what PyYAML lets through: a key given twice in one mapping
+    (the last one would silently win), and aliases adding more than ``MAX_ALIAS_NODES``
+    nodes to a document or making it contain itself."""
+
+    aliases = True  # the text may hold anchors, so the documents are checked for them
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        if self.aliases:
+            _check_aliases(node)
+        return super().construct_document(node)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Any:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # merged keys may be overridden: that is what merging is for
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                again = key in seen
+            except TypeError:
+                break  # unhashable: the base class says so
+            if again:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"found duplicate key {brief(key)}", key_node.start_mark,
+                )  # fmt: skip
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return node.value if isinstance(node, yaml.SequenceNode) else []
+
+
+def _check_aliases(root: yaml.Node) -> None:
+    """Refuse a document whose aliases add more than MAX_ALIAS_NODES nodes or loop: each
+    node is counted once per place it appears, walking each distinct node once."""
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, closing = stack.pop()
+        ident = id(node)
+        if closing:
+            open_.discard(ident)
+            sizes[ident] = 1 + sum(sizes[id(c)] for c in _children(node))
+            continue
+        if ident in sizes:
+            continue
+        if ident in open_:
+            raise yaml.composer.ComposerError(
+                None, None, "an alias refers to a node that contains it", node.start_mark
+            )
+        open_.add(ident)
+        stack.append((node, True))
+        stack.extend((c, False) for c in _children(node))
+    if sizes[id(root)] - len(sizes) > MAX_ALIAS_NODES:
+        raise yaml.composer.ComposerError(
+            None, None, f"aliases expand the document by more than {MAX_ALIAS_NODES} nodes",
+            root.start_mark,
+        )  # fmt: skip
+
+
+def _documents(text: str) -> list[Any]:
+    loader = _Loader(text)
+    loader.aliases = "&" in text  # no anchor, no alias: nothing to check
+    try:
+        out = []
+        while loader.check_data():
+            out.append(loader.get_data())
+        return out
+    finally:
+        loader.dispose()
+
+
 def _parse_into(config: Config, text: str, source: str) -> None:
     config.sources.append(source)
     try:
-        documents = [d for d in yaml.safe_load_all(text) if d is not None]
+        documents = [d for d in _documents(text) if d is not None]
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{source}:{where}: invalid YAML: {problem}") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise ConfigError(f"{source}: invalid YAML: {brief(str(exc), 200)}") from None
     for index, doc in enumerate(documents):
         where = source if len(documents) == 1 else f"{source} (document {index + 1})"
         if not isinstance(doc, dict):
-            raise ConfigError(f"{where}: a document must be a mapping, got {_kind(doc)}")
-        _parse_document(config, doc, where)
+            raise ConfigError(f"{where}: a document must be a mapping, got {type(doc).__name__}")
+        try:
+            _parse_document(config, doc, where)
+        except RecursionError:
+            raise ConfigError(f"{where}: nested too deeply") from None
 
 
-def _parse_document(config: Config, doc: dict[Any, Any], where: str) -> None:
-    for key in doc:
-        if key in ("domain", "descriptors"):
-            continue
-        if key not in _SECTIONS:
-            known = ", ".join(sorted(["domain", "descriptors", *_SECTIONS]))
-            raise ConfigError(f"{where}: unknown top-level field {key!r} (known: {known})")
-        if key in config.sections:
-            raise ConfigError(f"{where}: section {key!r} appears more than once")
-        config.sections[key] = _SECTIONS[key](doc[key], f"{where}: {key}")
-    if "domain" not in doc:
-        if "descriptors" in doc:
-            raise ConfigError(f"{where}: field 'domain' is required next to 'descriptors'")
+def _parse_document(config: Config, raw: dict[Any, Any], where: str) -> None:
+    doc = schema.load(Document, raw, where)
+    for name in SECTIONS:
+        if name in raw:
+            if name in config.sections:
+                raise ConfigError(f"{where}: section {brief(name)} appears more than once")
+            config.sections[name] = getattr(doc, name)
+    if doc.domain is None:
         return
-    name = doc["domain"]
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"{where}: field 'domain' must be a non-empty string, got {name!r}")
+    name = doc.domain
     if name in config.domains:
         raise ConfigError(
-            f"{where}: domain {name!r} is already defined in {config.domains[name].source}"
+            f"{where}: domain {brief(name)} is already defined in {config.domains[name].source}"
         )
     domain = Domain(name, where)
-    descriptors = doc.get("descriptors") or []
-    if not isinstance(descriptors, list):
-        raise ConfigError(
-            f"{where}: domain {name!r}: field 'descriptors' must be a list, "
-            f"got {_kind(descriptors)}"
-        )
-    _parse_level(domain, domain.root, descriptors, (), f"{where}: domain {name!r}: descriptors")
+    at = f"{where}: domain {brief(name)}: descriptors"
+    room = MAX_RULES - len(config.rules)
+    _parse_level(domain, domain.root, doc.descriptors or (), (), at, room)
     names: dict[str, int] = {}
     for rule in domain.rules:
         if rule.limit.name:
@@ -335,168 +630,80 @@ def _parse_document(config: Config, doc: dict[Any, Any], where: str) -> None:
 def _parse_level(
     domain: Domain,
     parent: Node,
-    items: list[Any],
+    items: Sequence[Any],
     path: tuple[tuple[str, str | None], ...],
     where: str,
+    room: int,
 ) -> None:
     for i, item in enumerate(items):
-        at = f"{where}[{i}]"
-        if not isinstance(item, dict):
-            raise ConfigError(f"{at}: a descriptor must be a mapping, got {_kind(item)}")
-        _reject_unknown(item, _DESCRIPTOR_KEYS, at)
-        key = item.get("key")
-        if not isinstance(key, str) or not key:
-            raise ConfigError(f"{at}: field 'key' must be a non-empty string, got {key!r}")
-        value = item.get("value")
-        if value is not None:
-            if isinstance(value, bool) or not isinstance(value, str | int | float):
-                raise ConfigError(
-                    f"{at} (key={key}): field 'value' must be a string, got {value!r}"
-                )
-            value = str(value)
-        at = f"{at} (key={key}" + ("" if value is None else f", value={value}") + ")"
+        at = f"{where}[{i}]{_label(item)}"
+        d = schema.load(Descriptor, item, at)
+        key, value = d.key, typing.cast(str | None, d.value)
         node = Node()
         if value is None:
             if key in parent.keys:
-                raise ConfigError(f"{at}: duplicate descriptor key {key!r} at this level")
+                raise ConfigError(f"{at}: duplicate descriptor key {brief(key)} at this level")
             parent.keys[key] = node
         elif value.endswith("*"):
             prefix = value[:-1]
             if any(k == key and p == prefix for k, p, _ in parent.wild):
-                raise ConfigError(f"{at}: duplicate descriptor {key}={value} at this level")
+                raise ConfigError(
+                    f"{at}: duplicate descriptor {_cut(key)}={_cut(value)} at this level"
+                )
             parent.wild.append((key, prefix, node))
             parent.wild.sort(key=lambda w: -len(w[1]))
         else:
             if (key, value) in parent.exact:
-                raise ConfigError(f"{at}: duplicate descriptor {key}={value} at this level")
+                raise ConfigError(
+                    f"{at}: duplicate descriptor {_cut(key)}={_cut(value)} at this level"
+                )
             parent.exact[(key, value)] = node
         here = (*path, (key, value))
-        for flag in ("shadow_mode", "detailed_metric"):
-            if flag in item and not isinstance(item[flag], bool):
-                raise ConfigError(f"{at}: field {flag!r} must be true or false, got {item[flag]!r}")
-        if item.get("rate_limit") is not None:
-            limit = parse_limit(item["rate_limit"], f"{at}: rate_limit")
-            node.rule = Rule(
-                domain.name,
-                here,
-                limit,
-                shadow_mode=bool(item.get("shadow_mode", False)),
-                detailed_metric=bool(item.get("detailed_metric", False)),
-            )
+        if d.rate_limit is not None:
+            if len(domain.rules) >= room:
+                raise ConfigError(f"{at}: more than {MAX_RULES} rules (the most a config holds)")
+            node.rule = Rule(domain.name, here, d.rate_limit, d.shadow_mode, d.detailed_metric)
             domain.rules.append(node.rule)
-        children = item.get("descriptors")
-        if children is not None:
-            if not isinstance(children, list):
-                raise ConfigError(
-                    f"{at}: field 'descriptors' must be a list, got {_kind(children)}"
-                )
-            _parse_level(domain, node, children, here, f"{at}.descriptors")
+        _parse_level(domain, node, d.descriptors or (), here, f"{at}.descriptors", room)
 
 
-def parse_limit(raw: Any, where: str) -> Limit:
-    """Validate one ``rate_limit`` mapping."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: must be a mapping, got {_kind(raw)}")
-    _reject_unknown(raw, _RATE_LIMIT_KEYS, where)
-    name = raw.get("name", "") or ""
-    if not isinstance(name, str):
-        raise ConfigError(f"{where}.name: must be a string, got {name!r}")
-    replaces = _parse_replaces(raw.get("replaces"), f"{where}.replaces")
-    unlimited = raw.get("unlimited", False)
-    if not isinstance(unlimited, bool):
-        raise ConfigError(f"{where}.unlimited: must be true or false, got {unlimited!r}")
-    priority = _choice(raw.get("priority", "critical"), PRIORITIES, f"{where}.priority")
-    failure_mode = _choice(raw.get("failure_mode", "allow"), FAILURE_MODES, f"{where}.failure_mode")
-    algorithm = _choice(raw.get("algorithm", "fixed_window"), ALGORITHMS, f"{where}.algorithm")
-    if unlimited:
-        for field_name in ("unit", "requests_per_unit", "burst", "queue", "hold"):
-            if field_name in raw:
-                raise ConfigError(
-                    f"{where}.{field_name}: not allowed together with 'unlimited: true'"
-                )
-        return Limit(0, "second", algorithm, None, True, name, replaces, priority, failure_mode)
-    rpu = raw.get("requests_per_unit")
-    if isinstance(rpu, bool) or not isinstance(rpu, int) or not 0 <= rpu <= MAX_LIMIT:
-        raise ConfigError(
-            f"{where}.requests_per_unit: must be an integer in [0, {MAX_LIMIT}], got {rpu!r}"
-        )
-    if algorithm == "concurrency":
-        unit = str(raw.get("unit", "second")).lower()
-    else:
-        if "unit" not in raw:
-            raise ConfigError(f"{where}.unit: required (one of {', '.join(UNIT_SECONDS)})")
-        unit = raw["unit"]
-        if not isinstance(unit, str) or unit.lower() not in UNIT_SECONDS:
-            raise ConfigError(
-                f"{where}.unit: {unit!r} is not one of {', '.join(UNIT_SECONDS)} (case-insensitive)"
-            )
-        unit = unit.lower()
-    if unit not in UNIT_SECONDS:
-        raise ConfigError(f"{where}.unit: {unit!r} is not one of {', '.join(UNIT_SECONDS)}")
-    burst = raw.get("burst")
-    if burst is not None:
-        if algorithm not in ("token_bucket", "leaky_bucket"):
-            raise ConfigError(
-                f"{where}.burst: only token_bucket and leaky_bucket take a burst "
-                f"(algorithm is {algorithm})"
-            )
-        if isinstance(burst, bool) or not isinstance(burst, int) or not 1 <= burst <= MAX_LIMIT:
-            raise ConfigError(
-                f"{where}.burst: must be an integer in [1, {MAX_LIMIT}], got {burst!r}"
-            )
-    adaptive = _parse_adaptive(raw, algorithm, where)
-    queue = _parse_queue(raw.get("queue"), f"{where}.queue")
-    hold = _parse_hold(raw, algorithm, adaptive.get("mode", "rate"), where)
-    limit = Limit(
-        rpu,
-        unit,
-        algorithm,
-        burst,
-        False,
-        name,
-        replaces,
-        priority,
-        failure_mode,
-        **adaptive,
-        queue=queue,
-        hold=hold,
-    )
-    if rpu > 0:
-        try:
-            build_limiter(limit, max_keys=1)
-        except (InvalidParameter, ConfigError) as exc:
-            raise ConfigError(f"{where}: {exc}") from None
-    return limit
+def _label(item: Any) -> str:
+    """`` (key=k, value=v)``: how errors name a descriptor whose key is valid."""
+    if not isinstance(item, dict) or not isinstance(item.get("key"), str) or not item["key"]:
+        return ""
+    value = item.get("value")
+    if value is None or isinstance(value, bool) or not isinstance(value, str | int | float):
+        return f" (key={_cut(item['key'])})"
+    return f" (key={_cut(item['key'])}, value={_cut(str(value))})"
 
 
-def build_limiter(limit: Limit, *, backend: object = None, max_keys: int = 1_000_000) -> Any:
-    """The engine kernel enforcing ``limit`` (None for unlimited or zero limits)."""
-    import limiter
+def _cut(text: str, limit: int = 80) -> str:
+    """``text`` as a message quotes it: at most ``limit`` characters."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def build_kernel(limit: Limit, *, max_keys: int = 1_000_000) -> Any:
+    """The in-process kernel enforcing ``limit`` (None for unlimited or zero limits)."""
+    from limiter import _core
 
     if limit.unlimited or limit.requests_per_unit == 0:
         return None
     n, seconds = limit.requests_per_unit, limit.seconds
-    kw: dict[str, Any] = {"max_keys": max_keys, "backend": backend}
     if limit.algorithm == "fixed_window":
-        return limiter.FixedWindow(n, seconds, **kw)
+        return _core.FixedWindow(n, seconds, max_keys=max_keys)
     if limit.algorithm == "sliding_window":
-        return limiter.SlidingWindow(n, seconds, **kw)
+        return _core.SlidingWindow(n, seconds, max_keys=max_keys)
     if limit.algorithm == "token_bucket":
-        return limiter.TokenBucket(n / seconds, limit.burst or n, **kw)
+        return _core.TokenBucket(n / seconds, limit.burst or n, max_keys=max_keys)
     if limit.algorithm == "leaky_bucket":
-        return limiter.LeakyBucket(n / seconds, limit.burst or 1, **kw)
+        return _core.LeakyBucket(n / seconds, limit.burst or 1, max_keys=max_keys)
     if limit.algorithm == "concurrency":
-        return limiter.ConcurrencyLimit(n, **kw)
-    if limit.algorithm != "adaptive":
-        raise ConfigError(f"algorithm {limit.algorithm!r} has no kernel")
-    from limiter._core import AdaptiveLimiter
-
-    # In this process: the limit follows the latency this replica's callers report, and
+        return _core.ConcurrencyLimit(n, max_keys=max_keys)
+    # Adaptive: the limit follows the latency this replica's callers report, and
     # requests_per_unit is its ceiling (and starting point: cut on the first slowdown).
-    # (With --redis, the service shares rate-mode adaptive rules through Redis instead:
-    # limiter.server.engine.SharedAdaptive.)
+    # (With --redis, the service shares rate-mode adaptive rules through Redis instead.)
     ceiling = n / seconds if limit.mode == "rate" else n
-    return AdaptiveLimiter(
+    return _core.AdaptiveLimiter(
         limit.target_latency,
         limit.percentile,
         limit.mode,
@@ -506,139 +713,9 @@ def build_limiter(limit: Limit, *, backend: object = None, max_keys: int = 1_000
     )
 
 
-def _parse_adaptive(raw: dict[str, Any], algorithm: str, where: str) -> dict[str, Any]:
-    given = [k for k in _ADAPTIVE_KEYS if k in raw]
-    if algorithm != "adaptive":
-        if given:
-            raise ConfigError(
-                f"{where}.{given[0]}: only algorithm 'adaptive' takes it (algorithm is {algorithm})"
-            )
-        return {}
-    out: dict[str, Any] = {}
-    for name, low, high in (("target_latency", 0.0, 3600.0), ("percentile", 0.0, 1.0)):
-        if name in raw:
-            value = raw[name]
-            number = isinstance(value, int | float) and not isinstance(value, bool)
-            if not number or not low < value < high or math.isnan(value):
-                raise ConfigError(
-                    f"{where}.{name}: must be a number in ({low:g}, {high:g}), got {value!r}"
-                )
-            out[name] = float(value)
-    if "mode" in raw:
-        out["mode"] = _choice(raw["mode"], ("rate", "concurrency"), f"{where}.mode")
-    return out
-
-
-def _parse_queue(raw: Any, where: str) -> QueueSpec:
-    """Validate a rule's ``queue`` mapping (absent: the defaults)."""
-    if raw is None:
-        return QueueSpec()
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: must be a mapping, got {_kind(raw)}")
-    _reject_unknown(raw, _QUEUE_KEYS, where)
-    n = len(PRIORITIES)
-    mode = _choice(raw.get("mode", "weighted"), QUEUE_MODES, f"{where}.mode")
-    order = _choice(raw.get("order", "fifo"), QUEUE_ORDERS, f"{where}.order")
-    weights = QueueSpec.weights
-    if "weights" in raw:
-        if mode != "weighted":
-            raise ConfigError(
-                f"{where}.weights: only mode 'weighted' takes weights (mode is {mode})"
-            )
-        weights = _int_list(raw["weights"], n, 1, MAX_QUEUE_WEIGHT, f"{where}.weights")
-    max_queue = QueueSpec.max_queue
-    if "max_queue" in raw:
-        value = raw["max_queue"]
-        if isinstance(value, int) and not isinstance(value, bool):
-            value = [value] * n
-        max_queue = _int_list(value, n, 1, MAX_QUEUE_DEPTH, f"{where}.max_queue")
-    max_wait = QueueSpec.max_wait
-    if "max_wait" in raw:
-        max_wait = _seconds(raw["max_wait"], 0.0, MAX_QUEUE_WAIT, f"{where}.max_wait")
-    return QueueSpec(mode, weights, max_queue, order, max_wait)
-
-
-def _parse_hold(raw: dict[str, Any], algorithm: str, mode: str, where: str) -> float:
-    """Validate ``hold``: how long an RLS check of this rule may wait for admission."""
-    if "hold" not in raw:
-        return 0.0
-    hold = _seconds(raw["hold"], 0.0, MAX_HOLD, f"{where}.hold", low_open=False)
-    holds_permit = algorithm == "concurrency" or (algorithm == "adaptive" and mode == "concurrency")
-    if hold and holds_permit:
-        raise ConfigError(
-            f"{where}.hold: an RLS check holds no concurrency slot, so there is nothing to "
-            f"wait for (algorithm is {algorithm}); use the native API's max_wait instead"
-        )
-    return hold
-
-
-def _seconds(value: Any, low: float, high: float, where: str, low_open: bool = True) -> float:
-    """A number of seconds in (low, high] (or [low, high] if not ``low_open``)."""
-    number = isinstance(value, int | float) and not isinstance(value, bool)
-    above = number and (value > low if low_open else value >= low)
-    if not (above and value <= high):  # NaN fails both comparisons
-        bracket = "(" if low_open else "["
-        raise ConfigError(
-            f"{where}: must be a number of seconds in {bracket}{low:g}, {high:g}], got {value!r}"
-        )
-    return float(value)
-
-
-def _int_list(value: Any, n: int, low: int, high: int, where: str) -> tuple[int, ...]:
-    names = ", ".join(PRIORITIES)
-    if not isinstance(value, list) or len(value) != n:
-        raise ConfigError(
-            f"{where}: must be a list of {n} integers (one per priority: {names}), got {value!r}"
-        )
-    for i, item in enumerate(value):
-        if isinstance(item, bool) or not isinstance(item, int) or not low <= item <= high:
-            raise ConfigError(
-                f"{where}[{i}] ({PRIORITIES[i]}): must be an integer in [{low}, {high}], "
-                f"got {item!r}"
-            )
-    return tuple(value)
-
-
-def _parse_replaces(raw: Any, where: str) -> tuple[str, ...]:
-    if raw is None:
-        return ()
-    if not isinstance(raw, list):
-        raise ConfigError(f"{where}: must be a list of {{name: ...}}, got {_kind(raw)}")
-    names = []
-    for i, item in enumerate(raw):
-        if not isinstance(item, dict) or set(item) != {"name"}:
-            raise ConfigError(f"{where}[{i}]: must be a mapping with only 'name', got {item!r}")
-        if not isinstance(item["name"], str) or not item["name"]:
-            raise ConfigError(
-                f"{where}[{i}].name: must be a non-empty string, got {item['name']!r}"
-            )
-        names.append(item["name"])
-    return tuple(names)
-
-
-def _reject_unknown(raw: dict[Any, Any], known: set[str], where: str) -> None:
-    """A typo in a field name must fail loudly, not silently fall back to a default."""
-    unknown = set(raw) - known
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown field {sorted(map(str, unknown))[0]!r} "
-            f"(known: {', '.join(sorted(known))})"
-        )
-
-
-def _choice(value: Any, allowed: Iterable[str], where: str) -> str:
-    allowed = tuple(allowed)
-    if not isinstance(value, str) or value.lower() not in allowed:
-        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(allowed)}")
-    return value.lower()
-
-
-def _kind(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
-
-
-def window_seconds(limit: Limit) -> float:
-    """The window a client should read the quota over (``w`` in RateLimit-Policy)."""
+def quota_window(limit: Limit) -> float:
+    """The time the quota takes to return in full (``w`` in RateLimit-Policy; see
+    ``limiter.headers``): a window's period, or the time a bucket takes to refill."""
     if limit.algorithm in ("token_bucket", "leaky_bucket"):
         # Time for an empty bucket to refill completely.
         return math.ceil(

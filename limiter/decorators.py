@@ -30,19 +30,23 @@ MAX_POLL = 0.050
 
 
 def is_blocking(limiter: object) -> bool:
-    """Does ``limiter.acquire`` do network I/O (shared backend or a sync SDK client)?"""
-    return getattr(limiter, "remote", None) is not None or bool(getattr(limiter, "blocking", False))
+    """Does ``limiter.acquire`` do network I/O (a shared store or a sync SDK client)?"""
+    return hasattr(limiter, "store") or bool(getattr(limiter, "blocking", False))
 
 
 def async_acquirer(limiter: object) -> Callable[[str, int], Awaitable[Any]]:
     """``acquire`` as a coroutine function that never blocks the event loop.
 
     In-process kernels answer in well under a microsecond and are called inline;
-    async clients are awaited; anything that does blocking I/O runs in a thread.
+    async clients and shared stores are awaited; anything else that does blocking I/O
+    runs in a thread.
     """
     acquire = check_limiter(limiter)
     if inspect.iscoroutinefunction(acquire):
         return acquire
+    acquire_async = getattr(limiter, "acquire_async", None)
+    if inspect.iscoroutinefunction(acquire_async):
+        return acquire_async
     if is_blocking(limiter):
 
         async def in_thread(key: str, cost: int) -> Any:

@@ -6,7 +6,27 @@ call can be fixed from the message alone.
 
 from __future__ import annotations
 
+import reprlib
 from typing import Any
+
+# How much of a value an error message quotes: a few items of a few levels, so quoting a
+# deeply nested or alias-expanded value costs no more than quoting a short one.
+_QUOTE = reprlib.Repr()
+_QUOTE.maxlevel = 3
+_QUOTE.maxstring = _QUOTE.maxother = 80
+_QUOTE.maxlong = 40
+for _name in ("maxtuple", "maxlist", "maxarray", "maxdict", "maxset", "maxfrozenset", "maxdeque"):
+    setattr(_QUOTE, _name, 4)
+
+
+def brief(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` for an error message, at most ``limit`` characters, built without
+    walking more of ``value`` than it shows."""
+    try:
+        text = _QUOTE.repr(value)
+    except (ValueError, RecursionError):  # an int too long to print, a bad __repr__
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class LimiterError(Exception):

@@ -3,9 +3,17 @@
 Follows draft-ietf-httpapi-ratelimit-headers-10: both fields are Structured Field
 Lists (RFC 9651) whose members are policy names (sf-strings) with parameters
 ``q`` (quota), ``w`` (window seconds), ``qu`` (quota unit) on the policy and ``r``
-(remaining), ``t`` (seconds until quota returns) on the state. ``Retry-After`` is
-never earlier than the ``t`` of any exhausted quota. Used by the decision service,
-the middleware and the interceptors, so every surface speaks the same headers.
+(remaining), ``t`` (seconds until quota returns) on the state. Used by the decision
+service, the middleware and the interceptors, so every surface speaks the same headers.
+
+One definition of a quota for every algorithm: ``q`` is the ``limit`` the decision
+reports (a window's limit, a bucket's burst, an adaptive limit's current value), so
+``r`` (remaining) never exceeds it; ``w`` is the time the quota takes to return in full
+(a window's period; for a bucket, burst / rate). ``t`` never exceeds ``w``: a
+sliding-window counter forgets a window's hits gradually over the next window, so its
+own reset time can reach two windows; the header reports at most one. ``Retry-After``
+is exact (when the refused request would pass, rounded up), even where that is later
+than ``t``.
 """
 
 from __future__ import annotations
@@ -38,8 +46,9 @@ class Quota(NamedTuple):
 
     @property
     def t(self) -> int:
-        """Seconds until quota returns: until the request would pass when refused."""
-        return _ceil(self.reset_after if self.allowed else self.retry_after)
+        """Seconds until quota returns (at most the window): until the request would pass
+        when refused."""
+        return _t(self.reset_after if self.allowed else self.retry_after, self.window)
 
 
 @lru_cache(maxsize=4096)
@@ -81,8 +90,8 @@ def ratelimit_field(quotas: Iterable[Quota]) -> str:
 
 
 def retry_after(quotas: Iterable[Quota]) -> int | None:
-    """Seconds for ``Retry-After``: the latest ``t`` of the refused quotas, else None."""
-    refused = [q.t for q in quotas if not q.allowed]
+    """Seconds for ``Retry-After``: the latest ``retry_after`` of the refused quotas."""
+    refused = [_ceil(q.retry_after) for q in quotas if not q.allowed]
     return max(refused) if refused else None
 
 
@@ -102,11 +111,15 @@ def build(
         return []
     policy: list[str] = []
     state: list[str] = []
-    wait = -1  # the latest t among refused quotas
+    wait = -1  # the latest retry_after among refused quotas
     for name, limit, window, remaining, reset_after, allowed, retry_after, unit in quotas:
-        t = _ceil(reset_after if allowed else retry_after)
-        if not allowed and t > wait:
-            wait = t
+        if allowed:
+            t = _t(reset_after, window)
+        else:
+            retry = _ceil(retry_after)
+            if retry > wait:
+                wait = retry
+            t = _t(retry_after, window)
         if ietf:
             policy.append(_policy_member(name, limit, window, unit))
             r = remaining if 0 <= remaining <= SF_MAX_INT else sf_int(max(remaining, 0))
@@ -124,6 +137,16 @@ def build(
     if wait >= 0:
         headers.append(("Retry-After", str(wait)))
     return headers
+
+
+def _t(seconds: float, window: float) -> int:
+    """``t``: whole seconds until the quota returns, never beyond its window."""
+    t = _ceil(seconds)
+    if t > window > 0:
+        w = _ceil(window)  # as RateLimit-Policy reports it
+        if 0 < w < t:
+            return w
+    return t
 
 
 def _ceil(seconds: float) -> int:

@@ -1,13 +1,11 @@
 """limiter.server: the decision service (``limiter serve``).
 
-Thin adapters over the engine, one module per concern:
-
-- ``cli``: the ``limiter`` command (serve, check-config), env overrides;
-- ``app``: one service process (gRPC + HTTP + reload) and its extension points;
-- ``workers``: ``--workers N`` processes on one port (SO_REUSEPORT);
-- ``engine``: config rules bound to kernels; the degradation level's single source;
-- ``rls``: Envoy RLS v3 with envoyproxy/ratelimit semantics (gRPC and ``/json``);
-- ``native``: the ``limiter.v1`` API (``v1/limiter.proto``): Decide, Release, Observe;
-- ``http``: the operational HTTP server (``route``/``mount`` registration);
-- ``metrics``, ``logs``, ``reload``: Prometheus, JSON logs, hot reload.
+The path of a check: a codec (``rls``, ``native``, ``/json`` in ``app``) reads the
+request into ``decider.Checks``; the ``decider`` matches rules, asks the operations
+policy (``limiter.ops``), decides through each rule's kernel or shared store
+(``rules``), holds what may wait (``admission``) and counts; the codec writes the
+``Outcome``s back. Around it: ``app`` (wiring, one process), ``cli`` (the ``limiter``
+command), ``workers`` (``--workers N``), ``http`` (the operational port, on its own
+thread), ``admin`` and ``console`` (the admin API and page), ``metrics``, ``reload``,
+``logs`` and ``switch_cli``. See ARCHITECTURE.md.
 """

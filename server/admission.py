@@ -1,246 +1,379 @@
-"""Queued admission in the decision service: hold checks that may wait, by priority.
+"""Held checks: a refused check that may wait lines up for its rule, by priority.
 
 Why: a caller that can afford to wait (``Check.max_wait`` > 0, or an RLS rule with a
-``hold``) would rather be admitted a moment later than refused now. Each rule gets one
-``AdmissionQueue`` (limiter.admission) shared by every caller of the rule, with one
-class per priority tier (``critical_plus`` first), weighted or strict as the rule's
-``queue`` settings say. A held check is answered when the rule admits it, or when its
-wait runs out ("busy": ``QUEUE_TIMEOUT``), never later; a full class answers at once.
+``hold``) would rather be admitted a moment later than refused now. Each rule gets a
+queue shared by every caller of the rule, with a lane per key that has waiters and one
+class per priority tier (``critical_plus`` first), weighted or strict, FIFO or LIFO,
+as the rule's ``queue`` settings say (the ``PriorityQueue`` kernel). A held check is
+answered when the rule admits it, or when its wait, the rule's cap or the caller's
+deadline runs out ("busy": ``QUEUE_TIMEOUT``), never later; a full class answers at once,
+as does a check beyond the checks held per caller (its address) or per rule
+(``MAX_HELD_PER_CALLER``, ``MAX_HELD_PER_RULE`` unless the service sets others).
 
-All holding happens on the service's event loop: the queue's loop timer re-asks the
-rule at its ``retry_after`` (or when a concurrency permit is released), head of the
-line first. A rule on a shared backend is re-asked the same way, with a synchronous
-backend round trip per re-check on the loop (one per admission attempt of a key's
-head, not one per waiter).
+Everything runs on the decision loop and nothing here blocks it: a lane's task asks the
+rule for its head of line (the in-process kernel, or an awaited round trip to the
+shared store), then admits it, or sleeps until the refusal's ``retry_after``, the next
+deadline or a newcomer, whichever comes first; a refusal without ``retry_after`` (a
+concurrency limit waiting for a release, possibly on another replica) is asked again
+every ``RECHECK`` seconds. A caller that goes away leaves its lane (a permit just
+granted to it is given back). With ``--workers``, priority order holds among the checks
+one worker holds.
 
-Timing: the loop's timers are good to about a millisecond, so a queue keeps up with
-its rule's rate when the rule's burst holds at least a couple of milliseconds of
-tokens (a 2000/s token bucket with burst 1 admitted 870/s from a queue in one run;
-with burst 10 or more it admits 2000/s). With ``--workers`` each worker process has
-its own queues: priority order holds among the checks one worker holds.
-
-Metrics (on the service's registry): ``limiter_queue_depth`` (gauge),
-``limiter_queue_wait_seconds`` (histogram of admitted waits),
-``limiter_queue_admitted`` / ``_expired`` / ``_rejected`` / ``_cancelled`` (counters),
-labelled by ``domain``, ``rule`` and ``priority``.
+Metrics (on the service's registry), labelled by ``domain``, ``rule`` and ``priority``:
+``limiter_queue_depth`` (gauge), ``limiter_queue_wait_seconds`` (histogram of admitted
+waits), ``limiter_queue_{admitted,expired,rejected,cancelled}_total``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import bisect
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from limiter.server.engine import Engine, RuleState
+from limiter.server.rules import Kind, Rulebook, RuleState, free
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from limiter.admission import AdmissionQueue, DeadlineExceeded, QueueFull
+from limiter import Decision, PriorityQueue
+from limiter.admission import WAIT_BUCKETS
 from limiter.config import PRIORITIES, QueueSpec
-
-__all__ = ["ServiceAdmission", "priority_class"]
+from limiter.priority import Priority
 
 # Keys of one rule that may have waiters at once (beyond: refused at once).
 MAX_KEYS = 10_000
-# Idle queues of rules that no longer exist are dropped once there are this many more
-# queues than live rules (their counters are kept).
-SPARE_QUEUES = 64
+# Checks held at once per caller (its address, over every rule) and per rule (over
+# every caller): beyond, a check that may wait is answered at once instead.
+MAX_HELD_PER_CALLER = 1_000
+MAX_HELD_PER_RULE = 10_000
+# Seconds between asks while the refusal says nothing of when to ask again.
+RECHECK = 0.02
 COUNTERS = ("admitted", "expired", "rejected", "cancelled")
 HELP = {
     "admitted": "Held checks admitted (after waiting, or at once on entering the queue).",
     "expired": "Held checks answered busy (QUEUE_TIMEOUT): their wait ran out first.",
-    "rejected": "Checks refused at once because their priority class was full.",
+    "rejected": "Checks answered at once: their priority class was full, or the checks "
+    "held for their caller or rule were at the bound.",
     "cancelled": "Held checks whose caller went away (RPC cancelled or past its deadline).",
 }
+# (decision or permit, seconds waited, answered by the failure mode)
+Admitted = tuple[Any, float, bool]
 
 
-def priority_class(priority: int, rule_priority: str) -> int:
-    """Queue class of a limiter.v1 Priority (0 = unspecified: the rule's own tier)."""
-    return priority - 1 if priority else PRIORITIES.index(rule_priority)
+class _Waiter:
+    __slots__ = ("cost", "enqueued", "future", "rank")
+
+    def __init__(self, cost: int, rank: int, enqueued: int, future: asyncio.Future[Admitted]):
+        self.cost = cost
+        self.rank = rank
+        self.enqueued = enqueued
+        self.future = future
 
 
-class _RuleLimiter:
-    """What the queue asks: the rule's current state, holding permits it grants."""
+class _Lane:
+    """The checks held for one key of a rule."""
 
-    __slots__ = ("state",)
+    __slots__ = ("key", "queue", "refusal", "task", "waiters", "wake")
+
+    def __init__(self, key: str, spec: QueueSpec) -> None:
+        self.key = key
+        self.queue = PriorityQueue(
+            list(spec.max_queue),
+            weights=list(spec.weights) if spec.mode == "weighted" else None,
+            classes=len(PRIORITIES),
+            lifo=spec.order == "lifo",
+        )
+        self.waiters: dict[int, _Waiter] = {}
+        self.wake = asyncio.Event()
+        self.refusal: Decision | None = None
+        self.task: asyncio.Task[None] | None = None
+
+
+class _RuleQueue:
+    """One rule's lanes and counters."""
 
     def __init__(self, state: RuleState) -> None:
         self.state = state
-
-    def acquire(self, key: str, cost: int) -> Any:
-        return self.state.acquire(key, cost, True)
-
-
-class _Entry:
-    __slots__ = ("domain", "kernel", "label", "limiter", "queue", "spec")
-
-    def __init__(self, state: RuleState, queue: AdmissionQueue, limiter: _RuleLimiter) -> None:
-        self.kernel = state.kernel
         self.spec: QueueSpec = state.rule.limit.queue
-        self.domain = state.domain
-        self.label = state.label
-        self.queue = queue
-        self.limiter = limiter
+        self.lanes: dict[str, _Lane] = {}
+        self.held = 0  # checks held now
+        n = len(PRIORITIES)
+        self.counts = {name: [0] * n for name in COUNTERS}
+        self.wait_counts = [[0] * (len(WAIT_BUCKETS) + 1) for _ in range(n)]
+        self.wait_sum = [0.0] * n
+
+    def depth(self) -> list[int]:
+        out = [0] * len(PRIORITIES)
+        for lane in self.lanes.values():
+            for w in lane.waiters.values():
+                out[w.rank] += 1
+        return out
 
 
 class ServiceAdmission:
-    """The ``admission`` hook of the native and RLS servicers: one queue per rule kernel.
-
-    ``admit`` is awaited for a check the rule refused (or one that would otherwise
-    overtake waiters, see ``waiting``) and returns ``(decision, seconds waited)``.
-    """
+    """The decider's admission hook: ``waiting`` and ``admit`` (see the module docstring)."""
 
     def __init__(
         self,
-        engine: Engine,
+        rulebook: Rulebook,
         registry: CollectorRegistry | None = None,
         *,
-        clock: Callable[[], int] | None = None,
+        clock: Callable[[], int] = time.monotonic_ns,
         max_keys: int = MAX_KEYS,
+        max_per_caller: int = MAX_HELD_PER_CALLER,
+        max_per_rule: int = MAX_HELD_PER_RULE,
     ) -> None:
-        self.engine = engine
-        self.clock = clock or time.monotonic_ns
+        self.rulebook = rulebook
+        self.clock = clock
         self.max_keys = max_keys
+        self.max_per_caller = max_per_caller
+        self.max_per_rule = max_per_rule
+        self.by_caller: dict[str, int] = {}  # checks held now, per caller
         self.closed = False
-        self._entries: dict[int, _Entry] = {}
-        # Counters of queues dropped after their rule went away, so totals never drop.
-        self._retired: dict[tuple[str, str, int], dict[str, Any]] = {}
-        self._holds: tuple[Any, bool] = (None, False)
+        self.queues: dict[int, _RuleQueue] = {}  # by id of the rule's kernel
+        # Counters of queues dropped after their rule changed, so totals never drop.
+        self.retired: dict[tuple[str, str, int], dict[str, Any]] = {}
         if registry is not None:
             registry.register(_QueueCollector(self))
 
-    def holds(self, snapshot: Any) -> bool:
-        """True if a rule of ``snapshot`` (the engine's current one) has an RLS ``hold``."""
-        if snapshot is not self._holds[0]:
-            self._holds = (snapshot, any(r.limit.hold for r in snapshot.config.rules))
-        return self._holds[1]
-
     def waiting(self, state: RuleState, key: str) -> bool:
-        """True if checks of ``state`` for ``key`` are queued: a newcomer lines up too."""
-        entry = self._entries.get(id(state.kernel))
-        return entry is not None and entry.kernel is state.kernel and entry.queue.waiting(key)
+        """True if checks of ``state`` for ``key`` are held: a newcomer lines up too."""
+        rq = self.queues.get(id(state.kernel))
+        return rq is not None and rq.state.kernel is state.kernel and key in rq.lanes
 
     async def admit(
         self,
         state: RuleState,
         key: str,
         cost: int,
-        *,
-        priority: int,
-        tenant: str,
+        priority: Priority,
         max_wait: float,
-    ) -> tuple[Any, float]:
-        """Hold until ``state`` admits the check or ``max_wait`` (seconds) runs out.
-
-        ``tenant`` is accepted for the hook's signature; classes are by priority only.
-        """
+        caller: str = "",
+    ) -> Admitted:
+        """Hold until ``state`` admits the check or ``max_wait`` (seconds) runs out."""
         if self.closed or state.kernel is None or cost > state.max_cost:
             # Draining, or a check no wait can help (zero limit, cost above the quota).
-            return state.acquire(key, cost, True), 0.0
-        queue = self._queue(state)
+            decision, failed = await _ask(state, key, cost)
+            return decision, 0.0, failed
+        rq = self._queue(state)
+        rank = priority.rank
+        lane = rq.lanes.get(key)
+        held = self.by_caller.get(caller, 0)
+        if (
+            held >= self.max_per_caller
+            or rq.held >= self.max_per_rule
+            or (lane is None and len(rq.lanes) >= self.max_keys)
+        ):
+            # At a bound: this check is answered now, and those held keep their place.
+            rq.counts["rejected"][rank] += 1
+            decision, failed = await _ask(state, key, cost)
+            return decision, 0.0, failed
+        if lane is None:
+            lane = rq.lanes[key] = _Lane(key, rq.spec)
+        now = self.clock()
+        deadline = now + int(min(max_wait, rq.spec.max_wait) * 1e9)
+        item = lane.queue.push(rank, deadline)
+        if item < 0:  # the class is full
+            rq.counts["rejected"][rank] += 1
+            if not lane.waiters:
+                del rq.lanes[key]
+            return _busy(lane, state), 0.0, False
+        future: asyncio.Future[Admitted] = asyncio.get_running_loop().create_future()
+        waiter = lane.waiters[item] = _Waiter(cost, rank, now, future)
+        if lane.task is None:
+            lane.task = asyncio.create_task(self._serve(rq, lane))
+        else:
+            lane.wake.set()
+        self.by_caller[caller] = held + 1
+        rq.held += 1
         try:
-            return await queue.admit_async(
-                key, cost, priority=priority_class(priority, state.priority), timeout=max_wait
-            )
-        except QueueFull as exc:
-            return exc.decision, 0.0
-        except DeadlineExceeded as exc:
-            return exc.decision, exc.waited
+            return await future
+        except asyncio.CancelledError:
+            if lane.waiters.pop(item, None) is waiter:
+                lane.queue.remove(item)
+                rq.counts["cancelled"][rank] += 1
+                lane.wake.set()
+            elif future.done() and not future.cancelled():
+                granted = future.result()[0]
+                if type(granted) is not Decision and granted.allowed:
+                    free(granted)  # admitted as the caller went away: give it back
+            raise
+        finally:
+            rq.held -= 1
+            left = self.by_caller[caller] - 1
+            if left:
+                self.by_caller[caller] = left
+            else:
+                del self.by_caller[caller]
 
-    def reloaded(self, config: Any = None) -> None:
+    async def _serve(self, rq: _RuleQueue, lane: _Lane) -> None:
+        """Admit the lane's waiters in order, as the rule allows, until none is left."""
+        q, waiters = lane.queue, lane.waiters
+        try:
+            while waiters:
+                now = self.clock()
+                item = q.pop_expired(now)
+                while item >= 0:
+                    w = waiters.pop(item)
+                    self._resolve(rq, w, (_busy(lane, rq.state), (now - w.enqueued) / 1e9, False))
+                    rq.counts["expired"][w.rank] += 1
+                    item = q.pop_expired(now)
+                item = q.peek(now)
+                if item < 0:
+                    continue  # every waiter had expired (answered above), or the loop ends
+                w = waiters[item]
+                decision, failed = await _ask(rq.state, lane.key, w.cost)
+                if waiters.get(item) is not w:  # the caller went away meanwhile
+                    if decision.allowed and type(decision) is not Decision:
+                        free(decision)
+                    continue
+                now = self.clock()
+                if decision.allowed:
+                    if q.peek(now) == item:
+                        q.pop(now)  # keeps the weighted classes' turns
+                    else:
+                        q.remove(item)
+                    del waiters[item]
+                    waited = (now - w.enqueued) / 1e9
+                    rq.counts["admitted"][w.rank] += 1
+                    rq.wait_counts[w.rank][bisect.bisect_left(WAIT_BUCKETS, waited)] += 1
+                    rq.wait_sum[w.rank] += waited
+                    self._resolve(rq, w, (decision, waited, failed))
+                    continue
+                lane.refusal = decision
+                timeout = decision.retry_after if decision.retry_after > 0 else RECHECK
+                first = q.next_deadline()
+                if first >= 0:
+                    timeout = min(timeout, max(first - now, 0) / 1e9)
+                lane.wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(lane.wake.wait(), timeout)
+        finally:
+            if rq.lanes.get(lane.key) is lane:
+                del rq.lanes[lane.key]
+
+    @staticmethod
+    def _resolve(rq: _RuleQueue, w: _Waiter, answer: Admitted) -> None:
+        if not w.future.done():
+            w.future.set_result(answer)
+        elif type(answer[0]) is not Decision and answer[0].allowed:
+            free(answer[0])
+
+    def _queue(self, state: RuleState) -> _RuleQueue:
+        rq = self.queues.get(id(state.kernel))
+        spec = state.rule.limit.queue
+        if rq is not None and rq.state.kernel is state.kernel and rq.spec == spec:
+            rq.state = state  # a reload may have changed e.g. the failure mode
+            return rq
+        if rq is not None:
+            self._retire(rq)  # settings changed: held checks are answered busy now
+        rq = self.queues[id(state.kernel)] = _RuleQueue(state)
+        self._prune()
+        return rq
+
+    def reloaded(self) -> None:
         """After a reload: rules whose queue settings changed answer their held checks
         busy now; their next held checks line up in a queue built to the new settings."""
-        specs = {id(s.kernel): s.rule.limit.queue for s in self.engine.all_states()}
-        for ident, entry in list(self._entries.items()):
+        specs = {id(s.kernel): s.rule.limit.queue for s in self.rulebook.all_states()}
+        for ident, rq in list(self.queues.items()):
             spec = specs.get(ident)
-            if spec is not None and spec != entry.spec:
-                del self._entries[ident]
-                entry.queue.close()
-                self._retire(entry)
+            if spec is not None and spec != rq.spec:
+                del self.queues[ident]
+                self._retire(rq)
+
+    def _prune(self) -> None:
+        """Drop idle queues of kernels no rule uses any more (after reloads)."""
+        book = self.rulebook
+        states = [*book.all_states(), *book.relimited.values()]
+        # A rule with a reserve also decides through its view (``RuleState.unreserved``).
+        states += [s.unreserved for s in states if s.unreserved is not None]
+        live = {id(s.kernel) for s in states}
+        for ident, rq in list(self.queues.items()):
+            if ident not in live and not rq.lanes:
+                del self.queues[ident]
+                self._retire(rq)
+
+    def _retire(self, rq: _RuleQueue) -> None:
+        """Answer the queue's held checks busy and keep its counters."""
+        for lane in list(rq.lanes.values()):
+            self._close_lane(rq, lane)
+        for c in range(len(PRIORITIES)):
+            key = (rq.state.domain, rq.state.label, c)
+            kept = self.retired.setdefault(key, _empty())
+            _add(kept, rq, c)
 
     def close(self) -> None:
         """Answer every held check busy now and hold no more (the service is stopping)."""
         self.closed = True
-        for entry in list(self._entries.values()):
-            entry.queue.close()
+        for rq in self.queues.values():
+            for lane in list(rq.lanes.values()):
+                self._close_lane(rq, lane)
+
+    def _close_lane(self, rq: _RuleQueue, lane: _Lane) -> None:
+        now = self.clock()
+        for w in lane.waiters.values():
+            rq.counts["expired"][w.rank] += 1
+            self._resolve(rq, w, (_busy(lane, rq.state), (now - w.enqueued) / 1e9, False))
+        lane.waiters.clear()
+        if lane.task is not None:
+            lane.task.cancel()
 
     def depth(self) -> int:
         """Checks held right now, over every rule."""
-        return sum(len(e.queue) for e in self._entries.values())
-
-    def _queue(self, state: RuleState) -> AdmissionQueue:
-        kernel = state.kernel
-        entry = self._entries.get(id(kernel))
-        spec = state.rule.limit.queue
-        if entry is not None and entry.kernel is kernel and entry.spec == spec:
-            entry.limiter.state = state  # a reload may have changed e.g. the failure mode
-            return entry.queue
-        if entry is not None:
-            # The rule's queue settings changed (a reload): its held checks are answered
-            # busy now and new ones line up in a queue built to the new settings.
-            entry.queue.close()
-            self._retire(entry)
-        limiter = _RuleLimiter(state)
-        queue = AdmissionQueue(
-            limiter,
-            weights=spec.weights if spec.mode == "weighted" else None,
-            classes=len(PRIORITIES),
-            max_queue=spec.max_queue,
-            lifo=spec.order == "lifo",
-            max_wait=spec.max_wait,
-            clock=self.clock,
-            max_keys=self.max_keys,
-        )
-        self._entries[id(kernel)] = _Entry(state, queue, limiter)
-        self._prune()
-        return queue
-
-    def _prune(self) -> None:
-        """Drop idle queues of kernels no rule uses any more (after reloads)."""
-        live_states = [*self.engine.all_states(), *self.engine.relimited.values()]
-        if len(self._entries) <= len(live_states) + SPARE_QUEUES:
-            return
-        live = {id(s.kernel) for s in live_states}
-        for ident, entry in list(self._entries.items()):
-            if ident not in live and not len(entry.queue):
-                del self._entries[ident]
-                self._retire(entry)
-
-    def _retire(self, entry: _Entry) -> None:
-        stats = entry.queue.stats()
-        for c in range(len(PRIORITIES)):
-            kept = self._retired.setdefault((entry.domain, entry.label, c), _empty(entry))
-            _add(kept, stats, c)
+        return sum(sum(rq.depth()) for rq in self.queues.values())
 
     def series(self) -> Iterator[tuple[tuple[str, str, int], dict[str, Any]]]:
         """Per (domain, rule, class): depth, counters and wait histogram, summed."""
         totals: dict[tuple[str, str, int], dict[str, Any]] = {}
-        for key, kept in self._retired.items():
+        for key, kept in self.retired.items():
             totals[key] = {**kept, "wait_counts": list(kept["wait_counts"]), "depth": 0}
-        for entry in list(self._entries.values()):
-            stats = entry.queue.stats()
+        for rq in list(self.queues.values()):
+            depth = rq.depth()
             for c in range(len(PRIORITIES)):
-                key = (entry.domain, entry.label, c)
-                if key not in totals:
-                    totals[key] = _empty(entry)
-                _add(totals[key], stats, c)
+                key = (rq.state.domain, rq.state.label, c)
+                into = totals.setdefault(key, _empty())
+                _add(into, rq, c)
+                into["depth"] += depth[c]
         yield from totals.items()
 
 
-def _empty(entry: _Entry) -> dict[str, Any]:
-    n = len(entry.queue.wait_buckets) + 1
+async def _ask(state: RuleState, key: str, cost: int) -> tuple[Any, bool]:
+    """The rule's answer for one check now, and whether its failure mode gave it."""
+    if cost > state.max_cost or state.kernel is None:
+        return state.refusal(), False
+    kind = state.kind
+    if kind is Kind.SHARED:
+        answers = await state.kernel.decide([key], [cost])
+        return answers.decisions[0], bool(answers.failed)
+    if kind is Kind.SHARED_PERMITS:
+        permit = await state.kernel.acquire_async(key, cost)
+        return permit, permit.failed
+    return state.acquire(key, cost), False
+
+
+def _busy(lane: _Lane, state: RuleState) -> Decision:
+    """The answer to a check that waited in vain: the lane's last refusal."""
+    last = lane.refusal
+    if last is None:
+        return Decision(False, state.limit, 0, 0.0, RECHECK)
+    return Decision(False, last.limit, last.remaining, last.reset_after, last.retry_after)
+
+
+def _empty() -> dict[str, Any]:
     out: dict[str, Any] = dict.fromkeys(COUNTERS, 0)
-    out.update(depth=0, wait_counts=[0] * n, wait_sum=0.0, buckets=entry.queue.wait_buckets)
+    out.update(depth=0, wait_counts=[0] * (len(WAIT_BUCKETS) + 1), wait_sum=0.0)
     return out
 
 
-def _add(into: dict[str, Any], stats: dict[str, Any], c: int) -> None:
-    for name in (*COUNTERS, "depth"):
-        into[name] += stats[name][c]
-    into["wait_sum"] += stats["wait_sum"][c]
-    for i, count in enumerate(stats["wait_counts"][c]):
+def _add(into: dict[str, Any], rq: _RuleQueue, c: int) -> None:
+    for name in COUNTERS:
+        into[name] += rq.counts[name][c]
+    into["wait_sum"] += rq.wait_sum[c]
+    for i, count in enumerate(rq.wait_counts[c]):
         into["wait_counts"][i] += count
 
 
@@ -268,7 +401,7 @@ class _QueueCollector(Collector):
             for name in COUNTERS:
                 counters[name].add_metric(values, s[name])
             running, buckets = 0, []
-            for bound, count in zip(s["buckets"], s["wait_counts"], strict=False):
+            for bound, count in zip(WAIT_BUCKETS, s["wait_counts"], strict=False):
                 running += count
                 buckets.append((floatToGoString(bound), running))
             buckets.append(("+Inf", running + s["wait_counts"][-1]))

@@ -135,17 +135,17 @@ def _adaptive(state: Any) -> tuple[float | None, float | None]:
     return _finite(kernel.current_limit), _finite(kernel.current_percentile)
 
 
-def sample_engine(engine: Any, rates: RuleRates) -> bool:
-    """Feed ``rates`` from the engine's live rule states (read-only)."""
+def sample_rules(rulebook: Any, rates: RuleRates) -> bool:
+    """Feed ``rates`` from the rulebook's live rule states (read-only)."""
     rows = []
-    for state in engine.all_states():
+    for state in rulebook.all_states():
         limit, observed = _adaptive(state)
         rows.append((_key(state), state.stats.total_hits, state.stats.over_limit, limit, observed))
     return rates.sample(rows)
 
 
 def rules_view(
-    engine: Any,
+    rulebook: Any,
     rates: RuleRates,
     switch_for: Callable[[str], Any],
     *,
@@ -157,9 +157,9 @@ def rules_view(
     ``switch_for(rule)`` is the live switch acting on ``rule`` (``domain/label``), or None.
     """
     # list() copies in one step: the event loop may add request overrides meanwhile.
-    overrides = {id(s) for s in list(engine.overrides.values())}
+    overrides = {id(s) for s in list(rulebook.overrides.values())}
     rows = []
-    for state in engine.all_states():
+    for state in rulebook.all_states():
         if domain is not None and state.domain != domain:
             continue
         lim = state.rule.limit
@@ -176,14 +176,14 @@ def rules_view(
             "burst": lim.burst,
             "unlimited": state.unlimited,
             "shadow_mode": state.shadow,
-            "priority": state.priority,
+            "priority": state.priority.label,
             "request_override": id(state) in overrides,
             "total_hits": stats.total_hits,
             "over_limit": stats.over_limit,
             "near_limit": stats.near_limit,
             "within_limit": stats.within_limit,
             "shadow_hits": stats.shadow_mode,
-            "backend_errors": state.backend_errors,
+            "backend_errors": state.stats.backend_errors,
             "adaptive": None,
             "switch": None,
         }

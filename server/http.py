@@ -1,19 +1,27 @@
-"""A small asyncio HTTP/1.1 server for the service's operational port.
+"""The service's operational HTTP port, served on its own thread and event loop.
 
-Why not a framework: the port serves a handful of JSON/text endpoints next to the
-gRPC server in the same event loop, and a dependency-free server keeps that loop free
-of threads. It supports keep-alive, Content-Length bodies (no chunked uploads) and
-bounded header/body sizes, and answers 400/404/405/413/431/500 itself.
+Why its own loop: the decision loop only decides. Health checks, ``/metrics``
+rendering, ``/json`` parsing and the admin API run here, so a slow scrape or a large
+body delays none of the checks; a handler that needs a decision hands it to the
+decision loop (``Service.on_decision_loop``) and awaits the result.
 
-Registration point (other modules add endpoints here, before or after ``start``)::
+Why not a framework: a handful of JSON/text endpoints need keep-alive, Content-Length
+bodies (no chunked uploads) and bounds, which this file gives without dependencies.
+Every bound is checked on the request head, before the body is read: the route must
+exist and accept the method, a mount's guard (the admin token) must let the caller in,
+the body must fit the route's ``max_body`` (default ``MAX_BODY``) and, where the route
+names one, the content type must match; at most
+``MAX_CONNECTIONS`` connections are open at once (more are closed at accept) and an idle
+connection is closed after ``IDLE_TIMEOUT`` seconds. With ``tls`` (a callable giving the
+``ssl.SSLContext`` for a new connection, so a renewed certificate applies to the next
+one), each connection completes its handshake within ``HANDSHAKE_TIMEOUT`` seconds.
 
-    http.route("GET", "/healthcheck", handler)   # one method + exact path
-    http.mount("/v1/", handler)                  # every method and path under a prefix
-
-A handler is ``async def handler(request: Request) -> Response``. Exact routes win;
-otherwise the longest mounted prefix gets the request and does its own dispatch
-(the ops admin API mounts ``/v1/`` this way, the ops console ``/console/``).
-``Request.client`` is the peer address, for handlers that only serve loopback callers.
+Registration (before ``start``): ``route(method, path, handler, max_body=,
+content_type=)`` for one method and exact path, ``mount(prefix, handler, guard=)`` for
+every method under a prefix (the admin API ``/v1/``, the console ``/console/``). A
+handler is ``async def handler(request: Request) -> Response``; a ``guard`` sees the
+request's head (its ``body`` still empty) and answers a refusal (e.g. a missing token)
+or None, so a caller who may not use a mount cannot make the server read a body.
 """
 
 from __future__ import annotations
@@ -22,6 +30,8 @@ import asyncio
 import json
 import logging
 import socket
+import ssl
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +51,7 @@ REASONS = {
     409: "Conflict",
     411: "Length Required",
     413: "Content Too Large",
+    415: "Unsupported Media Type",
     429: "Too Many Requests",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
@@ -48,7 +59,10 @@ REASONS = {
     503: "Service Unavailable",
 }
 MAX_HEADER_BYTES = 64 * 1024
+MAX_BODY = 64 * 1024
+MAX_CONNECTIONS = 512
 IDLE_TIMEOUT = 30.0
+HANDSHAKE_TIMEOUT = 10.0
 
 
 @dataclass
@@ -78,47 +92,119 @@ class Response:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+Guard = Callable[[Request], "Response | None"]
+
+
+@dataclass(frozen=True)
+class _Route:
+    handler: Handler
+    max_body: int = MAX_BODY
+    content_type: str | None = None  # required media type, if any
+    guard: Guard | None = None  # refuses on the head alone (e.g. authentication)
 
 
 class HttpServer:
-    """Routes plus a listener; see the module docstring for the registration API."""
+    """Routes plus a listener on its own thread; see the module docstring."""
 
-    def __init__(self, *, max_body: int = 8 * 1024 * 1024) -> None:
-        self.routes: dict[tuple[str, str], Handler] = {}
-        self.mounts: list[tuple[str, Handler]] = []
-        self.max_body = max_body
+    def __init__(
+        self,
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        tls: Callable[[], ssl.SSLContext] | None = None,
+    ) -> None:
+        self.routes: dict[tuple[str, str], _Route] = {}
+        self.mounts: list[tuple[str, _Route]] = []
+        self.max_connections = max_connections
+        self.tls = tls
+        self.loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.base_events.Server | None = None
+        self._thread: threading.Thread | None = None
         self._connections: set[asyncio.Task[None]] = set()
 
-    def route(self, method: str, path: str, handler: Handler) -> None:
-        self.routes[(method.upper(), path)] = handler
+    def route(
+        self,
+        method: str,
+        path: str,
+        handler: Handler,
+        *,
+        max_body: int = MAX_BODY,
+        content_type: str | None = None,
+    ) -> None:
+        self.routes[(method.upper(), path)] = _Route(handler, max_body, content_type)
 
-    def mount(self, prefix: str, handler: Handler) -> None:
-        self.mounts.append((prefix, handler))
+    def mount(
+        self, prefix: str, handler: Handler, *, max_body: int = MAX_BODY, guard: Guard | None = None
+    ) -> None:
+        self.mounts.append((prefix, _Route(handler, max_body, guard=guard)))
         self.mounts.sort(key=lambda m: -len(m[0]))
 
-    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> int:
-        """Listen; returns the bound port."""
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    def start(self, host: str, port: int, *, reuse_port: bool = False) -> int:
+        """Listen (the socket is bound here, so a port in use fails at once) and serve on a
+        new thread; returns the bound port."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say TCP, and
+        # without it every keep-alive response after the first waits for a delayed ACK.
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, port))
-        self._server = await asyncio.start_server(self._serve, sock=sock, limit=MAX_HEADER_BYTES)
+        try:
+            sock.bind((host, port))
+            sock.listen(128)
+        except OSError:
+            sock.close()
+            raise
+        self.loop = asyncio.new_event_loop()
+        started = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            loop = self.loop
+            assert loop is not None
+            asyncio.set_event_loop(loop)
+            try:
+                self._server = loop.run_until_complete(
+                    asyncio.start_server(self._serve, sock=sock, limit=MAX_HEADER_BYTES)
+                )
+            except BaseException as exc:  # handed to the caller of start
+                failure.append(exc)
+                started.set()
+                return
+            started.set()
+            loop.run_forever()
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name="limiter-http", daemon=True)
+        self._thread.start()
+        started.wait()
+        if failure:
+            raise failure[0]
         return sock.getsockname()[1]
 
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
+    def stop(self) -> None:
+        """Close the listener and every connection, and end the thread (blocks)."""
+        loop = self.loop
+        if loop is None or self._thread is None:
+            return
+
+        async def close() -> None:
+            if self._server is not None:
+                self._server.close()
             for task in list(self._connections):
                 task.cancel()
-            await self._server.wait_closed()
-            self._server = None
+            if self._server is not None:
+                await self._server.wait_closed()
+            loop.stop()
 
-    def _find(self, method: str, path: str) -> Handler | bool | None:
-        handler = self.routes.get((method, path))
-        if handler is not None:
-            return handler
+        asyncio.run_coroutine_threadsafe(close(), loop)
+        self._thread.join(timeout=10)
+        self._thread = None
+
+    def _find(self, method: str, path: str) -> _Route | bool | None:
+        found = self.routes.get((method, path))
+        if found is not None:
+            return found
         for prefix, mounted in self.mounts:
             if path.startswith(prefix):
                 return mounted
@@ -126,17 +212,20 @@ class HttpServer:
         return any(p == path for _, p in self.routes) or None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._connections) >= self.max_connections:
+            writer.close()  # at the bound: the newcomer is refused, not everyone
+            return
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
         peer = writer.get_extra_info("peername")
         client = peer[0] if peer else ""
         try:
-            while True:
-                keep_alive = await self._one(reader, writer, client)
-                if not keep_alive:
-                    break
-        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
+            if self.tls is not None:
+                await writer.start_tls(self.tls(), ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+            while await self._one(reader, writer, client):
+                pass
+        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError, ssl.SSLError):
             pass
         except asyncio.CancelledError:
             pass
@@ -168,41 +257,25 @@ class HttpServer:
                 return False
             headers[name.lower()] = value.strip()
         keep_alive = headers.get("connection", "").lower() != "close" and version == "HTTP/1.1"
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            await self._send(
-                writer, Response.text("chunked bodies are not supported\n", 411), False
-            )
-            return False
-        try:
-            length = int(headers.get("content-length", "0"))
-        except ValueError:
-            length = -1
-        if length < 0:
-            await self._send(writer, Response.text("invalid Content-Length\n", 400), False)
-            return False
-        if length > self.max_body:
-            text = f"body of {length} bytes exceeds {self.max_body}\n"
-            await self._send(writer, Response.text(text, 413), False)
-            return False
-        body = await asyncio.wait_for(reader.readexactly(length), IDLE_TIMEOUT) if length else b""
         path, _, query = target.partition("?")
-        request = Request(method.upper(), unquote(path), query, headers, body, client)
-        response = await self._dispatch(request)
-        await self._send(writer, response, keep_alive, head_only=request.method == "HEAD")
-        return keep_alive
-
-    async def _dispatch(self, request: Request) -> Response:
-        method = "GET" if request.method == "HEAD" else request.method
-        handler = self._find(method, request.path)
-        if handler is None:
-            return Response.text("not found\n", 404)
-        if handler is True:
-            return Response.text("method not allowed\n", 405)
+        request = Request(method.upper(), unquote(path), query, headers, b"", client)
+        found = self._find("GET" if request.method == "HEAD" else request.method, request.path)
+        refusal = _refuse(found, request)
+        if refusal is not None:
+            # Nothing of the body has been read: the connection cannot be reused.
+            await self._send(writer, refusal, False)
+            return False
+        assert isinstance(found, _Route)
+        length = int(headers.get("content-length", "0"))
+        if length:
+            request.body = await asyncio.wait_for(reader.readexactly(length), IDLE_TIMEOUT)
         try:
-            return await handler(request)  # type: ignore[operator]
+            response = await found.handler(request)
         except Exception:
             log.exception("http handler failed", extra={"fields": {"path": request.path}})
-            return Response.text("internal error\n", 500)
+            response = Response.text("internal error\n", 500)
+        await self._send(writer, response, keep_alive, head_only=request.method == "HEAD")
+        return keep_alive
 
     async def _send(
         self,
@@ -223,3 +296,31 @@ class HttpServer:
         if not head_only:
             writer.write(response.body)
         await writer.drain()
+
+
+def _refuse(found: _Route | bool | None, request: Request) -> Response | None:
+    """The answer to a request refused on its head alone, or None to read its body."""
+    if found is None:
+        return Response.text("not found\n", 404)
+    if found is True:
+        return Response.text("method not allowed\n", 405)
+    assert isinstance(found, _Route)
+    if found.guard is not None:
+        refusal = found.guard(request)
+        if refusal is not None:
+            return refusal
+    headers = request.headers
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        return Response.text("chunked bodies are not supported\n", 411)
+    raw = headers.get("content-length", "0")
+    if not raw.isdigit():
+        return Response.text("invalid Content-Length\n", 400)
+    length = int(raw)
+    if length > found.max_body:
+        return Response.text(f"body of {length} bytes exceeds {found.max_body}\n", 413)
+    wanted = found.content_type
+    if wanted is not None and length:
+        given = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if given != wanted:
+            return Response.text(f"Content-Type must be {wanted}\n", 415)
+    return None

@@ -1,7 +1,11 @@
 """Structured logs: one JSON object per line on stderr.
 
 Call sites pass machine-readable context as ``extra={"fields": {...}}``; every line
-carries time, level, logger, message and pid (workers share one stream).
+carries time, level, logger, message and pid (workers share one stream). Libraries'
+warnings and errors (asyncio, gRPC) come out the same way. A line identical to
+``REPEAT_BURST`` others of the last ``REPEAT_WINDOW`` seconds (same logger, level,
+message, fields and exception type) is dropped; the next one let through says how many were
+(``"suppressed"``), so a fault repeating thousands of times a second costs a few lines.
 """
 
 from __future__ import annotations
@@ -10,8 +14,15 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
+from collections.abc import Callable
 from typing import IO
+
+REPEAT_BURST = 5
+REPEAT_WINDOW = 10.0
+# Distinct lines tracked at once (beyond, the tracking starts over).
+REPEAT_KEYS = 1024
 
 
 class JsonFormatter(logging.Formatter):
@@ -25,16 +36,78 @@ class JsonFormatter(logging.Formatter):
             "pid": os.getpid(),
         }
         doc.update(getattr(record, "fields", None) or {})
+        suppressed = getattr(record, "suppressed", 0)
+        if suppressed:
+            doc["suppressed"] = suppressed
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
         return json.dumps(doc, default=str)
 
 
+class Repeats(logging.Filter):
+    """Lets through at most ``burst`` identical lines per ``window`` seconds (see the
+    module docstring)."""
+
+    def __init__(
+        self,
+        burst: int = REPEAT_BURST,
+        window: float = REPEAT_WINDOW,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self.burst, self.window, self.clock = burst, window, clock
+        self._seen: dict[tuple[str, int, str, str], list[float]] = {}  # [start, sent, dropped]
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[0].__name__ if record.exc_info and record.exc_info[0] else ""
+        fields = getattr(record, "fields", None)
+        text = record.getMessage() if not fields else f"{record.getMessage()} {fields}"
+        key = (record.name, record.levelno, text, error)
+        now = self.clock()
+        with self._lock:
+            seen = self._seen.get(key)
+            if seen is None or now - seen[0] >= self.window:
+                if len(self._seen) >= REPEAT_KEYS:
+                    self._seen.clear()
+                if seen is not None and seen[2]:
+                    record.suppressed = int(seen[2])
+                self._seen[key] = [now, 1, 0]
+                return True
+            if seen[1] < self.burst:
+                seen[1] += 1
+                return True
+            seen[2] += 1
+            return False
+
+
 def setup(level: str = "info", stream: IO[str] | None = None) -> None:
-    """Route the ``limiter`` loggers to JSON lines at ``level``."""
+    """JSON lines on ``stream`` (stderr): the ``limiter`` loggers at ``level``, other
+    libraries' warnings and errors; repeated lines dropped (``Repeats``)."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter())
-    root = logging.getLogger("limiter")
+    handler.addFilter(Repeats())
+    root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
+    root.setLevel(logging.WARNING)
+    own = logging.getLogger("limiter")
+    own.handlers[:] = []
+    own.setLevel(level.upper())
+    own.propagate = True
+
+
+def serving_ports(line: str) -> dict[str, int] | None:
+    """The ports a ``limiter serve`` log line says it serves on (``{"grpc": n, "http": n}``),
+    or None for any other line. Started with port 0, the service binds free ports and
+    this line is how a parent process learns which."""
+    try:
+        doc = json.loads(line)
+    except ValueError:
+        return None
+    if (
+        not isinstance(doc, dict)
+        or doc.get("msg") != "serving"
+        or doc.get("logger") != "limiter.server"
+    ):
+        return None
+    return {"grpc": int(doc["grpc"]), "http": int(doc["http"])}

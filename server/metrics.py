@@ -11,11 +11,12 @@ prefixed ``limiter_``; rule counters carry ``domain`` and ``rule`` labels (plus
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import (
@@ -28,8 +29,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from limiter.ops.breaker import State
+
 if TYPE_CHECKING:
-    from limiter.server.engine import Engine
+    from limiter.server.rules import Rulebook
+
+    from limiter.ops import Operations
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 RULE_COUNTERS = ("total_hits", "over_limit", "near_limit", "within_limit", "shadow_mode")
@@ -56,6 +61,8 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.rulebook: Rulebook | None = None
+        self.ops: Operations | None = None
         r = self.registry
         self.latency = Latency(
             "limiter_decision_latency_seconds",
@@ -77,18 +84,31 @@ class Metrics:
             "1 if the last reload succeeded; 0 while the last good config is kept.",
             registry=r,
         )
+        self.redis_restarts = Counter(
+            "limiter_redis_restarts",
+            "Redis servers seen restarting (a new run id): without persistence, the shared "
+            "windows and counters they held started over.",
+            registry=r,
+        )
         self.config_loaded_at = Gauge(
             "limiter_config_last_success_timestamp_seconds",
             "Unix time the serving config was loaded.",
             registry=r,
         )
 
-    def watch(self, engine: Engine) -> None:
-        """Export ``engine``'s per-rule counters at scrape time."""
-        self.registry.register(_EngineCollector(engine))
+    def watch(self, rulebook: Rulebook, ops: Operations | None) -> None:
+        """Export ``rulebook``'s per-rule counters, and the breakers, levels and switches
+        of the operations policy, at scrape time."""
+        self.rulebook = rulebook
+        self.ops = ops
+        if ops is not None:
+            self.registry.register(_OpsCollector(ops))
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        text = generate_latest(self.registry)
+        if self.rulebook is None:
+            return text
+        return text + _rules_text(self.rulebook, self.ops).encode()
 
 
 class Buckets:
@@ -203,55 +223,174 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-class _EngineCollector(Collector):
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+class _Text:
+    """One exposition being written: per-rule families have a series per rule and per
+    ``detailed_metric`` value, so they are written as text directly (a Metric object
+    and its Samples per series would make a scrape of many series cost many times as
+    much, in the thread that shares the GIL with the decision loop)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def family(self, name: str, kind: str, doc: str) -> None:
+        self.lines.append(f"# HELP {name} {doc}\n# TYPE {name} {kind}")
+
+    def sample(self, name: str, labels: str, value: float) -> None:
+        self.lines.append(f"{name}{labels} {_number(value)}")
+
+
+def _labels(**pairs: str) -> str:
+    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in pairs.items()) + "}"
+
+
+def _number(value: float) -> str:
+    return str(value) if type(value) is int else floatToGoString(value)
+
+
+def _rules_text(book: Rulebook, ops: Operations | None) -> str:
+    """The per-rule families of ``book`` (and the policy's level) as exposition text."""
+    out = _Text()
+    states = book.all_states()
+    series: list[tuple[str, Any]] = []
+    for state in states:
+        series.append((_labels(domain=state.domain, rule=state.label, detailed="false"),
+                       state.stats))  # fmt: skip
+        if state.detailed:
+            series += [
+                (_labels(domain=state.domain, rule=d, detailed="true"), stats)
+                for d, stats in list(state.detailed.items())
+            ]
+    for name in RULE_COUNTERS:
+        family = f"limiter_rule_{name}"
+        out.family(family, "counter", f"Hits: {name} (per rule).")
+        out.lines += [f"{family}_total{labels} {getattr(stats, name)}" for labels, stats in series]
+    out.family(
+        "limiter_backend_errors", "counter",
+        "Backend failures answered per the rule's failure_mode.",
+    )  # fmt: skip
+    for state in states:
+        labels = _labels(domain=state.domain, rule=state.label)
+        out.sample("limiter_backend_errors_total", labels, state.stats.backend_errors)
+    if ops is not None:
+        out.family(
+            "limiter_fallback_active", "gauge",
+            "1 while a rule's checks are answered by its failure_mode (between the "
+            "fallback_started and fallback_stopped events).",
+        )  # fmt: skip
+        for state in states:
+            labels = _labels(domain=state.domain, rule=state.label)
+            out.sample(
+                "limiter_fallback_active", labels, int(ops.fallback.is_active(state.ops_name))
+            )
+    out.family(
+        "limiter_rule_limit", "gauge",
+        "Configured limit of each limited rule: requests per unit, or calls in flight.",
+    )  # fmt: skip
+    for state in states:
+        if not state.unlimited:
+            lim = state.rule.limit
+            in_flight = lim.algorithm == "concurrency" or (
+                lim.algorithm == "adaptive" and lim.mode == "concurrency"
+            )
+            labels = _labels(
+                domain=state.domain, rule=state.label, unit="in_flight" if in_flight else lim.unit
+            )
+            out.sample("limiter_rule_limit", labels, state.limit)
+    adaptive = [
+        (state, _labels(domain=state.domain, rule=state.label))
+        for state in states
+        if getattr(state.kernel, "current_limit", None) is not None
+    ]
+    out.family(
+        "limiter_adaptive_limit", "gauge",
+        "Current limit of adaptive rules (per second, or calls in flight); on Redis, "
+        "the limit every replica shares.",
+    )  # fmt: skip
+    for state, labels in adaptive:
+        out.sample("limiter_adaptive_limit", labels, float(state.kernel.current_limit))
+    out.family(
+        "limiter_adaptive_latency_seconds", "gauge",
+        "Latency percentile an adaptive rule's limit follows (absent before samples).",
+    )  # fmt: skip
+    for state, labels in adaptive:
+        seen = getattr(state.kernel, "current_percentile", None)
+        if seen is not None and math.isfinite(seen):
+            out.sample("limiter_adaptive_latency_seconds", labels, float(seen))
+    out.family(
+        "limiter_adaptive_target_latency_seconds", "gauge",
+        "Latency an adaptive rule aims its percentile at.",
+    )  # fmt: skip
+    for state, labels in adaptive:
+        out.sample("limiter_adaptive_target_latency_seconds", labels,
+                   float(state.rule.limit.target_latency))  # fmt: skip
+    out.family(
+        "limiter_unknown_domain", "counter",
+        "RLS requests for a domain the config does not define (answered OK).",
+    )  # fmt: skip
+    out.sample("limiter_unknown_domain_total", "", book.unknown_domain)
+    out.family("limiter_permits_held", "gauge", "Concurrency permits held for native clients.")
+    out.sample("limiter_permits_held", "", len(book.permits))
+    out.family("limiter_permits_expired", "counter", "Permits released because Release never came.")
+    out.sample("limiter_permits_expired_total", "", book.permits_expired)
+    out.family(
+        "limiter_permits_refused", "counter",
+        "Permit checks refused because their caller or rule held its bound of permits.",
+    )  # fmt: skip
+    out.sample("limiter_permits_refused_total", "", book.permits_refused)
+    out.family("limiter_level", "gauge", "Current degradation level.")
+    out.sample("limiter_level", "", 0 if ops is None else ops.level())
+    return "\n".join(out.lines) + "\n"
+
+
+class _OpsCollector(Collector):
+    """Breakers, per-service degradation levels and live switches of the operations policy."""
+
+    def __init__(self, ops: Operations) -> None:
+        self.ops = ops
 
     def collect(self) -> Iterator[Metric]:
-        engine = self.engine
-        labels = ["domain", "rule", "detailed"]
-        families = {
-            name: CounterMetricFamily(
-                f"limiter_rule_{name}", f"Hits: {name} (per rule).", labels=labels
-            )
-            for name in RULE_COUNTERS
-        }
-        errors = CounterMetricFamily(
-            "limiter_backend_errors",
-            "Backend failures answered per the rule's failure_mode.",
-            labels=["domain", "rule"],
+        ops = self.ops
+        states = GaugeMetricFamily(
+            "limiter_breaker_state",
+            "1 for the state each circuit breaker is in (closed, open, half_open); configured "
+            "dependencies no call has used yet are closed.",
+            labels=["breaker", "state"],
         )
-        adaptive = GaugeMetricFamily(
-            "limiter_adaptive_limit",
-            "Current limit of adaptive rules (per second, or calls in flight); on Redis, "
-            "the limit every replica shares.",
-            labels=["domain", "rule"],
+        rejected = CounterMetricFamily(
+            "limiter_breaker_rejected", "Calls a breaker failed fast.", labels=["breaker"]
         )
-        for state in engine.all_states():
-            current = getattr(state.kernel, "current_limit", None)
-            if current is not None:
-                adaptive.add_metric([state.domain, state.label], current)
-            series = [(state.label, "false", state.stats)]
-            if state.detailed:
-                series += [(d, "true", s) for d, s in list(state.detailed.items())]
-            for rule, detailed, stats in series:
-                for name in RULE_COUNTERS:
-                    families[name].add_metric([state.domain, rule, detailed], getattr(stats, name))
-            errors.add_metric([state.domain, state.label], state.backend_errors)
-        yield from families.values()
-        yield errors
-        yield adaptive
-        yield CounterMetricFamily(
-            "limiter_unknown_domain",
-            "RLS requests for a domain the config does not define (answered OK).",
-            value=engine.unknown_domain,
+        seen: dict[str, tuple[State, int]] = {}
+        for breaker in ops.breakers.all():
+            seen[breaker.name] = (breaker.state, breaker.rejected)
+        for dependency in ops.breakers.configs:
+            seen.setdefault(dependency, (State.CLOSED, 0))
+        for name, (state, refused) in sorted(seen.items()):
+            for each in State:
+                states.add_metric([name, each.value], 1.0 if each is state else 0.0)
+            rejected.add_metric([name], refused)
+        levels = GaugeMetricFamily(
+            "limiter_service_level",
+            "Degradation level of each service (0 = normal), forced or computed.",
+            labels=["service"],
         )
-        yield GaugeMetricFamily(
-            "limiter_permits_held", "Concurrency permits held for native clients.",
-            value=len(engine.permits),
-        )  # fmt: skip
-        yield CounterMetricFamily(
-            "limiter_permits_expired", "Permits released because Release never came.",
-            value=engine.permits_expired,
-        )  # fmt: skip
-        yield GaugeMetricFamily("limiter_level", "Current degradation level.", value=engine.level())
+        pressure = GaugeMetricFamily(
+            "limiter_service_pressure",
+            "Pressure signal a service's computed level follows (0 to 1).",
+            labels=["service"],
+        )
+        for level in ops.levels.snapshot():
+            levels.add_metric([level["service"]], level["level"])
+            pressure.add_metric([level["service"]], level["pressure"])
+        switches = GaugeMetricFamily(
+            "limiter_switch_active",
+            "1 for each live manual switch, by id and what it sets.",
+            labels=["id", "setting"],
+        )
+        for switch in ops.switches.list():
+            setting = switch.action or ("" if switch.level is None else f"level {switch.level}")
+            switches.add_metric([switch.id, setting], 1.0)
+        yield states
+        yield rejected
+        yield levels
+        yield pressure
+        yield switches

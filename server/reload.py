@@ -1,21 +1,21 @@
-"""Config hot reload: on file change (polled) and on demand (SIGHUP).
+"""Config hot reload, off the decision loop: on file change (polled) and on demand (SIGHUP).
 
-A reload that fails validation keeps the last good config serving; the failure is
-logged with the ConfigError message and counted (``limiter_config_reloads{result=
-"error"}``, ``limiter_config_last_reload_successful`` = 0). Other modules that own
-config sections subscribe to receive each new ``Config`` after it is swapped in.
+A thread watches the config path; a change (or ``request()``) loads and validates the
+new config and builds its rule states there, then hands the result to ``apply``. A
+reload that fails validation keeps the last good config serving; the failure is logged
+with the ConfigError message and counted (``limiter_config_reloads{result="error"}``,
+``limiter_config_last_reload_successful`` = 0).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import gc
 import logging
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from limiter.server.engine import Engine
 from limiter.server.metrics import Metrics
 
 from limiter import config as rules
@@ -42,53 +42,74 @@ def fingerprint(path: str | os.PathLike[str]) -> tuple[tuple[str, int, int, int]
 
 
 class Reloader:
-    """Watches ``path`` and swaps valid new configs into ``engine``."""
+    """Watches ``path`` on its own thread; ``apply(config)`` swaps a valid new config in
+    (called on the reloader's thread; it must be safe there)."""
 
     def __init__(
-        self, path: str, engine: Engine, metrics: Metrics, *, interval: float = 1.0
+        self,
+        path: str,
+        apply: Callable[[rules.Config], None],
+        metrics: Metrics,
+        *,
+        interval: float = 1.0,
     ) -> None:
         self.path = path
-        self.engine = engine
+        self.apply = apply
         self.metrics = metrics
         self.interval = interval
-        self.listeners: list[Callable[[rules.Config], None]] = []
         self._seen = fingerprint(path)
-        self._wake = asyncio.Event()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
-    def subscribe(self, listener: Callable[[rules.Config], None]) -> None:
-        """Call ``listener(config)`` after every successful reload."""
-        self.listeners.append(listener)
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="limiter-reload", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
 
     def request(self) -> None:
-        """Reload soon (signal-safe: called from the loop's signal handler)."""
+        """Reload soon (safe from a signal handler)."""
         self._wake.set()
 
-    async def run(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval)
-            # Read and clear with no await between: a request that lands as the wait times
-            # out is still seen (reading "forced" from the timeout lost such a SIGHUP).
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.interval)
+            # Cleared only when seen set: a request that lands as the wait times out is
+            # kept for the next round instead of being cleared unseen.
             forced = self._wake.is_set()
-            self._wake.clear()
+            if forced:
+                self._wake.clear()
+            if self._stop.is_set():
+                return
             seen = fingerprint(self.path)
             if forced or seen != self._seen:
                 self._seen = seen
                 self.reload("signal" if forced else "file change")
 
     def reload(self, reason: str) -> bool:
-        """Load, validate and swap in the config; keeps the old one on any error."""
+        """Load, validate and apply the config; keeps the old one on any error."""
+        # No cyclic GC while the config is read and built: its many short-lived objects
+        # would trigger collections, each a pause of every thread (the decision loop's too).
+        gc.disable()
         try:
             config = rules.load(self.path)
-            self.engine.reload(config)
+            self.apply(config)
         except Exception as exc:
-            self.metrics.config_reloads.labels("error").inc()
-            self.metrics.config_ok.set(0)
+            # Logged before the metrics move: whoever sees the metric finds the reason.
             log.error(
                 "config reload failed; keeping the last good config",
                 extra={"fields": {"reason": reason, "path": self.path, "error": str(exc)}},
             )
+            self.metrics.config_reloads.labels("error").inc()
+            self.metrics.config_ok.set(0)
             return False
+        finally:
+            gc.enable()
         self.metrics.config_reloads.labels("success").inc()
         self.metrics.config_ok.set(1)
         self.metrics.config_loaded_at.set_to_current_time()
@@ -96,9 +117,4 @@ class Reloader:
             "config reloaded",
             extra={"fields": {"reason": reason, "path": self.path, "rules": len(config.rules)}},
         )
-        for listener in self.listeners:
-            try:
-                listener(config)
-            except Exception:
-                log.exception("config listener failed", extra={"fields": {"path": self.path}})
         return True

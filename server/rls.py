@@ -1,34 +1,37 @@
-"""Envoy RLS v3 (``RateLimitService/ShouldRateLimit``) with envoyproxy/ratelimit semantics.
+"""Envoy RLS v3 (``RateLimitService/ShouldRateLimit``): a codec over the decider.
 
-One ``answer`` (encoded request in, encoded response out) serves both gRPC
-``ShouldRateLimit`` and the HTTP ``/json`` endpoint: read and validate the whole request
-first (undecodable or malformed → ``BadRequest`` → INVALID_ARGUMENT),
-match each descriptor to a rule (or a request-supplied ``limit`` override), drop
-rules another matched rule ``replaces``, ask the kernels, then build statuses in
-request order. ``overall_code`` is OVER_LIMIT if any non-shadow descriptor is, else
-OK (never UNKNOWN); an unknown domain is answered OK and counted.
+Reads a ``RateLimitRequest`` from wire bytes (``limiter._wire``; undecodable or
+malformed → ``BadRequest`` → INVALID_ARGUMENT), has the decider match its descriptors
+and decide them, and writes the ``RateLimitResponse`` with envoyproxy/ratelimit's
+semantics: statuses in request order, ``overall_code`` OVER_LIMIT if any non-shadow
+descriptor is, else OK (never UNKNOWN); an unknown domain is answered OK and counted.
 
 Answers are immediate (Envoy's rate-limit timeout defaults to 20 ms), except for a rule
 that opts into a short ``hold`` (at most ``limiter.config.MAX_HOLD``): a check it refuses
-waits up to that long in the rule's admission queue, at the rule's own priority.
+waits up to that long for admission, at its priority.
+
+A check has its rule's priority unless its descriptor carries a ``limiter.priority``
+entry (``PRIORITY_ENTRY``; Envoy: a ``request_headers`` action with that descriptor key),
+which is taken out of the descriptor before it is matched.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 from envoy.service.ratelimit.v3 import rls_pb2
 from limiter._wire import WireError, encode_rls_response, parse_rls_request
-from limiter.server.engine import MAX_UINT32, BadRequest, Engine, RuleState
+from limiter.server.decider import MAX_COST, Checks, Decider, Outcome, caller_of
 from limiter.server.metrics import Metrics
+from limiter.server.rules import MAX_UINT32, BadRequest
 
-from limiter import Decision
 from limiter import headers as rl_headers
 from limiter.config import UNIT_BY_ENUM
+from limiter.errors import InvalidParameter
+from limiter.priority import Priority
 
 Response = rls_pb2.RateLimitResponse
 SERVICE = rls_pb2.DESCRIPTOR.services_by_name["RateLimitService"].full_name
@@ -43,6 +46,9 @@ MAX_RESET = 1e12  # seconds: a Duration holds far more; no real window comes nea
 MAX_DESCRIPTORS = 1024
 MAX_ENTRIES = 64
 MAX_VALUE_CHARS = 4096
+# The descriptor entry that carries a check's priority (not part of the rule's match or key).
+PRIORITY_ENTRY = "limiter.priority"
+_PRIORITY_BYTES = PRIORITY_ENTRY.encode()
 
 
 @dataclass(frozen=True)
@@ -67,20 +73,14 @@ class HeaderOptions:
 class RateLimitService:
     """The RLS v3 servicer (grpc.aio), answering from and to wire bytes.
 
-    ``ShouldRateLimit`` is registered without protobuf (de)serialisers (``handler``):
-    ``limiter._wire`` reads the request and writes the response, and the constant part
-    of each status is encoded once per rule (``RuleState.rls_limit``). ``decide`` is the
-    same answer for protobuf messages (the ``/json`` endpoint, tests).
+    ``ShouldRateLimit`` is registered without protobuf (de)serialisers (``handler``);
+    ``decide`` is the same answer for protobuf messages (``/json``, tests).
     """
 
-    def __init__(
-        self, engine: Engine, metrics: Metrics, options: HeaderOptions, admission: Any = None
-    ) -> None:
-        self.engine = engine
+    def __init__(self, decider: Decider, metrics: Metrics, options: HeaderOptions) -> None:
+        self.decider = decider
         self.metrics = metrics
         self.options = options
-        # limiter.server.admission.ServiceAdmission: holds checks of rules with a ``hold``
-        self.admission = admission
         self._latency = metrics.latency.labels("rls")
 
     def handler(self) -> grpc.GenericRpcHandler:
@@ -91,7 +91,9 @@ class RateLimitService:
     async def ShouldRateLimit(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         start = time.perf_counter()
         try:
-            response = await self.answer(request)
+            # Only held checks count per caller: the peer is read only when a rule holds.
+            holds = self.decider.rulebook.snapshot.holds
+            response = await self.answer(request, caller_of(context.peer()) if holds else "")
         except BadRequest as exc:
             self.metrics.invalid_requests.labels("rls").inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -102,149 +104,119 @@ class RateLimitService:
         """The RLS answer for ``request``; raises BadRequest naming the bad field."""
         return Response.FromString(await self.answer(request.SerializeToString()))
 
-    async def answer(self, data: bytes) -> bytes:
-        """The encoded RateLimitResponse for an encoded RateLimitRequest (or BadRequest)."""
+    async def answer(self, data: bytes, caller: str = "") -> bytes:
+        """The encoded RateLimitResponse for an encoded RateLimitRequest (or BadRequest);
+        ``caller`` (its address) counts toward the bound on checks held per caller."""
         try:
-            name, default_hits, descriptors = parse_rls_request(
+            domain, default_hits, descriptors = parse_rls_request(
                 data, MAX_DESCRIPTORS, MAX_ENTRIES, MAX_VALUE_CHARS
             )
         except WireError as exc:
             raise BadRequest(str(exc)) from None
-        n = len(descriptors)
-        engine = self.engine
-        snapshot = engine.snapshot
-        domain = snapshot.config.domains.get(name)
-        states: list[RuleState | None] = [None] * n
-        replaced: set[str] = set()
+        if default_hits > MAX_COST:
+            raise BadRequest(f"hits_addend: must be at most {MAX_COST}, got {default_hits}")
         for i, descriptor in enumerate(descriptors):
-            override = descriptor.limit
-            if override is not None:
-                requests_per_unit, unit = override
-                if unit not in UNIT_BY_ENUM:
-                    raise BadRequest(f"descriptors[{i}].limit.unit: {unit} is not a known unit")
-                if domain is not None:
-                    states[i] = engine.override(name, requests_per_unit, unit)
-            elif domain is not None:
-                rule = domain.match(descriptor.entries)
-                if rule is not None:
-                    state = states[i] = snapshot.states[rule]
-                    if state.replaces:
-                        replaced.update(state.replaces)
-        level = engine.level()
-        level_header = [(self.options.level_header, str(level))]
-        if domain is None:
-            engine.unknown_domain += 1
-            return encode_rls_response(OK, [UNMATCHED] * n, [], level_header)
+            if descriptor.limit is not None and descriptor.limit[1] not in UNIT_BY_ENUM:
+                unit = descriptor.limit[1]
+                raise BadRequest(f"descriptors[{i}].limit.unit: {unit} is not a known unit")
+            hits = descriptor.hits
+            if hits is not None and hits > MAX_COST:
+                raise BadRequest(
+                    f"descriptors[{i}].hits_addend: must be at most {MAX_COST}, got {hits}"
+                )
+        priorities = None
+        if _PRIORITY_BYTES in data:  # a substring scan: most requests carry no priority
+            descriptors, priorities = _priorities(descriptors)
+        decider = self.decider
+        rules = decider.match(domain, descriptors)
+        if rules is None:
+            level_header = [(self.options.level_header, str(decider.level()))]
+            return encode_rls_response(OK, [UNMATCHED] * len(descriptors), [], level_header)
         default_hits = default_hits or 1
-        ops = engine.ops
-        statuses: list[tuple[int, bytes | None, int, int, int]] = [UNMATCHED] * n
-        # (index, state, hits, key, forced decision, shadow)
-        work: list[tuple[int, RuleState, int, str, Any, bool]] = []
-        remote: list[tuple[int, RuleState, int, str, Any, bool]] = []  # shared-backend checks
-        for i, state in enumerate(states):
-            if state is None or (replaced and state.name in replaced):
+        snapshot = decider.rulebook.snapshot
+        checks = Checks(
+            rules,
+            [d.values for d in descriptors],
+            [default_hits if d.hits is None else d.hits or 1 for d in descriptors],
+            priorities=priorities,
+            keep_permits=False,
+            caller=caller,
+        )
+        if snapshot.holds:
+            holds = [0.0 if s is None else s.rule.limit.hold for s in rules]
+            checks.max_waits = holds if any(holds) else None
+        if snapshot.detailed:
+            checks.details = [_detail(d.entries) for d in descriptors]
+        decided = await decider.decide(checks)
+        return self._encode(decided.outcomes, decided.level)
+
+    def _encode(self, outcomes: list[Outcome], level: int) -> bytes:
+        overall = OK
+        statuses = []
+        quotas = []  # limiter.headers.Quota field order, as plain tuples
+        for o in outcomes:
+            state = o.rule
+            if state is None:
+                statuses.append(UNMATCHED)
                 continue
             if state.unlimited:
-                statuses[i] = UNLIMITED
+                statuses.append(UNLIMITED)
                 continue
-            descriptor = descriptors[i]
-            hits = descriptor.hits
-            hits = default_hits if hits is None else hits or 1
-            values = descriptor.values
-            if ops is None:
-                forced, shadow = None, state.shadow
-            else:
-                forced, state, shadow = engine.verdict(state, values, hits, state.priority, level)
-            item = (i, state, hits, state.prefix + values, forced, shadow)
-            work.append(item)
-            if state.remote is not None and forced is None:
-                remote.append(item)
-        # Shared-backend rules are asked concurrently: one pipelined round trip.
-        decided: dict[int, Any] = {}
-        if len(remote) == 1:  # the common case: no Task for gather to wrap
-            w = remote[0]
-            decided = {w[0]: await w[1].acquire_async(w[3], w[2])}
-        elif remote:
-            answers = await asyncio.gather(*(w[1].acquire_async(w[3], w[2]) for w in remote))
-            decided = {w[0]: d for w, d in zip(remote, answers, strict=True)}
-        if self.admission is not None and self.admission.holds(snapshot):
-            await self._hold(work, decided)
-        overall = OK
-        quotas: list[tuple[str, int, float, int, float, bool, float, str]] = []  # Quota order
-        for i, state, hits, key, decision, shadow in work:
-            if decision is None:
-                decision = decided[i] if i in decided else state.acquire(key, hits)
-            detail = _detail(descriptors[i].entries) if state.detailed is not None else None
-            state.count(decision, hits, detail, shadow)
-            allowed = decision.allowed or shadow
-            if ops is not None:
-                ops.after(state.ops_name, allowed, hits)
-            remaining = decision.remaining
-            reset = decision.reset_after if decision.allowed else decision.retry_after
+            refused = o.retry_after > 0 or (not o.allowed)
+            reset = o.retry_after if refused else o.reset_after
             # Clamped to what Duration holds (and NaN, never expected, to 0).
             reset = min(reset, MAX_RESET) if reset > 0 else 0.0
             whole = int(reset)
-            if not allowed:
+            code = OK if o.allowed else OVER_LIMIT
+            if code == OVER_LIMIT:
                 overall = OVER_LIMIT
-            statuses[i] = (
-                OK if allowed else OVER_LIMIT,
-                state.rls_limit,
-                min(max(remaining, 0), MAX_UINT32),
-                whole,
-                int((reset - whole) * 1e9),
-            )
+            remaining = min(max(o.remaining, 0), MAX_UINT32)
+            statuses.append((code, state.rls_limit, remaining, whole, int((reset - whole) * 1e9)))
             quotas.append(
-                (
-                    state.label,
-                    state.limit,
-                    state.window,
-                    remaining,
-                    decision.reset_after,
-                    allowed,
-                    decision.retry_after,
-                    "requests",
-                )
-            )
+                (state.label, o.limit, state.window, o.remaining, o.reset_after, o.allowed,
+                 o.retry_after, "requests")
+            )  # fmt: skip
         headers: list[tuple[str, str]] = []
         if quotas:
             options = self.options
             headers = rl_headers.build(quotas, ietf=options.ietf, legacy=options.legacy)
-        return encode_rls_response(overall, statuses, headers, level_header)
-
-    async def _hold(self, work: list[tuple[Any, ...]], decided: dict[int, Any]) -> None:
-        """Checks of rules with a ``hold``: refused ones wait (together) for admission."""
-        admission = self.admission
-        held = []
-        for i, state, hits, key, forced, shadow in work:
-            if forced is not None or shadow or not state.rule.limit.hold:
-                continue  # a shadow check is answered OK anyway: nothing to wait for
-            decision = decided.get(i)  # a shared-backend rule's answer is in already
-            if decision is None and not admission.waiting(state, key):
-                decision = decided[i] = state.acquire(key, hits)
-            if decision is None or not decision.allowed:
-                held.append((i, state, hits, key))
-        if not held:
-            return
-        outcomes = await asyncio.gather(
-            *(
-                admission.admit(
-                    state, key, hits, priority=0, tenant="", max_wait=state.rule.limit.hold
-                )
-                for _, state, hits, key in held
-            )
+        return encode_rls_response(
+            overall, statuses, headers, [(self.options.level_header, str(level))]
         )
-        for (i, *_), (decision, _) in zip(held, outcomes, strict=True):
-            if type(decision) is not Decision:
-                _give_back(decision)  # RLS holds nothing past its answer
-            decided[i] = decision
 
 
-def _give_back(permit: Any) -> None:
-    """Free a slot an admission granted (an adaptive permit records no sample)."""
-    ignore = getattr(permit, "ignore", None)
-    if ignore is not None:
-        ignore()
-    permit.release()
+class _Stripped(NamedTuple):
+    """A descriptor without its priority entry (what matching and the key see)."""
+
+    entries: tuple[tuple[str, str], ...]
+    values: str
+    limit: Any
+    hits: int | None
+
+
+def _priorities(descriptors: list[Any]) -> tuple[list[Any], list[Priority | None] | None]:
+    """The descriptors without their ``PRIORITY_ENTRY``, and each one's priority (None:
+    its rule's; None for the list when no descriptor has one)."""
+    out: list[Any] = []
+    priorities: list[Priority | None] = []
+    for i, d in enumerate(descriptors):
+        priority = None
+        kept = []
+        for j, (key, value) in enumerate(d.entries):
+            if key != PRIORITY_ENTRY:
+                kept.append((key, value))
+                continue
+            try:
+                priority = Priority.parse(value, f"descriptors[{i}].entries[{j}].value")
+            except InvalidParameter as exc:
+                raise BadRequest(str(exc)) from None
+        if priority is None:
+            out.append(d)
+        else:
+            values = "\x1f".join(value for _, value in kept)
+            out.append(_Stripped(tuple(kept), values, d.limit, d.hits))
+        priorities.append(priority)
+    return out, priorities if any(p is not None for p in priorities) else None
 
 
 def _detail(entries: tuple[tuple[str, str], ...]) -> str:

@@ -46,8 +46,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
-            "switch ids: global (kill switch: force_allow | force_deny), rule:<name> "
-            "(force_allow | force_deny | shadow | override --limit N), level:<service> "
+            "switch ids: global (kill switch: force_allow | force_deny), rule:<domain>/<rule> "
+            "(a rule of the service's config; force_allow | force_deny | shadow | override "
+            "--limit N), level:<service> "
             "(--level N), breaker:<dependency>[/<partition>] (force_open | force_closed)\n"
             "examples:\n"
             "  limiter switch set rule:api/per_user --action force_deny --ttl 10m --why 'abuse'\n"

@@ -3,13 +3,14 @@
 Every limiter takes ``backend=``: ``None`` or ``"memory://"`` keeps state in the
 Cython kernels of this process; a URL (``redis://``, ``rediss://``,
 ``redis+cluster://``, ``redis+sentinel://``) or a ``Backend`` object shares it.
-A limiter hands its ``Spec`` to ``Backend.bind`` and gets back a ``Bound`` that
-answers for that one algorithm.
+``limiter.limits`` hands the algorithm's ``Spec`` to ``Backend.bind`` and gets back a
+``Bound`` store that decides that one algorithm for any key.
 """
 
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from limiter.backends.base import Backend, Bound, Spec
 from limiter.errors import InvalidParameter
@@ -21,7 +22,7 @@ REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster", "
                  "rediss+sentinel")  # fmt: skip
 
 
-def bind(backend: object, spec: Spec) -> Bound | None:
+def bind(backend: object, spec: Spec, **options: Any) -> Bound | None:
     """Resolve ``backend`` for ``spec``; None means: use the in-process kernel."""
     if backend is None or backend == "memory://":
         return None
@@ -30,9 +31,9 @@ def bind(backend: object, spec: Spec) -> Bound | None:
         if scheme in REDIS_SCHEMES:
             from limiter.backends.redis import shared_backend
 
-            return shared_backend(backend).bind(spec)
+            return shared_backend(backend).bind(spec, **options)
         shown = re.sub(r"//[^@/]*@", "//***@", backend)  # never echo a password
         raise InvalidParameter(f"backend URL scheme {scheme!r} is not supported: {shown!r}")
     if isinstance(backend, Backend):
-        return backend.bind(spec)
+        return backend.bind(spec, **options)
     raise InvalidParameter(f"backend must be a URL or a Backend object, got {backend!r:.80}")

@@ -1,18 +1,17 @@
 """What each algorithm sends to its Lua script and how the reply becomes a Decision (no I/O).
 
 The scripts do only the atomic part (read state, compare, write state) with exact
-integers; the arithmetic that does not touch shared state (remaining, reset, retry)
-happens here, in Python integers and the same double operations as the in-memory
-kernels in ``ext/``, so a decision through Redis equals the kernel's decision at the
-server's time to the nanosecond.
+integers; the answer (remaining, reset, retry) is computed from what they return by
+the in-memory kernels' own functions (``gcra_decision``, ``window_decision``), so a
+decision through Redis equals the kernel's decision at the server's time to the
+nanosecond.
 """
 
 from __future__ import annotations
 
 from functools import cached_property
-from math import ceil, floor
 
-from limiter._core import Decision
+from limiter._core import Decision, gcra_decision, window_decision
 from limiter.backends.base import Spec
 from limiter.backends.scripts import GCRA, LEASE_ACQUIRE, WINDOWS, Script
 from limiter.backends.transport import bulk
@@ -101,11 +100,11 @@ class GcraCodec(Codec):
     def __init__(self, spec: Spec, prefix: bytes) -> None:
         super().__init__(spec, prefix)
         self.interval = spec.interval_ns
-        self.tau = spec.limit * spec.interval_ns
-        self.shaper = spec.algorithm == "leaky_shaper"
-        self.max_wait = spec.max_wait_ns if self.shaper else 0
-        threshold = self.tau + self.max_wait
-        if threshold + self.tau >= MAX_EXACT_NS * 1000:
+        tau = spec.limit * spec.interval_ns
+        self.max_wait = spec.max_wait_ns if spec.algorithm == "leaky_shaper" else 0
+        self.usable = spec.limit - spec.reserve  # the burst this binding may take from
+        threshold = self.usable * spec.interval_ns + self.max_wait
+        if threshold + tau >= MAX_EXACT_NS * 1000:
             raise InvalidParameter(f"burst / rate spans too long for the Redis backend: {spec}")
         self.shared = divmod(threshold, 1000)
 
@@ -114,15 +113,7 @@ class GcraCodec(Codec):
 
     def decode(self, now_us: int, r: list[int], i: int, cost: int) -> Decision:
         d = r[i + 1] * 1000 + r[i + 2]  # max(tat, now) - now
-        new = d + cost * self.interval
-        tau = self.tau
-        if r[i]:
-            if not self.shaper:  # the hot path: new <= tau, so no clamping (as ``decision``)
-                return Decision(True, self.limit, (tau - new) // self.interval, new / 1e9, 0.0, 0.0)
-            return decision(True, self.limit, (tau - new) // self.interval, new, 0, new - tau)
-        if self.shaper:
-            return decision(False, self.limit, 0, d, new - tau - self.max_wait)
-        return decision(False, self.limit, (tau - d) // self.interval, d, new - tau)
+        return gcra_decision(r[i], d, cost, self.interval, self.usable, self.max_wait)
 
 
 class WindowCodec(Codec):
@@ -141,33 +132,17 @@ class WindowCodec(Codec):
         self.period = spec.period_ns
         self.sliding = spec.algorithm == "sliding_window"
         mode = b"sliding" if self.sliding else b"fixed"
-        self.shared = (mode, *divmod(self.period, 1000), spec.limit)
+        self.usable = spec.limit - spec.reserve  # the part of the limit this binding may use
+        self.shared = (mode, *divmod(self.period, 1000), self.usable)
 
     def args(self, cost: int, lease: bytes = b"") -> tuple[int]:
         return (cost,)
 
     def decode(self, now_us: int, r: list[int], i: int, cost: int) -> Decision:
-        allowed, cur, prev = r[i], r[i + 1], r[i + 2]
         elapsed = r[i + 3] * 1000 + r[i + 4]
-        limit, p = self.limit, self.period
-        if not self.sliding:
-            if allowed:  # cur + cost <= limit and elapsed < p: no clamping (as ``decision``)
-                return Decision(True, limit, limit - cur - cost, (p - elapsed) / 1e9, 0.0, 0.0)
-            return decision(False, limit, limit - cur, p - elapsed, p - elapsed)
-        estimate = prev * (float(p - elapsed) / float(p)) + cur
-        if allowed:
-            return decision(True, limit, floor(limit - estimate - cost), 2 * p - elapsed)
-        now = now_us * 1000
-        start = now - elapsed
-        need = limit - cur - cost
-        if need >= 0 and prev > 0:
-            at = float(start) + float(p) * (1.0 - float(need) / float(prev))
-        else:
-            late = float(p) * (1.0 - float(limit - cost) / float(cur)) if cur > 0 else 0.0
-            at = float(start + p) + late
-        retry = max(ceil(at) - now, 1)
-        reset = (2 * p if cur > 0 else p) - elapsed
-        return decision(False, limit, floor(limit - estimate), reset, retry)
+        return window_decision(
+            self.sliding, r[i], self.usable, self.period, r[i + 1], r[i + 2], elapsed, cost
+        )
 
 
 class LeaseCodec(Codec):

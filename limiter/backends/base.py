@@ -20,25 +20,33 @@ class Spec:
     interval_ns: int = 0  # GCRA emission interval (1/rate)
     period_ns: int = 0  # window length
     max_wait_ns: int = 0  # shaper only
+    # Units of ``limit`` this binding leaves untouched (a reserve for more important
+    # traffic): it decides on the same keys as the binding without one.
+    reserve: int = 0
 
 
 @runtime_checkable
 class Bound(Protocol):
-    """One algorithm bound to a backend: decides for any key.
+    """One algorithm bound to a store: decides for any key (``limiter.shared`` uses it).
 
-    Keys and costs arrive validated (str, 1 <= cost <= limit). Backend faults never
-    raise from these methods: they become the rule's failure mode. Rate algorithms
-    use ``acquire``, ``acquire_async``, ``acquire_batch`` and ``reset``; concurrency
-    uses ``acquire_lease``/``acquire_lease_async`` -> (Decision, lease or None),
-    ``release(key, cost, lease)`` (idempotent; an unreleased lease expires) and
-    ``in_flight``.
+    Keys and costs arrive validated (str, 1 <= cost <= limit). A store fault is never
+    raised: the exception is answered in place of the Decision, and the caller applies
+    its failure mode. Rate algorithms use ``decide``, ``decide_async``,
+    ``decide_batch``, ``decide_batch_async`` and ``reset``; concurrency uses
+    ``lease``/``lease_async`` -> (Decision, lease or None), ``release(key, cost,
+    lease)`` (an unreleased lease expires) and ``in_flight``. ``retry_after`` is how long
+    a failed store stays failed (what a fail-closed refusal tells the caller).
     """
 
-    def acquire(self, key: str, cost: int) -> Any: ...
+    retry_after: float
 
-    async def acquire_async(self, key: str, cost: int) -> Any: ...
+    def decide(self, key: str, cost: int) -> Any: ...
 
-    def acquire_batch(self, keys: Sequence[str], costs: Sequence[int] | None) -> list[Any]: ...
+    async def decide_async(self, key: str, cost: int) -> Any: ...
+
+    def decide_batch(self, keys: Sequence[str], costs: Sequence[int]) -> list[Any]: ...
+
+    async def decide_batch_async(self, keys: Sequence[str], costs: Sequence[int]) -> list[Any]: ...
 
     def reset(self, key: str) -> None: ...
 
@@ -47,4 +55,4 @@ class Bound(Protocol):
 class Backend(Protocol):
     """Shared state for many limiters."""
 
-    def bind(self, spec: Spec) -> Bound: ...
+    def bind(self, spec: Spec, **options: Any) -> Bound: ...

@@ -1,6 +1,6 @@
 """Circuit breakers on Redis connections, one per node: a dead shard trips only its keys.
 
-A thin use of ``limiter.breaker``: each node's ``CircuitBreaker`` opens on its first
+A thin use of ``limiter.ops.breaker``: each node's ``CircuitBreaker`` opens on its first
 connection failure, so a dead Redis costs microseconds instead of a timeout per call,
 and ``cooldown`` seconds later lets one probe request through; the probe's success
 closes it. Only failures and the outcomes of probes are recorded: a success while
@@ -10,7 +10,7 @@ A standalone or Sentinel-managed Redis is one node, named "".
 
 from __future__ import annotations
 
-from limiter.breaker import BreakerConfig, BreakerGroup, CircuitBreaker, Clock, State
+from limiter.ops.breaker import BreakerConfig, BreakerGroup, CircuitBreaker, Clock, State
 
 
 class NodeBreakers:

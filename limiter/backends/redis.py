@@ -3,15 +3,16 @@
 Each decision is one atomic Lua script run on the Redis server, timed by the server's
 clock. Concurrent decisions are batched into one pipelined round trip (``combiner``),
 refusals are remembered locally until they expire (``overlimit``), and a breaker per
-Redis node turns a dead node into the rule's failure mode within microseconds, for the
-keys that node serves: ``closed`` refuses, ``open`` admits, ``local`` decides with an
-in-process kernel.
+Redis node fails the keys that node serves within microseconds while it is down.
+A store never decides what a failure means: it answers the exception in place of the
+Decision, and the caller applies its failure mode (``limiter.failure``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
 import re
 import ssl
@@ -33,7 +34,7 @@ from redis.sentinel import SentinelManagedConnection
 
 from limiter._core import Decision
 from limiter.backends import REDIS_SCHEMES
-from limiter.backends.algorithms import Codec, codec_for, decision
+from limiter.backends.algorithms import Codec, codec_for
 from limiter.backends.base import Spec
 from limiter.backends.breaker import NodeBreakers
 from limiter.backends.combiner import Call, Combiner
@@ -45,9 +46,13 @@ from limiter.backends.sentinel import SpecSentinel
 from limiter.backends.transport import ClusterServers, Command, SingleServer, Unavailable, bulk
 from limiter.errors import ConfigError, InvalidParameter
 
-FAILURE_MODES = ("closed", "open", "local")
+log = logging.getLogger("limiter.backends.redis")
+
 MAX_KEYS_PER_SCRIPT = 256
 KEY_CACHE_SIZE = 10_000
+# Failed requests are logged at most once per this many seconds, with how many failed
+# since the last line: a stalled Redis (a timeout per check) costs a line, not a flood.
+FAILURE_LOG_INTERVAL = 5.0
 # Failures we turn into the rule's failure mode; anything else is a bug and propagates.
 REDIS_FAULTS = (Unavailable, RedisError, RedisClusterException, OSError)
 BREAKER_OPEN = Unavailable("circuit breaker open")
@@ -57,15 +62,10 @@ BREAKER_OPEN = Unavailable("circuit breaker open")
 class RuleOptions:
     """Per-rule behaviour; the connection is shared by all rules of a backend."""
 
-    on_failure: str = "closed"  # closed | open | local
     local_cache: bool = True  # answer known refusals locally until they expire
     lease_ttl: float = 60.0  # seconds a concurrency lease lives unless released
 
     def __post_init__(self) -> None:
-        if self.on_failure not in FAILURE_MODES:
-            raise InvalidParameter(
-                f"on_failure must be one of {', '.join(FAILURE_MODES)}, got {self.on_failure!r}"
-            )
         if not isinstance(self.local_cache, bool):
             raise InvalidParameter(f"local_cache must be a bool, got {self.local_cache!r}")
         lease_ok = isinstance(self.lease_ttl, (int, float)) and not isinstance(self.lease_ttl, bool)
@@ -170,7 +170,7 @@ class RedisBackend:
     ``redis+sentinel://h1:p1,h2:p2/service[/db]`` (``rediss+`` for TLS). Query
     options: ``timeout`` (s, default 0.02), ``prefix``, ``breaker_cooldown`` (s),
     ``batch_window`` (s), ``require_at_start``, and the per-rule defaults
-    ``on_failure``, ``local_cache``, ``lease_ttl``; keyword arguments override them.
+    ``local_cache``, ``lease_ttl``; keyword arguments override them.
     """
 
     def __init__(
@@ -182,7 +182,6 @@ class RedisBackend:
         breaker_cooldown: float | None = None,
         batch_window: float | None = None,
         require_at_start: bool | None = None,
-        on_failure: str | None = None,
         local_cache: bool | None = None,
         lease_ttl: float | None = None,
         **redis_options: Any,
@@ -199,7 +198,7 @@ class RedisBackend:
         given = {
             "timeout": timeout, "prefix": prefix, "breaker_cooldown": breaker_cooldown,
             "batch_window": batch_window, "require_at_start": require_at_start,
-            "on_failure": on_failure, "local_cache": local_cache, "lease_ttl": lease_ttl,
+            "local_cache": local_cache, "lease_ttl": lease_ttl,
         }  # fmt: skip
         opts = {k: v for k, v in given.items() if v is not None}
         for name, text in own.items():
@@ -211,11 +210,12 @@ class RedisBackend:
         if b"{" in self.prefix or b"}" in self.prefix:
             raise InvalidParameter(f"prefix must not contain braces, got {self.prefix!r}")
         self.defaults = RuleOptions(
-            on_failure=opts.get("on_failure", "closed"),
             local_cache=opts.get("local_cache", True),
             lease_ttl=opts.get("lease_ttl", 60.0),
         )
         self.breaker = NodeBreakers("redis", float(opts.get("breaker_cooldown", 0.2)))
+        self.unlogged = 0  # failures since the last line about them
+        self.logged_at = -(10**18)
         self.combiner = Combiner(self._flush, float(opts.get("batch_window", 0.0)))
         self.lease_ids = itertools.count()
         self.lease_prefix = os.urandom(6).hex().encode() + b"-"
@@ -294,6 +294,33 @@ class RedisBackend:
             self.breaker.success()  # the breaker of a Redis away at start
         return self.transport
 
+    def failed(self, exc: BaseException) -> None:
+        """Note a failed request: logged now if no failure was for a while, else counted
+        into the next line (see ``FAILURE_LOG_INTERVAL``)."""
+        self.unlogged += 1
+        now = monotonic_ns()
+        if now - self.logged_at < FAILURE_LOG_INTERVAL * 1e9:
+            return
+        self.logged_at = now
+        failures, self.unlogged = self.unlogged, 0
+        log.warning(
+            "Redis requests failing; answered per each rule's failure_mode",
+            extra={"fields": {"redis": masked(self.url), "failures": failures,
+                              "error": f"{type(exc).__name__}: {exc}"[:200]}},
+        )  # fmt: skip
+
+    def run_ids(self) -> dict[str, str]:
+        """Each Redis server's run id (``INFO server``), by node: a new one means the
+        server restarted (raises a Redis fault when it cannot be asked)."""
+        transport = self._transport()
+        client = transport.client
+        if isinstance(transport, ClusterServers):
+            return {
+                node.name: client.info("server", target_nodes=node)["run_id"]
+                for node in client.get_primaries()
+            }
+        return {"": client.info("server")["run_id"]}
+
     def allow(self, slot: int) -> bool:
         """May a request for ``slot`` go to Redis now? Asks the breaker of the slot's node."""
         if self.cluster and self.transport is not None:
@@ -320,16 +347,14 @@ class RedisBackend:
                 if attempt == 2 or "refused" in str(exc).lower():
                     raise
 
-    def bind(self, spec: Spec) -> RedisBound:
-        return RedisBound(self, spec, self.defaults)
-
-    def rule(self, **options: Any) -> RedisRule:
-        """A Backend with its own failure mode / cache / lease TTL over this connection."""
+    def bind(self, spec: Spec, **options: Any) -> RedisBound:
+        """The store deciding ``spec`` for any key; ``options`` override the ``RuleOptions``
+        defaults (``local_cache``, ``lease_ttl``) for this binding."""
         unknown = set(options) - set(RuleOptions.__dataclass_fields__)
         if unknown:
             raise InvalidParameter(f"unknown rule option(s) {sorted(unknown)}; known: "
                                    f"{sorted(RuleOptions.__dataclass_fields__)}")  # fmt: skip
-        return RedisRule(self, replace(self.defaults, **options))
+        return RedisBound(self, spec, replace(self.defaults, **options))
 
     def close(self) -> None:
         if self.transport is not None:
@@ -444,43 +469,15 @@ def _script_run(codec: Codec, calls: list[Call]) -> Command:
     return Command(codec.script, [], calls[0].slot, calls, packed)
 
 
-class RedisRule:
-    """A RedisBackend seen with other per-rule options (same connection and batching)."""
-
-    def __init__(self, backend: RedisBackend, options: RuleOptions) -> None:
-        self.backend = backend
-        self.options = options
-
-    def bind(self, spec: Spec) -> RedisBound:
-        return RedisBound(self.backend, spec, self.options)
-
-
-def local_kernel(spec: Spec) -> Any:
-    """The in-process limiter equivalent to ``spec``, for the ``local`` failure mode."""
-    import limiter
-
-    alg, limit = spec.algorithm, spec.limit
-    if alg == "token_bucket":
-        return limiter.TokenBucket(1e9 / spec.interval_ns, limit)
-    if alg == "leaky_bucket":
-        return limiter.LeakyBucket(1e9 / spec.interval_ns, limit)
-    if alg == "leaky_shaper":
-        return limiter.LeakyShaper(1e9 / spec.interval_ns, limit, max_wait=spec.max_wait_ns / 1e9)
-    if alg == "fixed_window":
-        return limiter.FixedWindow(limit, spec.period_ns / 1e9)
-    if alg == "sliding_window":
-        return limiter.SlidingWindow(limit, spec.period_ns / 1e9)
-    return limiter.ConcurrencyLimit(limit)
-
-
 class RedisBound:
     """One algorithm with fixed parameters, deciding for any key through Redis.
 
-    The contract the kernels rely on: ``acquire``/``acquire_async`` -> Decision,
-    ``acquire_batch`` -> list of Decisions, ``reset``; for concurrency
-    ``acquire_lease``/``acquire_lease_async`` -> (Decision, lease or None),
-    ``release(key, cost, lease)`` and ``in_flight``. Redis faults never raise: they
-    become the rule's failure mode.
+    Rate algorithms: ``decide``/``decide_async`` -> Decision, ``decide_batch``/
+    ``decide_batch_async`` -> list, ``reset``; concurrency: ``lease``/``lease_async`` ->
+    (Decision, lease id or None), ``release(key, cost, lease)`` and ``in_flight``. Keys
+    and costs arrive validated. A Redis fault is answered as the exception itself in
+    place of the Decision (counted in ``failures``, kept in ``last_error``); anything
+    else is a bug and propagates.
     """
 
     def __init__(self, backend: RedisBackend, spec: Spec, options: RuleOptions) -> None:
@@ -492,11 +489,20 @@ class RedisBound:
         self.cluster = backend.cluster
         rate = spec.algorithm != "concurrency"
         self.cache = OverLimitCache() if options.local_cache and rate else None
-        self.local = local_kernel(spec) if options.on_failure == "local" else None
-        self.key_cache: dict[str, tuple[tuple[bytes, ...], int]] = {}
+        self.key_cache: dict[str, tuple[tuple[bytes, ...], int, bytes]] = {}
         self.failures = 0
         self.last_error: BaseException | None = None
         self.last_server_time_ns = 0  # server clock at the last decision (for tests and logs)
+
+    @property
+    def retry_after(self) -> float:
+        """Seconds until a failed node is tried again (what a refusal on failure says)."""
+        return self.backend.breaker.cooldown
+
+    def reserving(self, reserve: int) -> RedisBound:
+        """The same algorithm on the same keys, leaving ``reserve`` units of the limit
+        untouched (see ``Spec.reserve``)."""
+        return RedisBound(self.backend, replace(self.spec, reserve=reserve), self.options)
 
     def _keys(self, key: str) -> tuple[tuple[bytes, ...], int, bytes]:
         """Redis keys, cluster slot and RESP-encoded keys of a user key (memoised)."""
@@ -515,21 +521,17 @@ class RedisBound:
         _, slot, packed_keys = self._keys(key)
         return Call(codec, packed_keys, codec.packed_args(cost, lease), codec.reply_width, slot)
 
-    def _fail(self, key: str, cost: int, exc: BaseException) -> Decision:
+    def _failed(self, exc: BaseException) -> BaseException:
         if not isinstance(exc, REDIS_FAULTS):
             raise exc
         self.failures += 1
         self.last_error = exc
-        mode = self.options.on_failure
-        if mode == "local":
-            return self.local.acquire(key, cost)
-        if mode == "open":
-            return decision(True, self.limit, self.limit, 0)
-        return decision(False, self.limit, 0, 0, int(self.backend.breaker.cooldown * 1e9))
+        self.backend.failed(exc)
+        return exc
 
-    def _decode(self, key: str, cost: int, call: Call, sent_ns: int) -> Decision:
+    def _decode(self, key: str, cost: int, call: Call, sent_ns: int) -> Decision | BaseException:
         if call.error is not None:
-            return self._fail(key, cost, call.error)
+            return self._failed(call.error)
         reply = call.result
         self.last_server_time_ns = reply[0] * 1000
         d = self.codec.decode(reply[0], reply, call.offset, cost)
@@ -537,86 +539,82 @@ class RedisBound:
             self.cache.put(key, cost, sent_ns, d)
         return d
 
-    def acquire(self, key: str, cost: int) -> Decision:
+    def decide(self, key: str, cost: int) -> Decision | BaseException:
+        """One decision (blocks the calling thread for the round trip)."""
         if self.cache is not None:
             hit = self.cache.get(key, cost)
             if hit is not None:
                 return hit
         call = self._call(key, cost)
         if not self.backend.allow(call.slot):
-            return self._fail(key, cost, BREAKER_OPEN)
+            return self._failed(BREAKER_OPEN)
         sent = monotonic_ns()
         self.backend.combiner.run([call])
         return self._decode(key, cost, call, sent)
 
-    async def acquire_async(self, key: str, cost: int) -> Decision:
+    async def decide_async(self, key: str, cost: int) -> Decision | BaseException:
+        """One decision, awaited (asyncio callers)."""
         if self.cache is not None:
             hit = self.cache.get(key, cost)
             if hit is not None:
                 return hit
         call = self._call(key, cost)
         if not self.backend.allow(call.slot):
-            return self._fail(key, cost, BREAKER_OPEN)
+            return self._failed(BREAKER_OPEN)
         sent = monotonic_ns()
         await self.backend.run_async([call])
         return self._decode(key, cost, call, sent)
 
-    def acquire_batch(self, keys: Any, costs: Any = None) -> list[Decision]:
-        out, cost_list, calls = self._batch(keys, costs)
+    def decide_batch(self, keys: Any, costs: Any) -> list[Decision | BaseException]:
+        """Many decisions in order, in one round trip (blocking)."""
+        out, calls = self._batch(keys, costs)
         if calls:
             sent = monotonic_ns()
             self.backend.run([call for _, call in calls])
-            self._batch_decode(keys, cost_list, calls, sent, out)
+            for i, call in calls:
+                out[i] = self._decode(keys[i], costs[i], call, sent)
         return out
 
-    async def acquire_batch_async(self, keys: Any, costs: Any = None) -> list[Decision]:
-        """``acquire_batch`` for asyncio callers: one round trip, awaited."""
-        out, cost_list, calls = self._batch(keys, costs)
+    async def decide_batch_async(self, keys: Any, costs: Any) -> list[Decision | BaseException]:
+        """``decide_batch`` for asyncio callers: one round trip, awaited."""
+        out, calls = self._batch(keys, costs)
         if calls:
             sent = monotonic_ns()
             await self.backend.run_async([call for _, call in calls])
-            self._batch_decode(keys, cost_list, calls, sent, out)
+            for i, call in calls:
+                out[i] = self._decode(keys[i], costs[i], call, sent)
         return out
 
-    def _batch(self, keys: Any, costs: Any) -> tuple[list[Any], list[int], list[tuple[int, Call]]]:
+    def _batch(self, keys: Any, costs: Any) -> tuple[list[Any], list[tuple[int, Call]]]:
         """Answers known without Redis (cached refusals, open breaker) and the calls to send.
 
         Each node's breaker is asked once per batch: the batch is one round trip to it (so,
         half-open, one probe carries all of the batch's checks for that node)."""
         n = len(keys)
-        cost_list = [1] * n if costs is None else [int(c) for c in costs]
         out: list[Any] = [None] * n
         allow = self.backend.allow
         allowed: dict[int, bool] = {}
         cache = self.cache
         calls = []
         for i in range(n):
-            hit = cache.get(keys[i], cost_list[i]) if cache is not None else None
+            hit = cache.get(keys[i], costs[i]) if cache is not None else None
             if hit is not None:
                 out[i] = hit
                 continue
-            call = self._call(keys[i], cost_list[i])
+            call = self._call(keys[i], costs[i])
             ok = allowed.get(call.slot)
             if ok is None:
                 ok = allowed[call.slot] = allow(call.slot)
             if ok:
                 calls.append((i, call))
             else:
-                out[i] = self._fail(keys[i], cost_list[i], BREAKER_OPEN)
-        return out, cost_list, calls
-
-    def _batch_decode(
-        self, keys: Any, costs: list[int], calls: list[tuple[int, Call]], sent: int, out: list
-    ) -> None:
-        for i, call in calls:
-            out[i] = self._decode(keys[i], costs[i], call, sent)
+                out[i] = self._failed(BREAKER_OPEN)
+        return out, calls
 
     def reset(self, key: str) -> None:
         """Forget ``key``'s shared state (best effort when Redis is down)."""
         if self.cache is not None:
             self.cache.discard(key)
-        if self.local is not None:
-            self.local.reset(key)
         keys, slot, _ = self._keys(key)
         call = Call(None, (), (b"DEL", *keys), 0, slot)
         if self.backend.allow(slot):
@@ -627,45 +625,41 @@ class RedisBound:
     def _lease_id(self) -> bytes:
         return self.backend.lease_prefix + b"%d" % next(self.backend.lease_ids)
 
-    def _lease_result(self, key: str, cost: int, call: Call, lease: bytes) -> tuple[Decision, Any]:
-        if call.error is not None:
-            return self._fail_lease(key, cost, call.error)
+    def _lease_result(
+        self, key: str, cost: int, call: Call, lease: bytes
+    ) -> tuple[Decision, bytes | None] | BaseException:
         d = self._decode(key, cost, call, 0)
+        if not isinstance(d, Decision):
+            return d
         return d, (lease if d.allowed else None)
 
-    def _fail_lease(self, key: str, cost: int, exc: BaseException) -> tuple[Decision, Any]:
-        d = self._fail(key, cost, exc)
-        # A local permit is its own lease: releasing it gives the slot back locally.
-        return d, (d if self.local is not None and d.allowed else None)
-
-    def acquire_lease(self, key: str, cost: int) -> tuple[Decision, Any]:
+    def lease(self, key: str, cost: int) -> tuple[Decision, bytes | None] | BaseException:
+        """Take ``cost`` slots under a new lease (blocking): (Decision, lease id if allowed)."""
         lease = self._lease_id()
         call = self._call(key, cost, lease)
         if not self.backend.allow(call.slot):
-            return self._fail_lease(key, cost, BREAKER_OPEN)
+            return self._failed(BREAKER_OPEN)
         self.backend.run([call])
         return self._lease_result(key, cost, call, lease)
 
-    async def acquire_lease_async(self, key: str, cost: int) -> tuple[Decision, Any]:
+    async def lease_async(
+        self, key: str, cost: int
+    ) -> tuple[Decision, bytes | None] | BaseException:
+        """``lease`` for asyncio callers."""
         lease = self._lease_id()
         call = self._call(key, cost, lease)
         if not self.backend.allow(call.slot):
-            return self._fail_lease(key, cost, BREAKER_OPEN)
+            return self._failed(BREAKER_OPEN)
         await self.backend.run_async([call])
         return self._lease_result(key, cost, call, lease)
 
-    def release(self, key: str, cost: int, lease: Any) -> None:
+    def release(self, key: str, cost: int, lease: bytes) -> None:
         """Give a lease back (without waiting); a lost release only means the lease expires."""
-        if lease is None:
-            return
-        if not isinstance(lease, bytes):
-            lease.release()  # a permit from the local fallback
-            return
         keys, slot, _ = self._keys(key)
         args = (b"EVALSHA", LEASE_RELEASE.sha, 2, *keys, cost, lease)
         if self.backend.allow(slot):
             # Posted, not awaited: it precedes this thread's next request in the queue, and a
-            # Permit's finaliser may run anywhere, even inside a round trip of this thread.
+            # permit's finaliser may run anywhere, even inside a round trip of this thread.
             self.backend.post([Call(LEASE_RELEASE, (), args, 0, slot)])
 
     def in_flight(self, key: str) -> int:
@@ -685,7 +679,6 @@ OPTION_NAMES = {
     "breaker_cooldown": _float,
     "batch_window": _float,
     "require_at_start": _bool,
-    "on_failure": lambda name, text, url: text,
     "local_cache": _bool,
     "lease_ttl": _float,
 }

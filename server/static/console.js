@@ -100,7 +100,7 @@
   const COLUMNS = {
     rules: [
       "Rule", "Limit", "Hits/s", "Over/s", "Total hits", "Over limit", "Near limit",
-      "Adaptive limit", "Latency pct.", "Switch", "Last minute", "",
+      "Adaptive limit", "Latency pct.", "Switch", "",
     ],
     breakers: ["Breaker", "State", "Mode", "Calls", "Failures", "Rejected", ""],
     levels: ["Service", "Level", "Computed", "Pressure", ""],
@@ -123,31 +123,42 @@
     table.createTBody();
   }
 
-  // Rows keyed by an id are updated in place so focus and charts survive each poll. A new
-  // row gets one empty cell per column, then ``setup`` (if any) adds what stays (buttons).
-  function syncRows(table, items, keyOf, update, setup) {
-    const body = table.tBodies[0];
-    const width = table.tHead.rows[0].cells.length;
+  // Keep ``box``'s children one per item, in the items' order, keyed by ``data-key``: a node
+  // that exists is updated in place (so focus and charts survive each poll), a new one is
+  // made by ``make``; nodes of items gone are removed.
+  function syncKeyed(box, items, keyOf, make, update) {
     const seen = new Set();
     let previous = null;
     for (const item of items) {
       const key = keyOf(item);
       seen.add(key);
-      let row = body.querySelector(`tr[data-key="${CSS.escape(key)}"]`);
-      if (!row) {
-        row = el("tr");
-        for (let i = 0; i < width; i++) row.append(el("td"));
-        if (setup) setup(row, item);
-        row.dataset.key = key;
+      let node = box.querySelector(`:scope > [data-key="${CSS.escape(key)}"]`);
+      if (!node) {
+        node = make(item);
+        node.dataset.key = key;
       }
-      update(row, item);
-      const want = previous ? previous.nextSibling : body.firstChild;
-      if (want !== row) body.insertBefore(row, want);
-      previous = row;
+      update(node, item);
+      const want = previous ? previous.nextSibling : box.firstChild;
+      if (want !== node) box.insertBefore(node, want);
+      previous = node;
     }
-    for (const row of Array.from(body.rows)) {
-      if (!seen.has(row.dataset.key)) row.remove();
+    for (const node of Array.from(box.children)) {
+      if (!seen.has(node.dataset.key)) node.remove();
     }
+  }
+
+  // Table rows keyed by an id: a new row gets one empty cell per column, then ``setup`` (if
+  // any) adds what stays (buttons).
+  function syncRows(table, items, keyOf, update, setup) {
+    const body = table.tBodies[0];
+    const width = table.tHead.rows[0].cells.length;
+    const make = (item) => {
+      const row = el("tr");
+      for (let i = 0; i < width; i++) row.append(el("td"));
+      if (setup) setup(row, item);
+      return row;
+    };
+    syncKeyed(body, items, keyOf, make, update);
     if (!items.length) {
       const empty = el("tr", null, "empty");
       empty.dataset.key = "";
@@ -174,49 +185,145 @@
     return b;
   }
 
-  // -- chart ---------------------------------------------------------------------------
+  // -- charts ------------------------------------------------------------------------
+  // One card per rule under the table: the last HISTORY seconds of hits/s, over-limit/s and,
+  // for adaptive rules, the limit (left axis) and the latency percentile it follows with its
+  // target (right axis, ms). Drawn in SVG user units; the card scales it to its width.
 
-  function chart(svg, history, label) {
-    const w = 160;
-    const h = 36;
-    const series = [
-      ["hits", history ? history.hits_per_s : []],
-      ["over", history ? history.over_per_s : []],
-      ["limit", history ? history.limit.filter((v) => v !== null) : []],
-    ];
-    let top = 1;
-    for (const [, values] of series) for (const v of values) if (v > top) top = v;
-    for (const [name, values] of series) {
-      const line = svg.querySelector(`polyline.${name}`);
-      const step = values.length > 1 ? w / (HISTORY - 1) : 0;
-      const start = w - step * (values.length - 1);
-      const points = values.map(
-        (v, i) => `${(start + i * step).toFixed(1)},${(h - 2 - (v / top) * (h - 4)).toFixed(1)}`,
-      );
-      line.setAttribute("points", points.join(" "));
-    }
-    const hits = series[0][1];
-    const now = hits.length ? hits[hits.length - 1] : null;
-    svg.setAttribute(
-      "aria-label",
-      `${label}: hits per second over the last ${hits.length} s, now ${fmt(now)}, peak ${fmt(top)}`,
-    );
+  const PLOT = { w: 640, h: 260, left: 56, right: 64, top: 12, bottom: 30 };
+  const SERIES = [
+    // [class, label, axis]
+    ["hits", "Hits/s", "left"],
+    ["over", "Over limit/s", "left"],
+    ["limit", "Adaptive limit", "left"],
+    ["observed", "Observed latency", "right"],
+    ["target", "Target latency", "right"],
+  ];
+
+  // The smallest 1, 2 or 5 × 10^n at or above v: axis maxima people can read at a glance.
+  function niceMax(v) {
+    if (!(v > 0)) return 1;
+    const unit = 10 ** Math.floor(Math.log10(v));
+    const f = v / unit;
+    return (f <= 1 ? 1 : f <= 2 ? 2 : f <= 5 ? 5 : 10) * unit;
   }
 
-  function newChart() {
-    const svg = document.createElementNS(SVG, "svg");
-    svg.setAttribute("viewBox", "0 0 160 36");
-    svg.setAttribute("width", "160");
-    svg.setAttribute("height", "36");
-    svg.setAttribute("role", "img");
-    svg.classList.add("chart");
-    for (const name of ["limit", "hits", "over"]) {
-      const line = document.createElementNS(SVG, "polyline");
-      line.classList.add(name);
-      line.setAttribute("fill", "none");
-      svg.append(line);
+  function svgEl(tag, attrs, cls) {
+    const node = document.createElementNS(SVG, tag);
+    for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, String(v));
+    if (cls) node.setAttribute("class", cls);
+    return node;
+  }
+
+  function newChartCard() {
+    const figure = el("figure", null, "rule-chart");
+    const caption = el("figcaption");
+    caption.append(el("span", null, "name"), el("span", null, "algo"));
+    const { w, h, left, right, top, bottom } = PLOT;
+    const svg = svgEl("svg", { viewBox: `0 0 ${w} ${h}`, role: "img", preserveAspectRatio: "xMidYMid meet" }, "chart");
+    const grid = svgEl("g", {}, "grid");
+    const ticks = svgEl("g", {}, "ticks");
+    for (const frac of [0, 0.5, 1]) {
+      const y = top + (h - top - bottom) * (1 - frac);
+      grid.append(svgEl("line", { x1: left, x2: w - right, y1: y, y2: y }));
+      ticks.append(svgEl("text", { x: left - 6, y: y + 4, "text-anchor": "end", "data-axis": "left", "data-frac": frac }));
+      ticks.append(svgEl("text", { x: w - right + 6, y: y + 4, "text-anchor": "start", "data-axis": "right", "data-frac": frac }));
     }
-    return svg;
+    for (const [ago, anchor] of [[HISTORY, "start"], [HISTORY / 2, "middle"], [0, "end"]]) {
+      const x = left + (w - left - right) * (1 - ago / HISTORY);
+      const label = svgEl("text", { x, y: h - 8, "text-anchor": anchor }, "x-label");
+      label.textContent = ago ? `−${ago} s` : "now";
+      ticks.append(label);
+    }
+    svg.append(grid, ticks);
+    for (const [name] of SERIES) svg.append(svgEl("path", { fill: "none" }, name));
+    const legend = el("ul", null, "legend");
+    for (const [name, label] of SERIES) {
+      const item = el("li", null, name);
+      item.append(el("span", null, "swatch"), el("span", label), el("b", "–"));
+      legend.append(item);
+    }
+    figure.append(caption, svg, legend);
+    return figure;
+  }
+
+  // An SVG path through the points; a null value breaks the line.
+  function pathOf(values, toY) {
+    const { w, left, right } = PLOT;
+    const step = (w - left - right) / (HISTORY - 1);
+    const start = w - right - step * (values.length - 1);
+    let d = "";
+    let pen = false;
+    values.forEach((v, i) => {
+      if (v === null || v === undefined) {
+        pen = false;
+        return;
+      }
+      d += `${pen ? "L" : "M"}${(start + i * step).toFixed(1)},${toY(v).toFixed(1)}`;
+      pen = true;
+    });
+    return d;
+  }
+
+  function drawChart(figure, r) {
+    const [name, algo] = figure.firstChild.children;
+    name.textContent = r.rule;
+    const a = r.adaptive;
+    algo.textContent = ` ${r.algorithm}${r.shadow_mode ? " · shadow" : ""}`;
+    const hist = r.history;
+    const target = a && a.target_latency !== null ? a.target_latency * 1000 : null;
+    const data = {
+      hits: hist.hits_per_s,
+      over: hist.over_per_s,
+      limit: a ? hist.limit : [],
+      observed: a ? hist.observed.map((v) => (v === null ? null : v * 1000)) : [],
+      target: a && hist.hits_per_s.length && target !== null ? hist.hits_per_s.map(() => target) : [],
+    };
+    const numbers = (xs) => xs.filter((v) => v !== null && v !== undefined);
+    const leftMax = niceMax(Math.max(0, ...numbers([...data.hits, ...data.over, ...data.limit])));
+    const rightMax = a ? niceMax(Math.max(0, ...numbers([...data.observed, ...data.target]))) : null;
+    const { h, top, bottom } = PLOT;
+    const plotH = h - top - bottom;
+    const y = (max) => (v) => top + plotH * (1 - Math.min(v, max) / max);
+    const svg = figure.querySelector("svg");
+    for (const [series, , axis] of SERIES) {
+      const path = svg.querySelector(`path.${series}`);
+      const d = pathOf(data[series], y(axis === "left" ? leftMax : rightMax || 1));
+      if (path.getAttribute("d") !== d) path.setAttribute("d", d);
+    }
+    for (const text of svg.querySelectorAll("text[data-axis]")) {
+      const frac = Number(text.dataset.frac);
+      const label =
+        text.dataset.axis === "left"
+          ? fmt(leftMax * frac)
+          : rightMax === null
+            ? ""
+            : `${fmt(rightMax * frac)} ms`;
+      if (text.textContent !== label) text.textContent = label;
+    }
+    const last = (xs) => (xs.length ? xs[xs.length - 1] : null);
+    const current = {
+      hits: fmt(last(data.hits)),
+      over: fmt(last(data.over)),
+      limit: a ? `${fmt(a.limit)}${a.mode === "concurrency" ? " in flight" : "/s"}` : null,
+      observed: a ? (a.observed === null ? "–" : `P${number.format(a.percentile * 100)} ${fmt(a.observed * 1000)} ms`) : null,
+      target: a ? `${fmt(target)} ms` : null,
+    };
+    for (const item of figure.querySelectorAll(".legend li")) {
+      const series = item.className;
+      item.hidden = current[series] === null;
+      const value = item.querySelector("b");
+      if (current[series] !== null && value.textContent !== current[series]) value.textContent = current[series];
+    }
+    const seconds = data.hits.length;
+    let text = `${r.rule}: last ${seconds} s. Hits per second now ${current.hits}, peak ${fmt(Math.max(0, ...numbers(data.hits)))}; over limit per second now ${current.over}`;
+    if (a) text += `; adaptive limit ${current.limit}; observed latency ${current.observed}, target ${current.target}`;
+    svg.setAttribute("aria-label", text + ".");
+  }
+
+  function renderCharts(rules) {
+    const charted = rules.filter((r) => r.history);
+    syncKeyed($("charts"), charted, (r) => r.key, newChartCard, drawChart);
   }
 
   // -- rendering -----------------------------------------------------------------------
@@ -248,7 +355,6 @@
           fmt(r.near_limit), a ? fmt(a.limit) : null, observed, sw,
         ];
         cells(row, values, 1);
-        chart(row.cells[10].firstChild, r.history, r.rule);
       },
       (row, r) => {
         const fields = [
@@ -260,8 +366,7 @@
           if (i > 0 && f !== "switch") row.cells[i].classList.add("num");
         });
         row.cells[0].replaceChildren(el("span", null, "name"), el("span", null, "algo"));
-        row.cells[10].append(newChart());
-        row.cells[11].append(switchButton(`Switch for rule ${r.rule}`, "rule", r.rule));
+        row.cells[10].append(switchButton(`Switch for rule ${r.rule}`, "rule", r.rule));
       },
     );
   }
@@ -490,6 +595,7 @@
       renderOverview(doc.status, doc.status.levels);
       $("ov-pid").textContent = String(doc.rules.pid);
       renderRules(doc.rules.rules);
+      renderCharts(doc.rules.rules);
       renderBreakers(doc.breakers, switches);
       renderLevels(doc.status.levels);
       renderTop(doc.clients.clients, doc.top.rules);

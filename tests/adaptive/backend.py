@@ -1,6 +1,7 @@
 """A real HTTP backend for the end-to-end test: c workers, capacity changeable at run time.
 
-``python -m tests.adaptive.backend PORT WORKERS SERVICE_MS``. ``GET /work`` waits
+``python -m tests.adaptive.backend PORT WORKERS SERVICE_MS`` (PORT 0: the kernel picks,
+and the first line printed is ``listening on PORT``). ``GET /work`` waits
 for a free worker (FIFO), holds it for SERVICE_MS (lognormal, sigma 0.3) and answers
 200; ``GET /capacity/N`` sets the number of workers (capacity = N / service time).
 """
@@ -74,6 +75,7 @@ async def main(port: int, workers: int, service_ms: float) -> None:
             writer.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=1024)
+    print(f"listening on {server.sockets[0].getsockname()[1]}", flush=True)
     async with server:
         await server.serve_forever()
 

@@ -15,6 +15,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import numpy as np
 import pytest
 
 from limiter._core import AdaptiveLimiter
-from tests.support import free_port, wait_for_port
+from tests.support import wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 RATE = 250.0
@@ -33,14 +34,16 @@ PHASE = 8.0  # seconds per capacity level
 
 @contextlib.contextmanager
 def backend_process() -> Iterator[int]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.adaptive.backend", str(port), "6", "40"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )  # fmt: skip
+    log = Path(tempfile.mkdtemp(prefix="limiter-backend-")) / "backend.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.adaptive.backend", "0", "6", "40"],
+            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=out,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
     try:
-        wait_for_port(port)
-        yield port
+        wait_ready(proc, log, "test backend", line="listening on ")
+        yield int(log.read_text().split("listening on ", 1)[1].split()[0])
     finally:
         proc.kill()
         proc.wait(timeout=10)

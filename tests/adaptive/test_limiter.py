@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import heapq
 import math
+import random
+import statistics
 
 import pytest
 
-from limiter import Decision, RateLimited
-from limiter._core import AdaptiveLimit, AdaptiveLimiter, AdaptivePermit
+from limiter import AdaptiveLimiter, Decision, RateLimited
+from limiter._core import AdaptiveLimit, AdaptivePermit
 from limiter.errors import InvalidParameter
 
 S = 1_000_000_000
@@ -25,7 +28,7 @@ class Clock:
 
 def test_rate_mode_paces_at_the_current_limit() -> None:
     clock = Clock()
-    lim = AdaptiveLimiter(mode="rate", initial_limit=10, clock=clock)
+    lim = AdaptiveLimiter(mode="rate", initial_limit=10, clock=clock, burst=0.1)  # 1 call
     first = lim.acquire("k")
     assert isinstance(first, Decision) and first.allowed and first.limit == 10
     first.release()
@@ -38,8 +41,9 @@ def test_rate_mode_paces_at_the_current_limit() -> None:
 
 def test_rate_mode_refuses_a_backlog_the_backend_is_not_draining() -> None:
     clock = Clock()
-    # 1000/s with a 100 ms target: at most 1000 x 0.1 x 0.4 = 40 calls in flight.
-    lim = AdaptiveLimiter(mode="rate", initial_limit=1000, clock=clock)
+    # 1000/s with a 100 ms target: at most 1000 x 0.1 x 0.4 = 40 calls in flight
+    # (the default burst, 50 calls here, would allow 50).
+    lim = AdaptiveLimiter(mode="rate", initial_limit=1000, clock=clock, burst=0.02)
     held = []
     for _ in range(40):
         clock.t += S // 1000
@@ -55,6 +59,41 @@ def test_rate_mode_refuses_a_backlog_the_backend_is_not_draining() -> None:
         clock.t += S // 1000
         held.append(uncapped.acquire())
         assert held[-1].allowed
+
+
+def test_rate_mode_default_burst_admits_uneven_arrivals_at_the_limit() -> None:
+    # Poisson arrivals at half the limit (10/s against 20/s), and at 90% of it, all
+    # released at once: pacing with too little tolerance refuses a third of them
+    # though the rate is never exceeded on average.
+    rng = random.Random(5)
+    for share, most in ((0.5, 0.01), (0.9, 0.03)):
+        for limit in (20, 1000):
+            clock = Clock()
+            lim = AdaptiveLimiter(mode="rate", initial_limit=limit, clock=clock,
+                                  target_latency=0.1)  # fmt: skip
+            refused = 0
+            for _ in range(4000):
+                clock.t += int(rng.expovariate(share * limit) * S)
+                permit = lim.acquire()
+                refused += not permit.allowed
+                if permit.allowed:
+                    permit.ignore()
+            assert refused <= most * 4000, (share, limit, refused)
+    assert lim.burst is None
+
+
+def test_rate_mode_default_burst_is_at_most_one_seconds_worth() -> None:
+    # A low limit is not passed 20 at once by the default burst.
+    for limit, most in ((5, 5), (1 / 3600, 1), (0.5, 1)):
+        lim = AdaptiveLimiter(mode="rate", initial_limit=limit, min_limit=limit,
+                              max_limit=max(limit, 1), clock=Clock())  # fmt: skip
+        admitted = 0
+        for _ in range(30):
+            permit = lim.acquire()
+            admitted += permit.allowed
+            if permit.allowed:
+                permit.ignore()
+        assert admitted == most, (limit, admitted)
 
 
 def test_concurrency_mode_counts_calls_in_flight() -> None:
@@ -173,3 +212,45 @@ def test_bad_calls() -> None:
         lim.record(float("inf"))
     with pytest.raises(InvalidParameter, match="ok"):
         lim.record(0.1, ok=None)
+
+
+def test_concurrency_mode_keeps_the_queue_short() -> None:
+    # A backend of 8 workers of 80 ms (100 calls/s) offered 400 calls/s, on a virtual
+    # clock. Filling the latency budget (P99 target 0.5 s) would keep about 20 calls
+    # queued and the median near 3x the service time; tracking the queue keeps the
+    # median near the service time with the workers still busy.
+    clock = Clock()
+    start = clock.t
+    lim = AdaptiveLimiter(target_latency=0.5, mode="concurrency", clock=clock)
+    service = 80_000_000
+    done: list[tuple[int, int, AdaptivePermit]] = []  # (finish time, seq, permit)
+    waiting: list[tuple[int, AdaptivePermit]] = []  # FIFO (admitted at, permit)
+    busy, seq = 0, 0
+    latencies: list[tuple[int, float]] = []
+    for k in range(400 * 30):
+        arrival = start + k * 2_500_000
+        while done and done[0][0] <= arrival:
+            finish, _, permit = heapq.heappop(done)
+            clock.t = finish
+            permit.success()
+            busy -= 1
+            if waiting:
+                admitted, nxt = waiting.pop(0)
+                heapq.heappush(done, (finish + service, seq, nxt))
+                latencies.append((admitted, (finish + service - admitted) / S))
+                seq += 1
+                busy += 1
+        clock.t = arrival
+        permit = lim.acquire()
+        if not permit.allowed:
+            continue
+        if busy < 8:
+            heapq.heappush(done, (arrival + service, seq, permit))
+            latencies.append((arrival, service / S))
+            seq += 1
+            busy += 1
+        else:
+            waiting.append((arrival, permit))
+    steady = [lat for at, lat in latencies if at >= start + 15 * S]
+    assert statistics.median(steady) <= 1.5 * service / S
+    assert len(steady) >= 0.9 * 100 * 15  # the workers stayed busy

@@ -19,6 +19,11 @@ descriptors:
       name: per-key
       unit: hour  # fixed windows align to the unit: an hour rarely rolls over mid-test
       requests_per_unit: 3
+  - key: day
+    rate_limit:
+      name: per-day
+      unit: day
+      requests_per_unit: 3
   - key: user
     rate_limit:
       name: per-user
@@ -47,7 +52,7 @@ class LimiterService(ServiceProcess):
     def __init__(self, rules: str = RULES) -> None:
         config = Path(tempfile.mkdtemp(prefix="limiter-clients-")) / "rules.yaml"
         config.write_text(rules)
-        super().__init__(config, "--log-level", "warning")
+        super().__init__(config)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -14,19 +14,16 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import http_sf
 
-from tests.support import free_port, wait_for_port
-
 
 @contextmanager
 def asgi_server(app: Any) -> Iterator[int]:
     """Serve ``app`` with uvicorn in a thread; yields the port."""
     import uvicorn
 
-    port = free_port()
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
-        port=port,
+        port=0,  # the kernel picks; read back below
         log_level="warning",
         lifespan="off",
         access_log=False,
@@ -40,6 +37,7 @@ def asgi_server(app: Any) -> Iterator[int]:
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
     try:
         yield port
     finally:
@@ -59,16 +57,14 @@ class _QuietHandler(WSGIRequestHandler):
 @contextmanager
 def wsgi_server(app: Callable) -> Iterator[int]:
     """Serve ``app`` with the stdlib's wsgiref (one thread per request); yields the port."""
-    port = free_port()
     server = make_server(
-        "127.0.0.1", port, app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler
+        "127.0.0.1", 0, app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler
     )
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.daemon = True
     thread.start()
-    wait_for_port(port)
     try:
-        yield port
+        yield server.server_port
     finally:
         server.shutdown()
         server.server_close()

@@ -266,7 +266,7 @@ def test_client_interceptor_obeys_do_not_retry_and_retry_info():
 
 def test_client_interceptor_respects_the_deadline():
     echo = SyncEcho()
-    server_side = RateLimitInterceptor(TokenBucket(rate=1.0, burst=1))  # 1 s pushback
+    server_side = RateLimitInterceptor(TokenBucket(rate=0.1, burst=1))  # 10 s pushback
     with grpc_server(echo.handler(), [server_side]) as port:
         channel = grpc.intercept_channel(
             grpc.insecure_channel(f"127.0.0.1:{port}"), PushbackRetryInterceptor()
@@ -275,10 +275,11 @@ def test_client_interceptor_respects_the_deadline():
         call(b"x", timeout=5)
         started = time.monotonic()
         with pytest.raises(grpc.RpcError) as refused:
-            call(b"x", timeout=0.5)  # the pushback would outlive the deadline: give up now
+            call(b"x", timeout=5)  # the pushback would outlive the deadline: give up now
         channel.close()
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert time.monotonic() - started < 0.5
+    # At once, not at the deadline (the bound is slack for a loaded machine).
+    assert time.monotonic() - started < 2.5
 
 
 def test_aio_server_rejection_level_stream_and_cancellation():

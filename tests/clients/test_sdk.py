@@ -67,6 +67,54 @@ def test_rls_client_semantics(service):
         assert addend.allowed and addend.statuses[0].remaining == 0
 
 
+BURST = 16  # concurrent first calls of a fresh client, on a key limited to 3 a day
+
+
+def burst_in_threads(acquire) -> list:
+    """``BURST`` threads sharing one client, released together, one call each."""
+    start = threading.Barrier(BURST)
+
+    def one(_):
+        start.wait(10)
+        return acquire()
+
+    with ThreadPoolExecutor(BURST) as pool:
+        return list(pool.map(one, range(BURST)))
+
+
+def check_burst(decisions: list) -> None:
+    """A healthy service answered every call (none throttled locally, none fell back),
+    so exactly the limit was admitted."""
+    assert sum(d.allowed for d in decisions) == 3
+    assert sorted(d.source for d in decisions) == ["service"] * BURST
+
+
+@pytest.mark.parametrize("flavour", ["rls", "native"])
+def test_concurrent_burst_on_a_fresh_blocking_client_admits_the_limit(service, flavour):
+    """Calls in flight are not failures: a burst of a fresh client's first calls all
+    reach a healthy service (default throttle and failure mode)."""
+    key = f"burst-{flavour}"
+    if flavour == "rls":
+        client = RlsClient(service.target, "sdk", timeout=SLOW_CI, descriptor_key="day")
+    else:
+        client = LimiterClient(service.target, "sdk", rule="per-day", timeout=SLOW_CI)
+    with client:
+        client.wait_ready()
+        check_burst(burst_in_threads(lambda: client.acquire(key)))
+
+
+def test_concurrent_burst_on_a_fresh_async_client_admits_the_limit(service):
+    async def main():
+        async with AsyncRlsClient(service.target, "sdk", timeout=SLOW_CI) as client:
+            await client.wait_ready()
+            answers = await asyncio.gather(
+                *(client.should_rate_limit([{"day": "burst-async"}]) for _ in range(BURST))
+            )
+            return [answer.decision for answer in answers]
+
+    check_burst(asyncio.run(main()))
+
+
 def test_async_rls_client_with_decorator(service):
     async def main():
         async with AsyncRlsClient(service.target, "sdk", timeout=SLOW_CI) as client:
@@ -144,7 +192,6 @@ def test_client_options_checked_and_a_borrowed_channel_left_open(service):
     for bad, match in (
         ({"max_batch": 0}, "max_batch"),
         ({"observe_batch": 0}, "observe_batch"),
-        ({"tenant": 7}, "tenant"),
         ({"throttle": "yes"}, "throttle"),
     ):
         with pytest.raises(InvalidParameter, match=match):
@@ -208,6 +255,9 @@ def test_async_native_client_coalesces_concurrent_checks(service):
 
 
 OUTAGE_DEADLINE = 0.25  # per-call deadline in the outage tests: robust on a busy CI box
+# A call over its deadline by more than this hung (a stalled 2-core machine stays under it;
+# a call with no deadline waits for the restart, seconds later).
+HANG_SLACK = 1.5
 
 
 def wait_for(predicate, timeout: float) -> bool:
@@ -260,13 +310,17 @@ def test_service_killed_mid_run(own_service, mode):
 
     assert recovered, "decisions never came from the service again after the restart"
     # No call hung: each returned within its deadline plus scheduling slack.
-    assert max(elapsed for elapsed, _, _ in calls) < OUTAGE_DEADLINE + 0.5
+    assert max(elapsed for elapsed, _, _ in calls) < OUTAGE_DEADLINE + HANG_SLACK
     sources = {source for _, source, _ in down[1:]}  # the first may have been in flight
     assert sources <= {"fallback", "throttled"}
-    fallen = [allowed for _, source, allowed in down[1:]]
-    assert len(fallen) > 60
-    assert all(fallen) if mode in ("allow", "local") else not any(fallen)
+    assert len(down) > 60
     assert "throttled" in sources  # a dead service is not hammered at full rate
+    fallen = [allowed for _, source, allowed in down[1:] if source == "fallback"]
+    throttled = [allowed for _, source, allowed in down[1:] if source == "throttled"]
+    assert fallen and (all(fallen) if mode in ("allow", "local") else not any(fallen))
+    # Throttling protects the service: fail-open does not wave those calls through;
+    # a local limiter stands in for the service and decides them.
+    assert all(throttled) if mode == "local" else not any(throttled)
 
 
 def test_async_rls_client_through_a_kill(own_service):
@@ -306,7 +360,7 @@ def test_async_rls_client_through_a_kill(own_service):
     calls, down, recovered = asyncio.run(main())
     assert all(source == "fallback" and not allowed for _, source, allowed in down)
     assert recovered and calls[-1][2]
-    assert max(elapsed for elapsed, _, _ in calls) < OUTAGE_DEADLINE + 0.5
+    assert max(elapsed for elapsed, _, _ in calls) < OUTAGE_DEADLINE + HANG_SLACK
 
 
 class Stalled(rls_pb2_grpc.RateLimitServiceServicer):
@@ -358,8 +412,8 @@ def test_default_deadline_is_20ms_and_failure_mode_answers():
                 timings.append(time.monotonic() - started)
                 assert not answer.allowed and decision.allowed
                 sources |= {answer.source, decision.source}
-            # The first calls waited for the deadline; later ones may be throttled locally.
-            assert "fallback" in sources and sources <= {"fallback", "throttled"}
+            # Each call waited for the deadline; five failures are too few to throttle.
+            assert sources == {"fallback"}
     finally:
         stalled.release.set()
         native.release.set()

@@ -6,7 +6,7 @@ import json
 import time
 
 import pytest
-from limiter.clients.keys import client_ip, header
+from limiter.clients.keys import client_ip, everyone, header
 from limiter.clients.wsgi import RateLimitMiddleware
 
 from limiter import ConcurrencyLimit, FixedWindow, InvalidParameter, TokenBucket
@@ -41,7 +41,9 @@ def streaming_app(environ, start_response):
 
 
 def test_refuses_with_429_and_ietf_headers():
-    mw = RateLimitMiddleware(app, FixedWindow(2, 30.0, clock=frozen()), policy="per-ip")
+    mw = RateLimitMiddleware(
+        app, FixedWindow(2, 30.0, clock=frozen()), key=client_ip(), policy="per-ip"
+    )
     check_refusal(wsgi_server, mw, "per-ip", 2, 30)
 
 
@@ -63,14 +65,18 @@ def test_keys_trusted_proxy_and_header():
 
 def test_level_in_environ_and_exempt_paths():
     mw = RateLimitMiddleware(
-        app, FixedWindow(1, 60.0, clock=frozen()), level=lambda: 3, exempt=["/health"]
+        app,
+        FixedWindow(1, 60.0, clock=frozen()),
+        key=everyone(),
+        level=lambda: 3,
+        exempt=["/health"],
     )
     with wsgi_server(mw) as port:
         body = json.loads(http_get(port, headers={"X-Limiter-Level": "9"})[2])  # spoofed
         assert body == {"level": 3, "level_header": "3", "remaining": 0}
         assert http_get(port)[0] == 429
         assert http_get(port, "/health")[0] == 200
-    calm = RateLimitMiddleware(app, TokenBucket(1000, 1000))
+    calm = RateLimitMiddleware(app, TokenBucket(1000, 1000), key=everyone())
     with wsgi_server(calm) as port:
         body = json.loads(http_get(port, headers={"X-Limiter-Level": "9"})[2])
     assert (body["level"], body["level_header"]) == (0, "")

@@ -50,6 +50,32 @@ def as_number(text):
         return None
 
 
+CHART = """
+const card = document.querySelector(`#charts figure[data-key="${arguments[0]}"]`);
+if (!card) return null;
+const svg = card.querySelector("svg");
+const box = svg.getBoundingClientRect();
+const paths = {};
+for (const p of svg.querySelectorAll("path")) {
+  paths[p.getAttribute("class")] = ((p.getAttribute("d") || "").match(/[ML]/g) || []).length;
+}
+const text = (sel) => Array.from(svg.querySelectorAll(sel)).map((t) => t.textContent);
+return {
+  width: box.width, height: box.height, paths, label: svg.getAttribute("aria-label"),
+  labels: {left: text('text[data-axis="left"]'), right: text('text[data-axis="right"]'),
+           x: text("text.x-label")},
+  legend: Array.from(card.querySelectorAll(".legend li")).filter((li) => !li.hidden)
+    .map((li) => li.className),
+};
+"""
+
+
+def chart(driver, key):
+    """Size (CSS px), points per series, axis labels and legend of a rule's chart card."""
+    found = driver.execute_script(CHART, key)
+    return found or {"width": 0, "height": 0, "paths": {}, "labels": {}, "legend": [], "label": ""}
+
+
 def open_console(driver, svc, token=TOKEN):
     driver.get(f"http://127.0.0.1:{svc.http_port}/console/")
     field = by_id(driver, "token")
@@ -153,10 +179,22 @@ def test_live_numbers_move_under_load(driver, service, artifacts):
             what="the observed P99",
         )
         assert cell(driver, "edge/api", "observed").startswith("P99 ")
-        points = driver.find_element(
-            By.CSS_SELECTOR, '#rules tr[data-key="edge/user"] svg polyline.hits'
-        ).get_attribute("points")
-        assert len(points.split()) >= 2
+        wait(
+            driver,
+            lambda: chart(driver, "edge/api")["paths"].get("observed", 0) >= 2,
+            what="the observed latency in the adaptive rule's chart",
+        )
+        user, api = chart(driver, "edge/user"), chart(driver, "edge/api")
+        for drawn in (user, api):  # readable: most of a card's width, not a thumbnail
+            assert drawn["width"] >= 500 and drawn["height"] >= 200, drawn
+            assert drawn["paths"]["hits"] >= 2 and drawn["labels"]["x"] == ["−60 s", "−30 s", "now"]
+            assert drawn["labels"]["left"][0] == "0" and drawn["labels"]["left"][-1] != "0"
+        assert user["paths"]["over"] >= 2
+        assert user["legend"] == ["hits", "over"]  # no adaptive series on a fixed window
+        assert api["legend"] == ["hits", "over", "limit", "observed", "target"]
+        assert api["paths"]["limit"] >= 2 and api["paths"]["target"] >= 2
+        assert api["labels"]["right"][-1].endswith(" ms")
+        assert "adaptive limit" in api["label"] and "observed latency P99" in api["label"]
         wait(
             driver,
             lambda: "mallory" in by_id(driver, "top-clients").text,
@@ -197,7 +235,7 @@ def test_every_table_has_scoped_headings_as_wide_as_its_rows(driver, service):
         assert widths and set(widths) == {len(heads)}, (name, widths, heads)
     names = [text for _, text in layout["breakers"][0]]
     assert names == ["Breaker", "State", "Mode", "Calls", "Failures", "Rejected", "Actions"]
-    assert [text for _, text in layout["rules"][0]][-3:] == ["Switch", "Last minute", "Actions"]
+    assert [text for _, text in layout["rules"][0]][-2:] == ["Switch", "Actions"]
     assert script_errors(driver) == []
 
 

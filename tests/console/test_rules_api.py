@@ -9,13 +9,14 @@ import os
 import socket
 
 import pytest
-from limiter.server import admin
-from limiter.server.console import PREFIX, Assets, RuleRates
-from limiter.server.engine import Engine
+from limiter.server.admin import AdminApi
+from limiter.server.console import PREFIX, Assets, RuleRates, sample_rules
+from limiter.server.rules import Rulebook
 
 from limiter import config as rules
-from limiter.breaker import Breakers
-from limiter.switches import Switch
+from limiter import ops as operations
+from limiter.ops.breaker import BreakerConfig
+from limiter.ops.switches import Switch
 from tests.console.conftest import TOKEN
 from tests.service.conftest import ServiceProcess
 
@@ -84,39 +85,40 @@ def test_rates_forget_removed_rules_and_never_emit_nan():
     assert rates.view("b") == {"hits_per_s": None, "over_per_s": None}
 
 
-# -- GET /v1/rules against a real engine --------------------------------------------------
+# -- GET /v1/rules against a real rulebook ------------------------------------------------
 
 
 @pytest.fixture
-def ops():
-    breakers = Breakers.parse_config({"payments": {}, "search": {}})
-    o = admin.build({"breakers": breakers}, token=TOKEN, start=False)
+def api():
+    breakers = {"payments": BreakerConfig(), "search": BreakerConfig()}
+    ops = operations.build({"breakers": breakers}, start=False)
     clock = Clock()
-    o.rates = RuleRates(clock, step=1.0)
-    o.engine = Engine(rules.parse(RULES))
-    o.test_clock = clock  # type: ignore[attr-defined]
-    yield o
-    o.close()
+    book = Rulebook(rules.parse(RULES))
+    a = AdminApi(ops, token=TOKEN, rulebook=book, rates=RuleRates(clock, step=1.0))
+    ops.steps.append(lambda: sample_rules(book, a.rates))
+    a.clock = clock  # type: ignore[attr-defined]
+    yield a
+    ops.close()
 
 
-def get(ops, target, headers=AUTH):
-    resp = admin.handle(ops, "GET", target, headers, b"")
+def get(api, target, headers=AUTH):
+    resp = api.handle("GET", target, headers, b"")
     return resp.status, json.loads(resp.body)
 
 
-def hit(ops, rule, key, n):
-    state = ops.engine.snapshot.by_name[("d", rule)]
+def hit(api, rule, key, n):
+    state = api.rulebook.snapshot.by_name[("d", rule)]
     for _ in range(n):
         decision = state.acquire(key, 1)
-        state.count(decision, 1)
+        state.count(decision.allowed, decision.remaining, 1, False)
 
 
-def test_rules_lists_every_rule_with_counters_rates_and_adaptive_state(ops):
-    ops.tick()
-    hit(ops, "per-user", "alice", 5)  # limit 3/minute: 3 allowed, 2 over
-    ops.test_clock.advance(1.0)
-    ops.tick()
-    status, doc = get(ops, "/v1/rules?history=3")
+def test_rules_lists_every_rule_with_counters_rates_and_adaptive_state(api):
+    api.ops.tick()
+    hit(api, "per-user", "alice", 5)  # limit 3/minute: 3 allowed, 2 over
+    api.clock.advance(1.0)
+    api.ops.tick()
+    status, doc = get(api, "/v1/rules?history=3")
     assert status == 200 and doc["step"] == 1.0
     by_rule = {r["rule"]: r for r in doc["rules"]}
     assert set(by_rule) == {"d/per-user", "d/api"}
@@ -125,28 +127,29 @@ def test_rules_lists_every_rule_with_counters_rates_and_adaptive_state(ops):
     assert (user["total_hits"], user["over_limit"], user["within_limit"]) == (5, 2, 3)
     assert (user["hits_per_s"], user["over_per_s"]) == (5.0, 2.0)
     assert user["history"]["hits_per_s"] == [5.0] and user["adaptive"] is None
-    api = by_rule["d/api"]
-    assert api["adaptive"]["limit"] == 50.0 and api["adaptive"]["percentile"] == 0.99
-    assert api["adaptive"]["observed"] is None  # no latency reported yet: None, not NaN
-    assert api["adaptive"]["target_latency"] == 0.05 and api["adaptive"]["mode"] == "rate"
+    row = by_rule["d/api"]
+    assert row["adaptive"]["limit"] == 50.0 and row["adaptive"]["percentile"] == 0.99
+    assert row["adaptive"]["observed"] is None  # no latency reported yet: None, not NaN
+    assert row["adaptive"]["target_latency"] == 0.05 and row["adaptive"]["mode"] == "rate"
     # The adaptive limit follows reported latency, and the view reads the live kernel.
-    kernel = ops.engine.snapshot.by_name[("d", "api")].kernel
+    kernel = api.rulebook.snapshot.by_name[("d", "api")].kernel
     for _ in range(300):
         kernel.record(0.5)
-    ops.test_clock.advance(1.0)
-    ops.tick()
-    api = {r["rule"]: r for r in get(ops, "/v1/rules?history=5")[1]["rules"]}["d/api"]
-    assert api["adaptive"]["limit"] == kernel.current_limit
-    assert api["adaptive"]["observed"] == pytest.approx(kernel.current_percentile)
-    assert api["adaptive"]["observed"] > 0.05
-    assert "history" not in get(ops, "/v1/rules")[1]["rules"][0]
+    api.clock.advance(1.0)
+    api.ops.tick()
+    row = {r["rule"]: r for r in get(api, "/v1/rules?history=5")[1]["rules"]}["d/api"]
+    assert row["adaptive"]["limit"] == kernel.current_limit
+    assert row["adaptive"]["observed"] == pytest.approx(kernel.current_percentile)
+    assert row["adaptive"]["observed"] > 0.05
+    assert "history" not in get(api, "/v1/rules")[1]["rules"][0]
 
 
-def test_request_supplied_limits_are_listed_without_history(ops):
-    state = ops.engine.override("d", 10, 2)  # RLS: a descriptor carrying its own limit
-    state.count(state.acquire("k", 1), 1)
-    ops.tick()
-    rows = {r["key"]: r for r in get(ops, "/v1/rules?history=5")[1]["rules"]}
+def test_request_supplied_limits_are_listed_without_history(api):
+    state = api.rulebook.override("d", 10, 2)  # RLS: a descriptor carrying its own limit
+    decision = state.acquire("k", 1)
+    state.count(decision.allowed, decision.remaining, 1, False)
+    api.ops.tick()
+    rows = {r["key"]: r for r in get(api, "/v1/rules?history=5")[1]["rules"]}
     override = rows[f"d/{state.rule.id}"]
     assert override["request_override"] and override["total_hits"] == 1
     assert override["limit"] == 10 and override["unit"] == "minute"
@@ -154,20 +157,20 @@ def test_request_supplied_limits_are_listed_without_history(ops):
     assert not rows["d/user"]["request_override"]
 
 
-def test_rules_shows_the_switch_acting_on_a_rule_and_filters_by_domain(ops):
-    now = ops.switches.clock()
+def test_rules_shows_the_switch_acting_on_a_rule_and_filters_by_domain(api):
+    now = api.ops.switches.clock()
     body = {"action": "force_deny", "who": "ann", "why": "incident", "ttl": 60}
-    ops.switches.put(Switch.from_request("rule:d/per-user", body, now))
-    rows = {r["rule"]: r for r in get(ops, "/v1/rules")[1]["rules"]}
+    api.ops.switches.put(Switch.from_request("rule:d/per-user", body, now))
+    rows = {r["rule"]: r for r in get(api, "/v1/rules")[1]["rules"]}
     assert rows["d/per-user"]["switch"]["action"] == "force_deny"
     assert rows["d/per-user"]["switch"]["who"] == "ann"
     assert rows["d/api"]["switch"] is None
-    assert len(get(ops, "/v1/rules?domain=d")[1]["rules"]) == 2
-    assert get(ops, "/v1/rules?domain=other") == (
+    assert len(get(api, "/v1/rules?domain=d")[1]["rules"]) == 2
+    assert get(api, "/v1/rules?domain=other") == (
         200,
         {"rules": [], "step": 1.0, "pid": os.getpid()},
     )
-    assert len(get(ops, "/v1/rules?domain=")[1]["rules"]) == 2  # empty = every domain
+    assert len(get(api, "/v1/rules?domain=")[1]["rules"]) == 2  # empty = every domain
 
 
 @pytest.mark.parametrize(
@@ -179,29 +182,29 @@ def test_rules_shows_the_switch_acting_on_a_rule_and_filters_by_domain(ops):
         ("/v1/rules?history=1.5", "history"),
     ],
 )
-def test_rules_bad_query_is_400_naming_the_field(ops, target, field):
-    status, doc = get(ops, target)
+def test_rules_bad_query_is_400_naming_the_field(api, target, field):
+    status, doc = get(api, target)
     assert status == 400
     assert f"query parameter {field} " in doc["error"]
 
 
-def test_rules_needs_the_token_and_is_empty_without_a_service(ops):
-    status, doc = get(ops, "/v1/rules", headers={})
+def test_rules_needs_the_token_and_is_empty_without_a_service(api):
+    status, doc = get(api, "/v1/rules", headers={})
     assert status == 401 and doc == {"error": "unauthorized"}
-    status, _ = get(ops, "/v1/rules", headers={"Authorization": "Bearer wrong-token-000000000"})
+    status, _ = get(api, "/v1/rules", headers={"Authorization": "Bearer wrong-token-000000000"})
     assert status == 401
-    standalone = admin.build({}, token=TOKEN, start=False)
+    standalone = AdminApi(operations.build({}, start=False), token=TOKEN, rates=RuleRates(step=1.0))
     try:
         assert get(standalone, "/v1/rules") == (200, {"rules": [], "step": 1.0, "pid": os.getpid()})
     finally:
-        standalone.close()
+        standalone.ops.close()
 
 
-def test_breakers_names_configured_dependencies(ops):
-    status, doc = get(ops, "/v1/breakers")
+def test_breakers_names_configured_dependencies(api):
+    status, doc = get(api, "/v1/breakers")
     assert status == 200 and doc == {"breakers": [], "configured": ["payments", "search"]}
-    ops.breakers.get("payments")  # a breaker exists once something asks for it
-    assert [b["name"] for b in get(ops, "/v1/breakers")[1]["breakers"]] == ["payments"]
+    api.ops.breakers.get("payments")  # a breaker exists once something asks for it
+    assert [b["name"] for b in get(api, "/v1/breakers")[1]["breakers"]] == ["payments"]
 
 
 # -- the page's files ----------------------------------------------------------------------
@@ -258,7 +261,7 @@ def test_page_headers_forbid_other_origins(service):
 def test_no_page_when_admin_is_disabled(tmp_path):
     path = tmp_path / "rules.yaml"
     path.write_text(RULES)
-    env = {"LIMITER_ADMIN_TOKEN": "", "LIMITER_ADMIN_TOKEN_FILE": ""}
+    env = {"LIMITER_ADMIN_TOKEN": "", "LIMITER_ADMIN_TOKEN_FILE": ""}  # no token: off
     svc = ServiceProcess(path, env=env).start()
     try:
         assert svc.http("GET", "/console/")[0] == 404
@@ -268,29 +271,26 @@ def test_no_page_when_admin_is_disabled(tmp_path):
 
 
 @pytest.mark.parametrize("allow_remote", [False, True])
-def test_page_follows_the_admin_loopback_rule(tmp_path, monkeypatch, allow_remote):
+def test_page_follows_the_admin_loopback_rule(tmp_path, allow_remote):
     """The real Service wiring: remote callers get 404 unless remote admin is allowed."""
     import asyncio
 
     from limiter.server.app import Service, Settings
     from limiter.server.http import Request
 
-    monkeypatch.setenv("LIMITER_ADMIN_TOKEN", TOKEN)
-    monkeypatch.setenv("LIMITER_ADMIN_ALLOW_REMOTE", "1" if allow_remote else "0")
     path = tmp_path / "rules.yaml"
     path.write_text(RULES)
+    settings = Settings(config=str(path), admin_token=TOKEN, admin_allow_remote=allow_remote)
 
     async def run():
-        service = Service(Settings(config=str(path)), rules.load(path))
+        service = Service(settings, rules.load(path))
         try:
+            page = service.http.mounts[0][1].handler  # the console's mount (the longest prefix)
             return {
-                client: (
-                    await service.http._dispatch(Request("GET", "/console/", "", {}, b"", client))
-                ).status
+                client: (await page(Request("GET", "/console/", "", {}, b"", client))).status
                 for client in ("127.0.0.1", "10.1.2.3")
             }
         finally:
-            for hook in service.on_stop:
-                await hook()
+            service.ops.close()
 
     assert asyncio.run(run()) == {"127.0.0.1": 200, "10.1.2.3": 200 if allow_remote else 404}

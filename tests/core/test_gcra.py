@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from limiter import LeakyBucket, LeakyShaper, TokenBucket
+from limiter.errors import InvalidParameter
 from tests.core.clock import NS, ManualClock
 
 
@@ -145,3 +146,32 @@ def test_shaper_zero_max_wait_is_a_meter():
 def test_interval_rounds_up_so_rate_is_never_exceeded():
     tb = TokenBucket(rate=3.0, burst=1)
     assert tb.interval_ns == 333_333_334
+
+
+def test_a_reserving_view_leaves_the_reserve_and_it_refills_first():
+    clock = ManualClock()
+    tb = TokenBucket(rate=10.0, burst=10, clock=clock)
+    view = tb.reserving(3)
+    assert view.burst == 7 and view.max_cost == 7 and view.rate == 10.0
+    assert [view.acquire("a").allowed for _ in range(8)] == [True] * 7 + [False]
+    d = view.acquire("a")
+    assert (d.remaining, d.limit) == (0, 7) and d.retry_after == pytest.approx(0.1, abs=1e-6)
+    assert view.acquire("b").allowed  # keys stay apart, as in the kernel itself
+    assert [tb.acquire("a").allowed for _ in range(4)] == [True] * 3 + [False]
+    clock.advance(0.25)  # 2.5 tokens back: the reserve is not whole yet
+    assert not view.acquire("a").allowed
+    clock.advance(0.15)
+    assert view.acquire("a").allowed  # four back: one above the reserve
+    assert not view.acquire("a").allowed and tb.acquire("a").allowed
+    assert len(tb) == len(view) == 2  # one table
+
+
+def test_a_reserve_is_bounded_and_shapers_keep_none():
+    tb = TokenBucket(rate=10.0, burst=4)
+    assert tb.reserving(0).burst == 4
+    for bad in (4, -1, 1.5, "1"):
+        with pytest.raises(InvalidParameter, match="reserve"):
+            tb.reserving(bad)
+    with pytest.raises(InvalidParameter, match="shaper"):
+        LeakyShaper(10.0, 4).reserving(1)
+    assert LeakyBucket(10.0, 4).reserving(1).burst == 3

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 
 from limiter import ConcurrencyLimit, FixedWindow
 
@@ -29,29 +30,42 @@ def test_threads_never_over_admit_a_fixed_window():
 
 
 def test_threads_keep_concurrency_counts_exact():
+    """Six threads compete for three permits, each held a moment: permits are handed
+    out, the limit is reached and never passed, the rest are refused, and every
+    release is counted."""
     lim = ConcurrencyLimit(limit=3)
-    peak = [0]
     lock = threading.Lock()
     inside = [0]
+    peak = [0]
+    admitted = [0]
+    refused = [0]
 
     def work() -> None:
-        for _ in range(500):
+        for _ in range(300):
             permit = lim.acquire("k")
-            if permit.allowed:
+            if not permit.allowed:
                 with lock:
-                    inside[0] += 1
-                    peak[0] = max(peak[0], inside[0])
-                with lock:
-                    inside[0] -= 1
-                permit.release()
+                    refused[0] += 1
+                continue
+            with lock:
+                admitted[0] += 1
+                inside[0] += 1
+                peak[0] = max(peak[0], inside[0])
+            time.sleep(0.0002)  # hold the permit so the others find the limit reached
+            with lock:
+                inside[0] -= 1
+            permit.release()
 
     threads = [threading.Thread(target=work) for _ in range(6)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert peak[0] <= 3
+    assert admitted[0] + refused[0] == 6 * 300
+    assert admitted[0] > 0 and refused[0] > 0
+    assert peak[0] == 3
     assert lim.in_flight("k") == 0
+    assert lim.acquire("k").allowed  # every permit came back
 
 
 def test_missing_extension_fails_loudly_with_build_instructions():

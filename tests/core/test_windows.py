@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from limiter import FixedWindow, SlidingWindow
+from limiter.errors import InvalidParameter
 from tests.core.clock import NS, ManualClock
 
 
@@ -117,3 +118,17 @@ def test_sliding_retry_after_is_tight(limit, fill, offset, cost):
         early = _filled(limit, fill, clock)
         clock.now = offset + retry - 10_000
         assert not early.allow("k", cost=cost)
+
+
+@pytest.mark.parametrize("kind", [FixedWindow, SlidingWindow])
+def test_a_reserving_view_leaves_the_reserve(kind):
+    clock = ManualClock()
+    fw = kind(limit=10, period=60.0, clock=clock)
+    view = fw.reserving(4)
+    assert (view.limit, view.max_cost, view.period) == (6, 6, 60.0)
+    assert [view.acquire("k").allowed for _ in range(7)] == [True] * 6 + [False]
+    assert view.acquire("k").limit == 6
+    assert [fw.acquire("k").allowed for _ in range(5)] == [True] * 4 + [False]
+    assert not view.acquire("k", 1).allowed
+    with pytest.raises(InvalidParameter, match="reserve"):
+        fw.reserving(10)

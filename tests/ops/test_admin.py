@@ -11,17 +11,23 @@ import urllib.request
 
 import pytest
 from limiter.server import admin
+from limiter.server.admin import AdminApi
+from limiter.server.http import HttpServer
 
+from limiter import ops as operations
 from limiter.errors import ConfigError
 
 TOKEN = "t0ken-for-tests-0123456789abcdef"
 
 
 class Api:
-    def __init__(self, ops):
+    """The admin API mounted on the service's HTTP server, on a free port."""
+
+    def __init__(self, ops, token=TOKEN):
         self.ops = ops
-        self.server = admin.serve(ops)
-        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.server = HttpServer()
+        self.server.mount("/v1/", AdminApi(ops, token=token))
+        self.base = f"http://127.0.0.1:{self.server.start('127.0.0.1', 0)}"
 
     def call(self, method, path, body=None, token=TOKEN, auth=None, raw=None):
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
@@ -41,14 +47,13 @@ class Api:
         return status, json.loads(raw)
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.stop()
         self.ops.close()
 
 
 @pytest.fixture
 def api():
-    a = Api(admin.build({}, token=TOKEN))
+    a = Api(operations.build({}))
     yield a
     a.close()
 
@@ -89,7 +94,7 @@ def test_refusals_are_identical_and_change_nothing(api, creds):
 
 
 def test_admin_disabled_without_token():
-    a = Api(admin.build({}, token=None))
+    a = Api(operations.build({}), token=None)
     try:
         for creds in ({"token": TOKEN}, {"token": None}):
             status, _, raw = a.call("GET", "/v1/switches", **creds)
@@ -157,14 +162,13 @@ def test_forced_level_and_breaker_and_kill_switch(api):
     api.json("PUT", "/v1/switches/global", {"action": "force_allow", "who": "a", "why": "b"})
     status = api.json("GET", "/v1/status")[1]
     assert status["kill_switch"]["action"] == "force_allow" and status["switches"] == 3
+    assert status["fallback"] == []
+    ops.fallback.sample({"shop/tb": (10, 4)})  # 4 checks answered by the failure mode
+    assert api.json("GET", "/v1/status")[1]["fallback"] == ["shop/tb"]
 
 
 def test_read_endpoints_for_autoscalers():
-    from limiter.shedding import SheddingConfig
-
-    api = Api(
-        admin.build({"shedding": SheddingConfig.parse({"abnormal": {"burst": 1}})}, token=TOKEN)
-    )
+    api = Api(operations.build({"shedding": {"abnormal": {"burst": 1}}}))
     ops = api.ops
     for i in range(30):
         ops.clients.check("api", "heavy" if i % 3 else "light")
@@ -193,8 +197,8 @@ def test_read_endpoints_for_autoscalers():
         ("PUT", "/v1/switches/rule:x", b'{"action":"nuke","who":"a","why":"b"}', 400, "action"),
         ("GET", "/v1/audit?limit=abc", None, 400, "limit"),
         ("GET", "/v1/top/rules?n=99999999", None, 400, "n must"),
-        ("PUT", "/v1/switches/rule:x", b"x" * 70_000, 413, "larger"),
-        ("PATCH", "/v1/switches", None, 501, None),
+        ("PUT", "/v1/switches/rule:x", b"x" * 70_000, 413, None),  # refused before reading
+        ("PATCH", "/v1/switches", None, 405, "method"),
         ("POST", "/v1/switches", None, 405, "method"),
         ("GET", "/v1/nothing", None, 404, "not found"),
     ],
@@ -271,7 +275,7 @@ def test_check_config_knows_the_ops_sections(tmp_path):
     good = tmp_path / "good.yaml"
     good.write_text(
         "domain: d\n---\n"
-        "alerts: {url: 'http://127.0.0.1:9/hook', secret_env: HOOK_SECRET, cooldown: 30}\n"
+        "alerts: {webhooks: [{url: 'http://127.0.0.1:9/hook', secret_env: HOOK_SECRET}]}\n"
         "breakers: {default: {failure_ratio: 0.4}, payments: {open_for: 10}}\n"
         "degradation: {thresholds: [0.7, 0.9], restore_after: 60}\n"
         "shedding: {clients: {max_share: 0.3}, abnormal: {burst: 500}}\n"
@@ -293,12 +297,12 @@ def test_check_config_knows_the_ops_sections(tmp_path):
     assert ok.returncode == 0, ok.stderr
     out = check(bad)
     assert out.returncode == 1
-    assert f"{bad}" in out.stderr and "breakers.payments: open_for" in out.stderr
+    assert f"{bad}" in out.stderr and "breakers.payments.open_for: must be" in out.stderr
 
 
 @pytest.mark.parametrize("allow_remote", [False, True])
-def test_service_port_serves_admin_to_loopback_only_by_default(tmp_path, monkeypatch, allow_remote):
-    """The real Service wiring (install): remote callers get the disabled-admin 404."""
+def test_service_port_serves_admin_to_loopback_only_by_default(tmp_path, allow_remote):
+    """The real Service wiring: remote callers get the disabled-admin 404."""
     import asyncio
 
     from limiter.server.app import Service, Settings
@@ -306,23 +310,21 @@ def test_service_port_serves_admin_to_loopback_only_by_default(tmp_path, monkeyp
 
     from limiter import config as rules
 
-    monkeypatch.setenv("LIMITER_ADMIN_TOKEN", TOKEN)
-    monkeypatch.setenv("LIMITER_ADMIN_ALLOW_REMOTE", "1" if allow_remote else "0")
     path = tmp_path / "rules.yaml"
     path.write_text("domain: d\n")
+    settings = Settings(config=str(path), admin_token=TOKEN, admin_allow_remote=allow_remote)
 
     async def run():
-        service = Service(Settings(config=str(path)), rules.load(path))
+        service = Service(settings, rules.load(path))
         try:
             auth = {"authorization": f"Bearer {TOKEN}"}
             answers = {}
             for client in ("127.0.0.1", "10.1.2.3"):
                 req = Request("GET", "/v1/switches", "", auth, b"", client)
-                answers[client] = await service.http._dispatch(req)
-            return answers, service.engine.level_source is service.ops.levels
+                answers[client] = await service.admin(req)
+            return answers, service.decider.policy is service.admin.ops is service.ops
         finally:
-            for hook in service.on_stop:
-                await hook()
+            service.ops.close()
 
     answers, wired = asyncio.run(run())
     assert wired

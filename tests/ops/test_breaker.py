@@ -8,7 +8,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from limiter.breaker import (
+from limiter.errors import ConfigError, InvalidParameter
+from limiter.ops.breaker import (
     BreakerConfig,
     BreakerOpen,
     Breakers,
@@ -18,8 +19,13 @@ from limiter.breaker import (
     grpc_health_probe,
     http_health_probe,
 )
-from limiter.errors import ConfigError, InvalidParameter
-from tests.support import free_port
+from limiter.ops.policy import OpsConfig
+from limiter.schema import load
+
+
+def breakers_config(section):
+    """The ``breakers:`` section of a config file."""
+    return load(OpsConfig, {"breakers": section}, "rules.yaml").breakers
 
 
 def breaker(clock, events=None, **kw):
@@ -160,7 +166,7 @@ def test_modes(clock):
 def test_partitions_are_independent_and_switches_force_them(clock):
     forced = {}
     events = []
-    cfg = Breakers.parse_config({"default": {"consecutive_failures": 2}, "shards": {"open_for": 1}})
+    cfg = breakers_config({"default": {"consecutive_failures": 2}, "shards": {"open_for": 1}})
     reg = Breakers(
         cfg, clock=clock, override=forced.get, on_change=lambda e, f: events.append(f["breaker"])
     )
@@ -271,11 +277,10 @@ def test_grpc_health_probe():
     import grpc
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-    port = free_port()
     server = grpc.server(futures.ThreadPoolExecutor(2))
     servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
         probe = grpc_health_probe(f"127.0.0.1:{port}", "db", timeout=1)
@@ -284,7 +289,7 @@ def test_grpc_health_probe():
         servicer.set("db", health_pb2.HealthCheckResponse.SERVING)
         assert probe() is True
         reg = Breakers(
-            Breakers.parse_config(
+            breakers_config(
                 {
                     "db": {
                         "health": f"grpc://127.0.0.1:{port}/db",
@@ -303,19 +308,21 @@ def test_grpc_health_probe():
 
 
 def test_config_errors():
+    cfg = breakers_config({"default": {"open_for": 2, "failure_on": ["OSError"]}, "db": {}})
+    assert cfg["db"].open_for == 2 and cfg["db"].failure_on == (OSError,)
     for section, match in (
-        ({"db": {"failure_ratio": 2}}, r"breakers\.db: failure_ratio"),
+        ({"db": {"failure_ratio": 2}}, r"rules.yaml: breakers\.db\.failure_ratio: must be a"),
         ({"db": {"buckets": 0}}, "buckets"),
-        ({"db": {"bogus": 1}}, "unknown key 'bogus'"),
-        ({"db": {"failure_on": ["NoSuchError"]}}, "NoSuchError"),
+        ({"db": {"bogus": 1}}, "unknown field 'bogus'"),
+        ({"db": {"failure_on": ["NoSuchError"]}}, r"failure_on\[0\]: 'NoSuchError' is not a"),
         ({"db": {"health": "ftp://x"}}, "health"),
-        ({"db": {"mode": "sideways"}}, "mode"),
+        ({"db": {"mode": "sideways"}}, "mode: 'sideways' is not one of normal, disabled"),
         ({"a/b": {}}, "without '/'"),
-        ({"db": {"failure_status": ["500"]}}, "failure_status"),
-        ([1], "mapping"),
+        ({"db": {"failure_status": ["500"]}}, r"failure_status\[0\]: must be an integer"),
+        ([1], "breakers: must be a mapping"),
     ):
         with pytest.raises(ConfigError, match=match):
-            Breakers.parse_config(section)
+            breakers_config(section)
 
 
 def test_replayed_idempotent_request_is_the_probe(clock):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from limiter.degradation import Degradation, DegradationConfig, ServiceLevels
 from limiter.errors import ConfigError, InvalidParameter
+from limiter.ops.degradation import DEFAULT_WEIGHTS, Degradation, DegradationConfig, ServiceLevels
+from limiter.schema import load
 
 
 def make(clock, **kw):
@@ -91,20 +92,27 @@ def test_signals_and_weights(clock):
 
 
 def test_config_errors():
-    assert DegradationConfig.parse({"thresholds": [0.5, 0.7]}).names == (
+    assert load(DegradationConfig, {"thresholds": [0.5, 0.7]}, "degradation").names == (
         "normal",
         "throttle-secondary",
         "simplify",
     )
     for section, match in (
         ({"thresholds": [0.9, 0.8]}, "increase"),
-        ({"thresholds": []}, "positive"),
-        ({"thresholds": "0.5"}, "list"),
+        ({"thresholds": []}, "thresholds: must list at least one threshold"),
+        ({"thresholds": [0.5, 0]}, r"thresholds\[1\]: must be a number > 0, got 0"),
+        ({"thresholds": "0.5"}, "thresholds: must be a list"),
         ({"restore_after": -1}, "restore_after"),
-        ({"names": ["a"]}, "names"),
-        ({"bogus": 1}, "unknown key"),
-        ({"weights": {"x": 50}}, "weights.x"),
-        ([1], "mapping"),
+        ({"names": ["a"]}, "names: must be 5 names"),
+        ({"bogus": 1}, "unknown field 'bogus'"),
+        ({"weights": {"x": 50}}, r"weights\.x: must be a number in \[0, 10\]"),
+        ([1], "must be a mapping"),
     ):
         with pytest.raises(ConfigError, match=match):
-            DegradationConfig.parse(section, "degradation")
+            load(DegradationConfig, section, "degradation")
+    # A config's weights add to the default ones; in code they replace them.
+    weights = load(DegradationConfig, {"weights": {"cpu": 2}}, "degradation").weights
+    assert weights == {**DEFAULT_WEIGHTS, "cpu": 2.0} and DEFAULT_WEIGHTS["breakers"] == 0.9
+    assert DegradationConfig(weights={"cpu": 2}).weights == {"cpu": 2.0}
+    with pytest.raises(InvalidParameter, match="thresholds: must increase"):
+        DegradationConfig(thresholds=(0.9, 0.8))

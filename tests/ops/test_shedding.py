@@ -2,14 +2,69 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from limiter.errors import ConfigError, InvalidParameter
-from limiter.shedding import AbnormalAccess, ClientShedder, SheddingConfig, ThrottleWatch
+from limiter.ops.shedding import (
+    AbnormalAccess,
+    AbnormalConfig,
+    ClientsConfig,
+    ClientShedder,
+    SheddingConfig,
+    ThrottleConfig,
+    ThrottleWatch,
+    fair_level,
+)
+from limiter.schema import load
 
 
-def test_flooding_client_is_cut_first_and_others_pass(clock):
-    shedder = ClientShedder(max_share=0.2, window=10.0, min_requests=20, clock=clock)
+def test_fair_level_is_max_min():
+    assert fair_level(4000, [10_000] + [100] * 10) == pytest.approx(3000)
+    assert fair_level(4000, [10_000, 10_000] + [100] * 10) == pytest.approx(1500)
+    assert fair_level(4000, [100] * 10) == math.inf  # everyone fits: no cut
+    assert fair_level(4000, [10_000], rest=1000) == pytest.approx(3000)
+    assert fair_level(4000, [10_000], rest=5000) == 0.0  # the lighter ones need it all
+
+
+def flood(shedder, clock, heavy: int, light: int, seconds: float, capacity=None):
+    """One heavy client at ``heavy``/s and ten light ones at ``light``/s each, under
+    pressure, in 1 ms steps; what each passed per second over the last half."""
+    passed = {"heavy": 0, "light": 0}
+    steps = int(seconds * 1000)
+    debt = {"heavy": 0.0, "light": 0.0}
+    for step in range(steps):
+        clock.advance(0.001)
+        debt["heavy"] += heavy / 1000
+        debt["light"] += light * 10 / 1000
+        for name in ("heavy", "light"):
+            while debt[name] >= 1:
+                debt[name] -= 1
+                client = "heavy" if name == "heavy" else f"light{step % 10}"
+                ok = shedder.check(client, pressure=True, capacity=capacity)
+                if step >= steps // 2:
+                    passed[name] += ok
+    return {name: n / (seconds / 2) for name, n in passed.items()}
+
+
+def test_heavy_client_is_cut_to_its_fair_share_not_to_nothing(clock):
+    config = ClientsConfig(max_share=0.5, window=2.0, buckets=4, min_requests=20)
+    shedder = ClientShedder(config, clock=clock)
+    rates = flood(shedder, clock, heavy=10_000, light=100, seconds=6, capacity=4000)
+    assert rates["light"] == pytest.approx(1000, rel=0.02)  # the light ones are never cut
+    assert rates["heavy"] == pytest.approx(3000, rel=0.1)  # what they leave of 4000/s
+    # More light demand: the heavy client gives way, and only by what they need.
+    rates = flood(shedder, clock, heavy=10_000, light=300, seconds=6, capacity=4000)
+    assert rates["light"] == pytest.approx(3000, rel=0.02)
+    assert rates["heavy"] == pytest.approx(1000, rel=0.15)
+    # Spare room for everyone: nobody is cut.
+    rates = flood(shedder, clock, heavy=2000, light=100, seconds=6, capacity=4000)
+    assert rates["heavy"] == pytest.approx(2000, rel=0.02)
+
+
+def test_without_a_capacity_a_flood_is_held_to_the_cap(clock):
+    shedder = ClientShedder(ClientsConfig(max_share=0.2, window=10.0, min_requests=20), clock=clock)
     passed = {"flood": 0, "good": 0}
     asked = {"flood": 0, "good": 0}
     for i in range(2000):
@@ -20,24 +75,23 @@ def test_flooding_client_is_cut_first_and_others_pass(clock):
         if i % 200 == 0:
             clock.advance(0.5)
     assert passed["good"] == asked["good"]  # nobody well-behaved is cut
-    assert passed["flood"] < 25  # the flood (90% share) is cut once the window has volume
+    # The flood (90% of the requests) keeps a fifth of all requests, not more, not none.
+    assert passed["flood"] == pytest.approx(0.2 * 2000, rel=0.05)
     assert shedder.top(1)[0]["client"] == "flood"
     assert shedder.top(1)[0]["share"] == pytest.approx(0.9, abs=0.02)
 
 
 def test_no_cut_without_pressure(clock):
-    shedder = ClientShedder(max_share=0.1, clock=clock)
+    shedder = ClientShedder(ClientsConfig(max_share=0.1, min_requests=20), clock=clock)
     assert all(shedder.check("only", pressure=False) for _ in range(100))
-    assert not shedder.check("only", pressure=True)
+    assert not shedder.check("only", pressure=True, capacity=0.01)  # under one per window
     assert shedder.shed == 1
 
 
 def test_burst_blocks_for_cooldown_and_alerts(clock):
     events = []
     guard = AbnormalAccess(
-        burst=50,
-        burst_window=1.0,
-        cooldown=30,
+        AbnormalConfig(burst=50, burst_window=1.0, cooldown=30),
         clock=clock,
         on_block=lambda e, f: events.append((e, f)),
     )
@@ -58,7 +112,9 @@ def test_burst_blocks_for_cooldown_and_alerts(clock):
 def test_4xx_ratio_blocks(clock):
     events = []
     guard = AbnormalAccess(
-        error_ratio=0.5, min_responses=10, clock=clock, on_block=lambda e, f: events.append(f)
+        AbnormalConfig(error_ratio=0.5, min_responses=10),
+        clock=clock,
+        on_block=lambda e, f: events.append(f),
     )
     for _ in range(20):
         guard.response("fine", 200)
@@ -74,10 +130,7 @@ def test_4xx_ratio_blocks(clock):
 def test_throttle_watch_hysteresis(clock):
     events = []
     watch = ThrottleWatch(
-        window=10,
-        start_ratio=0.05,
-        min_over=3,
-        stop_after=30,
+        ThrottleConfig(window=10, start_ratio=0.05, min_over=3, stop_after=30),
         clock=clock,
         on_change=lambda e, f: events.append((e, f["rule"])),
     )
@@ -118,23 +171,25 @@ def test_top_throttled_rules(clock):
 
 
 def test_config():
-    cfg = SheddingConfig.parse({"clients": {"max_share": 0.3}, "abnormal": {"burst": 10}})
-    assert cfg.client_shedder().max_share == 0.3
-    assert cfg.abnormal_access().burst == 10
-    with pytest.raises(ConfigError, match=r"shedding\.clients: max_share"):
-        SheddingConfig.parse({"clients": {"max_share": 2}})
-    with pytest.raises(ConfigError, match="unknown key 'bogus'"):
-        SheddingConfig.parse({"abnormal": {"bogus": 1}})
-    with pytest.raises(ConfigError, match="unknown key"):
-        SheddingConfig.parse({"nope": {}})
-    with pytest.raises(ConfigError, match="mapping"):
-        SheddingConfig.parse([1])
+    cfg = load(SheddingConfig, {"clients": {"max_share": 0.3}, "abnormal": {"burst": 10}}, "s")
+    assert ClientShedder(cfg.clients).max_share == 0.3
+    assert cfg.abnormal is not None and AbnormalAccess(cfg.abnormal).burst == 10
+    assert load(SheddingConfig, {}, "shedding").abnormal is None  # off unless given
+    for section, match in (
+        ({"clients": {"max_share": 2}}, r"shedding: clients\.max_share: must be a number in \(0"),
+        ({"abnormal": {"bogus": 1}}, r"abnormal: unknown field 'bogus' \(known: burst, "),
+        ({"throttle": {"window": 0}}, r"throttle\.window: must be a number of seconds in"),
+        ({"nope": {}}, "unknown field 'nope'"),
+        ([1], "must be a mapping"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            load(SheddingConfig, section, "shedding")
     with pytest.raises(InvalidParameter, match="max_share"):
-        ClientShedder(max_share="big")
+        ClientsConfig(max_share="big")
 
 
 def test_per_rule_state_is_bounded(clock):
-    from limiter.shedding import OTHER, TopClients
+    from limiter.ops.shedding import OTHER, TopClients
 
     watch = ThrottleWatch(clock=clock, max_rules=3)
     tops = TopClients(max_rules=3)

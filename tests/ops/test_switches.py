@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from limiter.errors import ConfigError, InvalidParameter
-from limiter.switches import (
+from limiter.ops.switches import (
     MemorySwitches,
     RedisSwitches,
     StoreUnavailable,
@@ -16,6 +16,7 @@ from limiter.switches import (
     SwitchesConfig,
     open_switches,
 )
+from limiter.schema import load
 from tests.support import RedisServer
 
 
@@ -119,24 +120,24 @@ def test_bad_switches(sid, body, match, wall):
 
 
 def test_config():
-    assert SwitchesConfig.parse(None).store == "auto"
-    assert isinstance(open_switches(SwitchesConfig.parse({"store": "memory"})), MemorySwitches)
+    assert SwitchesConfig().store == "auto"
+    assert isinstance(open_switches(SwitchesConfig(store="memory")), MemorySwitches)
     with pytest.raises(ConfigError, match=r"needs switches\.url"):
-        open_switches(SwitchesConfig.parse({"store": "redis"}))
+        open_switches(load(SwitchesConfig, {"store": "REDIS"}, "switches"))
     # A cluster/sentinel backend URL is not used for switches (kept in process, logged).
     assert isinstance(open_switches(None, "redis+cluster://h:1"), MemorySwitches)
     for section, match in (
         ({"store": "etcd"}, "store"),
         ({"url": "http://x"}, "redis://"),
         ({"resync": 0}, "resync"),
-        ({"bogus": 1}, "unknown key"),
+        ({"bogus": 1}, "unknown field 'bogus'"),
         (["x"], "mapping"),
     ):
         with pytest.raises(ConfigError, match=match):
-            SwitchesConfig.parse(section)
+            load(SwitchesConfig, section, "switches")
 
 
-def test_redis_store_replicates_within_a_second(redis_url, wall):
+def test_redis_store_replicates_by_push(redis_url, wall):
     a = RedisSwitches(redis_url, clock=wall)
     b = RedisSwitches(redis_url, clock=wall, resync=60)  # only pub/sub can tell b in time
     try:
@@ -145,10 +146,11 @@ def test_redis_store_replicates_within_a_second(redis_url, wall):
         start = time.monotonic()
         a.put(make("rule:api", wall, action="force_deny"))
         assert a.rule("api").action == "force_deny"  # the writer reads its own write at once
-        assert wait(lambda: b.rule("api") is not None, 1.0)
-        assert time.monotonic() - start < 1.0
+        # Long before the resync (the bound is slack for a loaded machine).
+        assert wait(lambda: b.rule("api") is not None, 3.0)
+        assert time.monotonic() - start < 3.0
         a.delete("rule:api", "bob", "done")
-        assert wait(lambda: b.rule("api") is None, 1.0)
+        assert wait(lambda: b.rule("api") is None, 3.0)
         assert seen == [("rule:api", "force_deny"), ("rule:api", None)]
         assert [x["op"] for x in b.audit()] == ["delete", "put"]
     finally:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.support import RedisServer, free_port, wait_for_port
+from tests.support import RedisServer, free_port, start_on_free_ports, wait_ready
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ class Cluster:
         self.replicas = replicas
         # An explicit bus port: the default (port + 10000) overflows for high free ports.
         count = 3 * (1 + replicas)
-        self.nodes = [RedisServer(*args, "--cluster-port", str(free_port())) for _ in range(count)]
+        self.nodes = [RedisServer(*args, cluster_bus=True) for _ in range(count)]
 
     @property
     def url(self) -> str:
@@ -85,20 +85,35 @@ class SentinelProcess:
     def __init__(
         self, master: RedisServer, down_after_ms: int = 1000, failover_timeout_ms: int = 180_000
     ) -> None:
-        self.port = free_port()
+        self.master = master
+        self.down_after_ms = down_after_ms
+        self.failover_timeout_ms = failover_timeout_ms
         self.dir = Path(tempfile.mkdtemp(prefix="limiter-sentinel-"))
-        conf = self.dir / "sentinel.conf"
+        self.log = self.dir / "sentinel.log"
+        start_on_free_ports(self._start)
+
+    def _start(self) -> None:
+        self.port = free_port()
+        conf = self.dir / "sentinel.conf"  # rewritten by the sentinel: one per start
         conf.write_text(
             f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\n"
-            f"sentinel monitor mymaster 127.0.0.1 {master.port} 1\n"
-            f"sentinel down-after-milliseconds mymaster {down_after_ms}\n"
-            f"sentinel failover-timeout mymaster {failover_timeout_ms}\n"
+            f"sentinel monitor mymaster 127.0.0.1 {self.master.port} 1\n"
+            f"sentinel down-after-milliseconds mymaster {self.down_after_ms}\n"
+            f"sentinel failover-timeout mymaster {self.failover_timeout_ms}\n"
         )
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-        self.proc = subprocess.Popen(
-            [binary, str(conf), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        wait_for_port(self.port)
+        with self.log.open("w") as log:
+            self.proc = subprocess.Popen(
+                [binary, str(conf), "--sentinel"], stdout=log, stderr=subprocess.STDOUT
+            )
+        try:
+            wait_ready(
+                self.proc, self.log, "redis-sentinel", ports=[self.port], line="+monitor master"
+            )
+        except Exception:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            raise
 
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port, socket_timeout=2)

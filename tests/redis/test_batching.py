@@ -30,7 +30,7 @@ def test_threads_share_round_trips_exactly(redis_url: str, window: float) -> Non
     _threads(16, work)
     assert sum(admitted) == 300
     assert backend.combiner.batches < 16 * 40
-    assert fw.remote.failures == 0
+    assert fw.store.failures == 0
 
 
 def test_batches_from_many_threads_stay_in_order(redis_url: str) -> None:
@@ -74,7 +74,7 @@ def test_threads_asyncio_and_posted_releases_share_the_flusher(redis_url: str) -
         t.join(timeout=30)
     assert not any(t.is_alive() for t in threads)
     assert sum(admitted) == 500  # 8 * 60 + 200 = 680 asked
-    assert fw.remote.failures == 0 and cl.remote.failures == 0
+    assert fw.store.failures == 0 and cl.store.failures == 0
     assert cl.in_flight("jobs") == 0  # releases were posted before this call queued
 
 
@@ -150,4 +150,4 @@ def test_interrupted_wait_leaves_the_relay_and_the_next_call_intact(redis_url: s
     d = fw.acquire("k")  # queued again: 5 threads + the interrupted call + this one
     in_flight.join(timeout=10)
     assert d.allowed and d.remaining == 1000 - 7
-    assert fw.remote.failures == 0
+    assert fw.store.failures == 0

@@ -40,10 +40,42 @@ def test_same_decisions_as_memory(name: str, redis_url: str) -> None:
         if rng.random() < 0.1:
             time.sleep(rng.random() * 0.01)
         got = remote.acquire(key, cost)
-        server_now[0] = remote.remote.last_server_time_ns
+        server_now[0] = remote.store.last_server_time_ns
         assert local.acquire(key, cost) == got, (name, key, cost, server_now[0])
         refused += not got.allowed
     assert 0 < refused < 300  # the sequence exercised both outcomes
+
+
+RESERVING = {
+    "token_bucket": lambda **kw: limiter.TokenBucket(300.0, 8, **kw),
+    "leaky_bucket": lambda **kw: limiter.LeakyBucket(250.0, 5, **kw),
+    "fixed_window": lambda **kw: limiter.FixedWindow(8, 0.02, **kw),
+    "sliding_window": lambda **kw: limiter.SlidingWindow(8, 0.02, **kw),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RESERVING))
+def test_a_reserve_decides_like_memory(name: str, redis_url: str) -> None:
+    """Checks that must leave a reserve and checks that may take it, on one state: the
+    store's decisions equal the kernels' (``reserving`` views on both sides)."""
+    make = RESERVING[name]
+    remote = make(backend=RedisBackend(redis_url, local_cache=False, timeout=1.0))
+    server_now = [0]
+    local = make(clock=lambda: server_now[0])
+    remotes, locals_ = (remote, remote.reserving(3)), (local, local.reserving(3))
+    rng = random.Random(name)
+    seen = set()
+    for _ in range(300):
+        which = rng.random() < 0.7  # mostly the reserving side, as a flood would be
+        key = rng.choice(["a", "b"])
+        cost = rng.choice([1, 1, 2])
+        if rng.random() < 0.1:
+            time.sleep(rng.random() * 0.01)
+        got = remotes[which].acquire(key, cost)
+        server_now[0] = remotes[which].store.last_server_time_ns
+        assert locals_[which].acquire(key, cost) == got, (name, which, key, cost)
+        seen.add((which, got.allowed))
+    assert seen == {(False, False), (False, True), (True, False), (True, True)}
 
 
 def test_batch_decides_in_order_like_memory(redis_url: str) -> None:
@@ -118,7 +150,7 @@ def test_overlimit_cache_answers_refusals_locally(redis_url: str) -> None:
     for _ in range(50):
         assert not fw.acquire("k").allowed
     assert backend.combiner.batches == batches + 1  # one refusal from Redis, the rest local
-    assert fw.remote.cache.hits == 49
+    assert fw.store.cache.hits == 49
 
 
 async def _gather(fw: limiter.FixedWindow, n: int) -> list[limiter.Decision]:

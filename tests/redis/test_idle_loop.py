@@ -109,12 +109,12 @@ def test_a_loop_that_never_idles_still_gets_its_answers(redis_url: str) -> None:
 
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         assert runner.run(asyncio.wait_for(scenario(), 10)) == [True] * 10
-    assert fw.remote.failures == 0
+    assert fw.store.failures == 0
 
 
 def test_a_batch_that_cannot_be_encoded_fails_its_calls_not_the_loop(redis_url: str) -> None:
-    backend = RedisBackend(redis_url, local_cache=False, timeout=1.0, on_failure="closed")
-    fw = limiter.FixedWindow(100, 3600.0, backend=backend)
+    backend = RedisBackend(redis_url, local_cache=False, timeout=1.0)
+    fw = limiter.FixedWindow(100, 3600.0, backend=backend, failure_mode="deny")
     real = backend._commands_for
 
     def broken(calls):  # what a bug in encoding would do
@@ -129,5 +129,5 @@ def test_a_batch_that_cannot_be_encoded_fails_its_calls_not_the_loop(redis_url: 
 
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         refused, after = runner.run(asyncio.wait_for(scenario(), 10))
-    assert refused == [False] * 3 and after  # failure mode "closed", then served again
-    assert "cannot encode" in str(fw.remote.last_error)
+    assert refused == [False] * 3 and after  # failure mode "deny", then served again
+    assert "cannot encode" in str(fw.store.last_error)

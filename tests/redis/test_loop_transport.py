@@ -12,7 +12,7 @@ import redis
 
 import limiter
 from limiter.backends.redis import RedisBackend
-from tests.support import RedisServer
+from tests.support import PATIENT, RedisServer
 
 
 def _run(coro, timeout: float = 30.0):
@@ -31,7 +31,7 @@ def test_asyncio_callers_share_round_trips_on_their_loop(redis_url: str) -> None
     assert backend.combiner.batches == 0  # no flusher thread was involved
     (transport,) = backend.loop_transports.values()
     assert 1 <= transport.trips < 80  # handshake + a few shared round trips
-    assert fw.remote.failures == 0
+    assert fw.store.failures == 0
 
 
 def test_leases_released_from_the_loop_precede_its_next_request(redis_url: str) -> None:
@@ -51,8 +51,11 @@ def test_leases_released_from_the_loop_precede_its_next_request(redis_url: str) 
 
 
 def test_unix_socket_url_and_database_selection() -> None:
-    with RedisServer("--unixsocket", "/tmp/limiter-test-loop.sock") as server:
-        url = "unix:///tmp/limiter-test-loop.sock?db=3"
+    server = RedisServer()
+    sock = server.dir / "redis.sock"  # this server's own: concurrent runs never share it
+    server.extra_args += ["--unixsocket", str(sock)]
+    with server:
+        url = f"unix://{sock}?db=3"
         fw = limiter.FixedWindow(2, 3600.0, backend=RedisBackend(url, timeout=1.0))
 
         async def scenario() -> list[bool]:
@@ -77,11 +80,11 @@ def test_password_and_acl_user() -> None:
         # A wrong password fails like an unreachable server: the rule's failure mode.
         wrong = RedisBackend(
             f"redis://:nope@127.0.0.1:{server.port}/1",
-            timeout=1.0, require_at_start=False, on_failure="open",
+            timeout=1.0, require_at_start=False,
         )  # fmt: skip
-        tb = limiter.TokenBucket(1.0, 1, backend=wrong)
+        tb = limiter.TokenBucket(1.0, 1, backend=wrong, failure_mode="allow")
         assert _run(tb.acquire_async("w")).allowed
-        assert "WRONGPASS" in str(tb.remote.last_error) or "invalid" in str(tb.remote.last_error)
+        assert "WRONGPASS" in str(tb.store.last_error) or "invalid" in str(tb.store.last_error)
         assert wrong.breaker.is_open
 
 
@@ -96,11 +99,11 @@ async def _hammer(fw: limiter.FixedWindow, stop: asyncio.Event, log: list) -> No
         await asyncio.sleep(0)
 
 
-@pytest.mark.parametrize("mode", ["closed", "open", "local"])
+@pytest.mark.parametrize("mode", ["deny", "allow", "local"])
 def test_sigkill_and_restart_during_asyncio_load(own_redis: RedisServer, mode: str) -> None:
-    backend = RedisBackend(own_redis.url, on_failure=mode, local_cache=False, timeout=0.05)
-    fw = limiter.FixedWindow(10**9, 3600.0, backend=backend)
-    small = limiter.TokenBucket(0.001, 5, backend=backend)
+    backend = RedisBackend(own_redis.url, local_cache=False, timeout=0.05)
+    fw = limiter.FixedWindow(10**9, 3600.0, backend=backend, failure_mode=mode)
+    small = limiter.TokenBucket(0.001, 5, backend=backend, failure_mode=mode)
     client = redis.Redis(port=own_redis.port)
 
     async def scenario() -> tuple[list, list, float, float, float]:
@@ -128,11 +131,11 @@ def test_sigkill_and_restart_during_asyncio_load(own_redis: RedisServer, mode: s
     assert max(e[1] for e in log) < 2.0
     during = [e[2] for e in log if killed + 0.05 < e[0] and e[0] + e[1] < restarting]
     assert during, "no decisions were made while Redis was down"
-    if mode == "closed":
+    if mode == "deny":
         assert not any(during) and not any(outage)
     else:
         assert all(during)
-        assert outage == ([True] * 8 if mode == "open" else [True] * 5 + [False] * 3)
+        assert outage == ([True] * 8 if mode == "allow" else [True] * 5 + [False] * 3)
     assert resumed <= 1.0, f"shared limiting resumed {resumed:.3f}s after Redis returned"
     assert backend.breaker.trips >= 1
 
@@ -140,8 +143,8 @@ def test_sigkill_and_restart_during_asyncio_load(own_redis: RedisServer, mode: s
 def test_a_server_that_stops_answering_costs_one_timeout(own_redis: RedisServer) -> None:
     """SIGSTOP: the connection stays up but nothing comes back. Waiting calls end at the
     timeout, the breaker opens, and later calls are answered without waiting at all."""
-    backend = RedisBackend(own_redis.url, on_failure="open", local_cache=False, timeout=0.05)
-    fw = limiter.FixedWindow(10**9, 3600.0, backend=backend)
+    backend = RedisBackend(own_redis.url, local_cache=False, timeout=0.05)
+    fw = limiter.FixedWindow(10**9, 3600.0, backend=backend, failure_mode="allow")
 
     async def scenario() -> tuple[float, float, bool]:
         assert (await fw.acquire_async("k")).allowed
@@ -170,8 +173,8 @@ def test_a_server_that_stops_answering_costs_one_timeout(own_redis: RedisServer)
 
 def test_script_flush_and_error_replies(own_redis: RedisServer) -> None:
     backend = RedisBackend(own_redis.url, local_cache=False, timeout=1.0)
-    fw = limiter.FixedWindow(3, 3600.0, backend=backend)
-    opened = limiter.FixedWindow(3, 3600.0, backend=backend.rule(on_failure="open"))
+    fw = limiter.FixedWindow(3, 3600.0, backend=backend, failure_mode="deny")
+    opened = limiter.FixedWindow(3, 3600.0, backend=backend, failure_mode="allow")
     client = redis.Redis(port=own_redis.port)
 
     async def scenario() -> tuple[list[bool], bool, bool]:
@@ -190,27 +193,27 @@ def test_script_flush_and_error_replies(own_redis: RedisServer) -> None:
     flushed, refused, admitted = _run(scenario())
     assert flushed == [True, True, False]
     assert not refused and admitted  # OOM replies follow each rule's failure mode
-    assert isinstance(fw.remote.last_error, redis.exceptions.OutOfMemoryError)
+    assert isinstance(fw.store.last_error, redis.exceptions.OutOfMemoryError)
     assert not backend.breaker.is_open  # the server is up; only writes fail
-    assert client.script_exists(fw.remote.codec.script.sha) == [True]
+    assert client.script_exists(fw.store.codec.script.sha) == [True]
 
 
 def test_readonly_replica_over_the_loop(own_redis: RedisServer) -> None:
     with RedisServer("--replicaof", "127.0.0.1", str(own_redis.port)) as replica:
-        backend = RedisBackend(replica.url, on_failure="local")
+        backend = RedisBackend(replica.url, timeout=PATIENT)
         fw = limiter.FixedWindow(5, 1.0, backend=backend)
 
         async def scenario() -> list[bool]:
             return [(await fw.acquire_async("k")).allowed for _ in range(6)]
 
         assert _run(scenario()) == [True] * 5 + [False]
-        assert fw.remote.failures == 6 and backend.breaker.trips == 1
+        assert fw.store.failures == 6 and backend.breaker.trips == 1
 
 
 def test_unreachable_at_start_then_back(own_redis: RedisServer) -> None:
     url = own_redis.url
     own_redis.kill()
-    backend = RedisBackend(url, require_at_start=False, on_failure="local", timeout=0.2)
+    backend = RedisBackend(url, require_at_start=False, timeout=0.2)
     tb = limiter.TokenBucket(0.001, 2, backend=backend)
 
     async def scenario() -> tuple[list[bool], bool]:
@@ -282,33 +285,33 @@ def test_which_urls_get_the_event_loop_connection() -> None:
 
 
 def test_batches_on_the_loop_use_the_cache_and_the_breaker(own_redis: RedisServer) -> None:
-    backend = RedisBackend(own_redis.url, on_failure="open", timeout=0.05)
-    fw = limiter.FixedWindow(2, 3600.0, backend=backend)
-    remote = fw.remote
+    backend = RedisBackend(own_redis.url, timeout=0.05)
+    fw = limiter.FixedWindow(2, 3600.0, backend=backend, failure_mode="allow")
 
-    async def scenario() -> tuple[list[bool], list[bool], list[bool], int]:
-        first = await remote.acquire_batch_async(["a", "a", "a", "b"], [1, 1, 1, 1])
+    async def scenario() -> tuple[list[bool], list[bool], list[bool], tuple, list[bool], int]:
+        first = await fw.decide(["a", "a", "a", "b"], [1, 1, 1, 1])
         trips = backend.loop_transports[asyncio.get_running_loop()].trips
-        cached = await remote.acquire_batch_async(["a"])  # a known refusal: no round trip
+        cached = await fw.decide(["a", "a"], [1, 1])  # known refusals: no round trip
         trips = backend.loop_transports[asyncio.get_running_loop()].trips - trips
         own_redis.kill()
-        down = await remote.acquire_batch_async(["c", "d"])  # trips the breaker: failure mode
+        down = await fw.decide(["c", "d"], [1, 1])  # trips the breaker: failure mode
         assert backend.breaker.is_open
         own_redis.start()
         await asyncio.sleep(backend.breaker.cooldown + 0.05)
         # Half-open: the whole batch is the one probe, each check decided by Redis.
-        back = await remote.acquire_batch_async(["e", "e", "e"])
+        back = await fw.decide(["e", "e", "e"], [1, 1, 1])
         return (
-            [d.allowed for d in first],
-            [d.allowed for d in cached],
-            [d.allowed for d in down],
-            [d.allowed for d in back],
+            [d.allowed for d in first.decisions],
+            [d.allowed for d in cached.decisions],
+            [d.allowed for d in down.decisions],
+            down.failed + first.failed + back.failed,
+            [d.allowed for d in back.decisions],
             trips,
         )
 
-    first, cached, down, back, trips = _run(scenario())
-    assert first == [True, True, False, True] and cached == [False] and trips == 0
-    assert down == [True, True]
+    first, cached, down, failed, back, trips = _run(scenario())
+    assert first == [True, True, False, True] and cached == [False, False] and trips == 0
+    assert down == [True, True] and failed == (0, 1)  # only the outage's checks failed
     assert back == [True, True, False] and not backend.breaker.is_open
 
 

@@ -35,13 +35,13 @@ def _owner(cluster: Cluster, slot: int, via: int = 0) -> int:
 
 def test_dead_master_trips_only_its_keys(partial_cluster: Cluster) -> None:
     cluster = partial_cluster
-    backend = RedisBackend(cluster.url, on_failure="open", local_cache=False, timeout=0.5)
+    backend = RedisBackend(cluster.url, local_cache=False, timeout=0.5)
     limit = 40
-    fw = limiter.FixedWindow(limit, 3600.0, backend=backend)
+    fw = limiter.FixedWindow(limit, 3600.0, backend=backend, failure_mode="allow")
     by_node: dict[int, list[str]] = {0: [], 1: [], 2: []}
     for i in range(200):
         key = f"user-{i}"
-        by_node[_owner(cluster, fw.remote._keys(key)[1])].append(key)
+        by_node[_owner(cluster, fw.store._keys(key)[1])].append(key)
     victim = by_node[0][:2]
     survivors = by_node[1][:2] + by_node[2][:2]
     keys = victim + survivors
@@ -84,7 +84,7 @@ def test_dead_master_trips_only_its_keys(partial_cluster: Cluster) -> None:
     after = [e[3] for e in log if e[0] in victim and e[1] > killed + 0.05]
     assert len(after) > 2 * limit and all(after)
     # A batch mixing both kinds of keys: each key decided by its own node's state.
-    mixed = fw.remote.acquire_batch([survivors[0], victim[0]], [1, 1])
+    mixed = fw.acquire_batch([survivors[0], victim[0]], [1, 1])
     assert [d.allowed for d in mixed] == [False, True]
     # The master comes back (same port, same nodes.conf): its keys are shared again.
     cluster.nodes[0].start()
@@ -135,10 +135,12 @@ def replicated_cluster():
 
 def test_cluster_failover_moves_keys_to_the_promoted_replica(replicated_cluster: Cluster) -> None:
     cluster = replicated_cluster
-    backend = RedisBackend(cluster.url, on_failure="closed", local_cache=False, timeout=0.5)
-    fw = limiter.FixedWindow(10**9, 3600.0, backend=backend)  # never full: refusal = failure mode
+    backend = RedisBackend(cluster.url, local_cache=False, timeout=0.5)
+    fw = limiter.FixedWindow(
+        10**9, 3600.0, backend=backend, failure_mode="deny"
+    )  # never full: refusal = failure mode
     key = "user-1"
-    slot = fw.remote._keys(key)[1]
+    slot = fw.store._keys(key)[1]
     master = cluster.nodes[_owner(cluster, slot)]
 
     def replicates(node) -> bool:
@@ -147,7 +149,7 @@ def test_cluster_failover_moves_keys_to_the_promoted_replica(replicated_cluster:
     replica = next(n for n in cluster.nodes if n is not master and replicates(n))
     shard = _owner(cluster, slot)
     other = next(k for k in (f"user-{i}" for i in range(100))
-                 if _owner(cluster, fw.remote._keys(k)[1]) != shard)  # fmt: skip
+                 if _owner(cluster, fw.store._keys(k)[1]) != shard)  # fmt: skip
     assert fw.acquire(key).allowed and fw.acquire(other).allowed
     master.kill()
     outcomes: list[tuple[float, bool, bool]] = []

@@ -18,7 +18,7 @@ def _window_worker(url: str) -> list[tuple[int, bool]]:
     out = []
     for _ in range(250):
         d = fw.acquire("hot")
-        out.append((fw.remote.last_server_time_ns, d.allowed))
+        out.append((fw.store.last_server_time_ns, d.allowed))
     return out
 
 
@@ -27,7 +27,7 @@ def _bucket_worker(url: str) -> list[tuple[int, bool]]:
     out = []
     for _ in range(250):
         d = tb.acquire("hot")
-        out.append((tb.remote.last_server_time_ns, d.allowed))
+        out.append((tb.store.last_server_time_ns, d.allowed))
     return out
 
 

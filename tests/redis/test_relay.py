@@ -56,4 +56,4 @@ def test_threads_that_leave_while_holding_their_turn_strand_nobody(redis_url: st
     assert done == [1 + i % 9 for i in range(48)]
     assert time.monotonic() - t0 < 10
     assert fw.acquire("leaving").remaining == 10**6 - sum(done) - 1
-    assert fw.remote.failures == 0
+    assert fw.store.failures == 0

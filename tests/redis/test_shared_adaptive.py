@@ -9,9 +9,22 @@ import pytest
 import limiter
 from limiter.backends.redis import RedisBackend
 from limiter.backends.shared_adaptive import SharedAdaptiveLimiter
+from tests.support import PATIENT
 
 KNOBS = dict(target_latency=0.1, percentile=0.9, initial_limit=400, interval=0.05, burst=0.05,
              sync_interval=0.01)  # fmt: skip
+
+
+def agreed_limit(replicas: list[SharedAdaptiveLimiter]) -> float:
+    """Sync until every replica shows one limit: the leader publishes what it computed
+    at its next exchange, so on a busy machine a replica may still show the one before."""
+    for _ in range(20):
+        for r in replicas:
+            r.sync()
+        limits = {r.current_limit for r in replicas}
+        if len(limits) == 1:
+            return limits.pop()
+    raise AssertionError(f"replicas never agreed: {limits}")
 
 
 def _replicas(url: str, n: int = 3) -> list[SharedAdaptiveLimiter]:
@@ -26,11 +39,9 @@ def test_replicas_converge_on_one_limit_fed_by_all(redis_url: str) -> None:
                 r.record(0.5)
             r.sync()
         time.sleep(0.06)
-    for r in replicas:
-        r.sync()
+    # Overload throughout: cut by 1/2, and as that did not cure it, by 1/2 again (or more).
+    assert agreed_limit(replicas) <= 100
     assert sum(r.leader for r in replicas) == 1
-    limits = {r.current_limit for r in replicas}
-    assert len(limits) == 1 and limits.pop() < 400
 
 
 def test_samples_of_non_leaders_count(redis_url: str) -> None:
@@ -44,7 +55,7 @@ def test_samples_of_non_leaders_count(redis_url: str) -> None:
             r.sync()
         time.sleep(0.06)
         leader.sync()
-    assert leader.current_limit < 400
+    assert leader.current_limit <= 200  # the first cut halves
 
 
 def test_admissions_are_paced_cluster_wide(redis_url: str) -> None:
@@ -57,7 +68,7 @@ def test_admissions_are_paced_cluster_wide(redis_url: str) -> None:
 
 
 def test_bad_input(redis_url: str) -> None:
-    backend = RedisBackend(redis_url)
+    backend = RedisBackend(redis_url, timeout=PATIENT)
     with pytest.raises(limiter.InvalidParameter, match="name"):
         SharedAdaptiveLimiter(backend, "")
     with pytest.raises(limiter.InvalidParameter, match="sync_interval"):

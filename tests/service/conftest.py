@@ -2,46 +2,63 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import grpc
 import pytest
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from limiter.server import v1
+from limiter.server.logs import serving_ports
 
-from tests.support import free_port, wait_for_port
+from tests.support import free_port, start_on_free_ports, stop_process, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
+_SERIAL = itertools.count()
 
 
 class ServiceProcess:
-    """``python -m limiter.server.cli serve`` on free ports, stopped with SIGTERM."""
+    """``python -m limiter.server.cli serve``, stopped with SIGTERM; its output is in
+    ``self.log``.
 
-    def __init__(self, config: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    The first start binds port 0 and reads the ports back from the service's "serving"
+    log line, so no port is reserved and released beforehand. With ``--workers`` (every
+    worker must bind the same ports) it picks free ports and picks again if another
+    process took one first. Later starts reuse the ports, so clients reconnect to the
+    same address. ``program`` runs another ``limiter`` executable.
+    """
+
+    def __init__(
+        self,
+        config: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        program: Sequence[str] = (sys.executable, "-m", "limiter.server.cli"),
+    ) -> None:
         self.config = config
-        self.grpc_port = free_port()
-        self.http_port = free_port()
+        self.grpc_port = 0
+        self.http_port = 0
         self.args = list(args)
         self.env = {**os.environ, **(env or {})}
+        self.program = list(program)
         self.proc: subprocess.Popen[str] | None = None
-        self.log = config.with_suffix(f".{self.grpc_port}.log")
+        self.log = config.with_suffix(f".{next(_SERIAL)}.log")
 
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
 
-    def start(self) -> ServiceProcess:
-        command = [
-            sys.executable, "-m", "limiter.server.cli", "serve",
+    def command(self) -> list[str]:
+        return [
+            *self.program, "serve",
             "--config", str(self.config),
             "--host", "127.0.0.1",
             "--grpc-port", str(self.grpc_port),
@@ -49,17 +66,52 @@ class ServiceProcess:
             "--reload-interval", "0.1",
             *self.args,
         ]  # fmt: skip
+
+    def start(self) -> ServiceProcess:
+        if self.grpc_port:
+            self._spawn()
+        elif "--workers" in self.args:
+            start_on_free_ports(self._first_start_on_free_ports)
+        else:
+            self._spawn()
+        return self
+
+    def _first_start_on_free_ports(self) -> None:
+        self.grpc_port, self.http_port = free_port(), free_port()
+        try:
+            self._spawn()
+        except Exception:
+            self.grpc_port = self.http_port = 0
+            raise
+
+    def _spawn(self) -> None:
         self._log = self.log.open("w")
         self.proc = subprocess.Popen(
-            command, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, text=True
+            self.command(),
+            cwd=ROOT,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         try:
-            wait_for_port(self.grpc_port, timeout=20)
-            wait_for_port(self.http_port, timeout=20)
-        except TimeoutError:
+            if self.grpc_port:
+                ports = [self.grpc_port, self.http_port]
+                wait_ready(self.proc, self.log, "limiter serve", ports=ports)
+            else:
+                wait_ready(self.proc, self.log, "limiter serve", line='"msg": "serving"')
+                ports = self._serving()
+                self.grpc_port, self.http_port = ports["grpc"], ports["http"]
+        except Exception:
             self.stop()
-            raise RuntimeError(f"service did not start:\n{self.logs()}") from None
-        return self
+            raise
+
+    def _serving(self) -> dict[str, int]:
+        for line in self.logs().splitlines():
+            ports = serving_ports(line)
+            if ports is not None:
+                return ports
+        raise RuntimeError(f"limiter serve: no 'serving' line in its log:\n{self.logs()}")
 
     def logs(self) -> str:
         return self.log.read_text()
@@ -71,13 +123,7 @@ class ServiceProcess:
     def stop(self, timeout: float = 15) -> int:
         if self.proc is None:
             return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait()
+        code = stop_process(self.proc, timeout)
         self.proc = None
         self._log.close()
         return code
@@ -86,6 +132,8 @@ class ServiceProcess:
         request = urllib.request.Request(
             f"http://127.0.0.1:{self.http_port}{path}", data=body, method=method
         )
+        if body is not None:
+            request.add_header("Content-Type", "application/json")
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
                 return response.status, response.read()

@@ -146,7 +146,8 @@ def test_expired_wait_is_busy_and_counted(service: ServiceProcess) -> None:
         elapsed = time.monotonic() - start
     result = late.results[0]
     assert not result.allowed and result.code == Result.QUEUE_TIMEOUT
-    assert 0.2 <= result.waited < 0.5 and 0.2 <= elapsed < 2.0, (result.waited, elapsed)
+    # Not held on past max_wait (slack for a timer firing late on a loaded machine).
+    assert 0.2 <= result.waited < 1.0 and 0.2 <= elapsed < 2.0, (result.waited, elapsed)
     assert service.metric("limiter_queue_expired_total", **labels) == before + 1
 
 

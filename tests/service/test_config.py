@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from limiter import ConfigError
+from limiter import ConfigError, schema
 from limiter import config as rules
+from limiter.ops import SECTIONS
+from limiter.priority import Priority
 
 ENVOY_EXAMPLE = """
 domain: mongo_cps
@@ -107,9 +110,10 @@ descriptors:
 """
     )
     limits = {r.path[0][0]: r.limit for r in config.rules}
-    assert limits["a"].burst == 20 and limits["a"].priority == "sheddable"
+    assert limits["a"].burst == 20 and limits["a"].priority is Priority.SHEDDABLE
     assert limits["a"].failure_mode == "deny" and limits["a"].max_cost == 20
-    kernels = {k: rules.build_limiter(v) for k, v in limits.items()}
+    assert limits["b"].failure_mode == "local" and limits["b"].priority is Priority.CRITICAL
+    kernels = {k: rules.build_kernel(v) for k, v in limits.items()}
     assert type(kernels["a"]).__name__ == "TokenBucket" and kernels["a"].burst == 20
     assert type(kernels["b"]).__name__ == "SlidingWindow"
     assert type(kernels["c"]).__name__ == "ConcurrencyLimit"
@@ -134,16 +138,16 @@ A = "domain: d\ndescriptors:\n  - key: a\n"
          "descriptors[0] (key=a).descriptors[0] (key=b, value=x): rate_limit.requests_per_unit"),
         ("domain: d\ndescriptors:\n  - {key: a, value: x}\n  - {key: a, value: x}",
          "descriptors[1] (key=a, value=x): duplicate descriptor a=x"),
-        ("domain: d\ndescriptors:\n  - value: x", "descriptors[0]: field 'key' must be"),
+        ("domain: d\ndescriptors:\n  - value: x", "descriptors[0]: key: required"),
         (A + "    rate_limit: {unlimited: true, unit: second}",
          "rate_limit.unit: not allowed together with 'unlimited: true'"),
         (A + "    rate_limit: {unit: second, requests_per_unit: 1, burst: 3}",
          "rate_limit.burst: only token_bucket and leaky_bucket"),
-        (A + "    shadow_mode: yes please", "'shadow_mode' must be"),
+        (A + "    shadow_mode: yes please", "(key=a): shadow_mode: must be true or false"),
         (A + "    limit: 3", "unknown field 'limit'"),
-        ("domain: d\nalerts: {}\n", "unknown top-level field 'alerts'"),
-        ("domain: ''\n", "field 'domain' must be a non-empty string"),
-        ("domain: d\ndescriptors: {a: 1}\n", "field 'descriptors' must be a list"),
+        ("domain: d\nalert: {}\n", "rules.yaml: unknown field 'alert' (known: alerts, breakers"),
+        ("domain: ''\n", "domain: must be a non-empty string"),
+        ("domain: d\ndescriptors: {a: 1}\n", "descriptors: must be a list"),
         ("domain: d\n---\ndomain: d\n", "domain 'd' is already defined"),
         ("domain: [unclosed\n", "invalid YAML"),
         ("- 1\n- 2\n", "a document must be a mapping"),
@@ -153,6 +157,18 @@ A = "domain: d\ndescriptors:\n  - key: a\n"
          "rate_limit.mode: only algorithm 'adaptive' takes it"),
         (A + "    rate_limit: {algorithm: adaptive, unit: second, requests_per_unit: 5, "
          "percentile: 1.5}", "rate_limit.percentile: must be a number in (0, 1)"),
+        (A + "    rate_limit: {unit: second, requests_per_unit: 10, reserved: {fraction: 1}}",
+         "rate_limit.reserved.fraction: must be a number in (0, 1)"),
+        (A + "    rate_limit: {unit: second, requests_per_unit: 10, reserved: {}}",
+         "rate_limit.reserved.fraction: required"),
+        (A + "    rate_limit: {unit: second, requests_per_unit: 4, reserved: {fraction: 0.1}}",
+         "rate_limit.reserved.fraction: 0.1 of 4 reserves 0 units"),
+        (A + "    rate_limit: {requests_per_unit: 4, algorithm: concurrency, "
+         "reserved: {fraction: 0.5}}", "rate_limit.reserved: only token_bucket, leaky_bucket"),
+        (A + "    rate_limit: {unit: second, requests_per_unit: 9, reserved: {fraction: 0.5, "
+         "priority: vip}}", "rate_limit.reserved.priority: "),
+        (A + "    rate_limit: {unlimited: true, reserved: {fraction: 0.5}}",
+         "rate_limit.reserved: not allowed together with 'unlimited: true'"),
     ],
 )  # fmt: skip
 def test_errors_name_file_path_and_field(text: str, needle: str) -> None:
@@ -163,17 +179,13 @@ def test_errors_name_file_path_and_field(text: str, needle: str) -> None:
     assert needle in message, message
 
 
-def test_registered_sections_and_directories(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    rules.register_section("test_extra", lambda value, where: {"seen": value, "where": where})
-    try:
-        (tmp_path / "a.yaml").write_text("domain: a\ntest_extra: 3\n")
-        (tmp_path / "b.yml").write_text("domain: b\n")
-        (tmp_path / "ignored.txt").write_text("not yaml: [")
-        config = rules.load(tmp_path)
-        assert sorted(config.domains) == ["a", "b"]
-        assert config.sections["test_extra"]["seen"] == 3
-    finally:
-        rules._SECTIONS.pop("test_extra")
+def test_ops_sections_and_directories(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "a.yaml").write_text("domain: a\ndegradation: {restore_after: 3}\n")
+    (tmp_path / "b.yml").write_text("domain: b\n")
+    (tmp_path / "ignored.txt").write_text("not yaml: [")
+    config = rules.load(tmp_path)
+    assert sorted(config.domains) == ["a", "b"]
+    assert config.sections["degradation"].restore_after == 3
 
 
 def test_missing_file_is_a_config_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -194,3 +206,30 @@ def test_check_config_command(tmp_path) -> None:  # type: ignore[no-untyped-def]
     fail = subprocess.run([*run, str(bad)], capture_output=True, text=True, timeout=30)
     assert fail.returncode == 1
     assert f"{bad}: domain 'd': descriptors[0] (key=a): rate_limit.unit: 's'" in fail.stderr
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing yet\n")
+    warned = subprocess.run([*run, str(empty)], capture_output=True, text=True, timeout=30)
+    assert warned.returncode == 0 and "OK (0 domains, 0 rules)" in warned.stdout
+    assert f"warning: {empty}: empty config" in warned.stderr
+    assert "warning" not in ok.stderr
+
+
+def test_configuration_reference_is_current() -> None:
+    """docs/configuration.md is what `make docs` generates from the schema now."""
+    from limiter.server import reference
+
+    page = Path(__file__).parents[2] / "docs" / "configuration.md"
+    assert page.read_text(encoding="utf-8") == reference.render(), "stale: run `make docs`"
+
+
+def test_the_reference_covers_every_section_and_key() -> None:
+    from limiter.server import reference
+    from limiter.server.settings import Settings
+
+    paths = dict(reference.sections())
+    assert {p.split(".")[0] for p in paths} >= {*SECTIONS, "descriptors[]"}
+    assert {"descriptors[].rate_limit", "descriptors[].rate_limit.queue"} <= set(paths)
+    for path, cls in [*paths.items(), ("serve", Settings)]:
+        for f, _, meta in schema.declared(cls):
+            assert meta.hidden or meta.doc, f"{path}.{f.name} has no doc"
+            assert not (meta.hidden and cls is not Settings), f"{path}.{f.name} is hidden"

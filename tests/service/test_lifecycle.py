@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -18,10 +19,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 from limiter.server import v1
-from limiter.server.cli import with_batch_window
 
 from tests.service.conftest import ServiceProcess, request, rls_stub, wait_until
-from tests.support import free_port
 
 RULES = """
 domain: app
@@ -52,14 +51,7 @@ def test_help_explains_every_option() -> None:
         assert option in out, option
 
 
-def test_redis_batch_window_is_added_unless_the_url_sets_one(tmp_path: Path) -> None:
-    assert with_batch_window("redis://h:1/0", 0.0005) == "redis://h:1/0?batch_window=0.0005"
-    assert (
-        with_batch_window("redis://h/0?timeout=0.02", 0)
-        == "redis://h/0?timeout=0.02&batch_window=0"
-    )
-    assert with_batch_window("redis://h?batch_window=0.01", 0.0005) == "redis://h?batch_window=0.01"
-    assert with_batch_window(None, 0.0005) is None
+def test_bad_redis_batch_windows_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "r.yaml"
     path.write_text(rules(3))
     for bad in ("-1", "0.5", "nan", "soon"):
@@ -68,6 +60,42 @@ def test_redis_batch_window_is_added_unless_the_url_sets_one(tmp_path: Path) -> 
              "--redis-batch-window", bad], capture_output=True, text=True, timeout=30,
         )  # fmt: skip
         assert run.returncode == 2 and "--redis-batch-window" in run.stderr, (bad, run.stderr)
+
+
+def test_flags_win_over_the_environment_which_wins_over_defaults() -> None:
+    from limiter.server import cli
+    from limiter.server.settings import Settings
+
+    from limiter.schema import FieldError
+
+    args = cli.build_parser().parse_args(["serve", "--config", "r.yaml", "--grpc-port", "5"])
+    env = {"LIMITER_GRPC_PORT": "6", "LIMITER_HTTP_PORT": "7", "LIMITER_HEADERS": "NONE",
+           "LIMITER_ADMIN_ALLOW_REMOTE": "1", "LIMITER_REDIS_BATCH_WINDOW": ""}  # fmt: skip
+    settings = cli.settings(args, env)
+    assert (settings.grpc_port, settings.http_port, settings.headers) == (5, 7, "none")
+    assert settings.admin_allow_remote and settings.redis_batch_window is None
+    assert settings.max_keys == Settings("r.yaml").max_keys == 1_000_000
+    for name, value, problem in (
+        ("LIMITER_HTTP_PORT", "65536", "must be an integer in [0, 65535], got 65536"),
+        ("LIMITER_DRAIN_SECONDS", "nan", "must be a number of seconds in [0, 86400]"),
+        ("LIMITER_LOG_LEVEL", "loud", "'loud' is not one of debug, info, warning, error"),
+        ("LIMITER_ADMIN_ALLOW_REMOTE", "yes", "must be true or false, got 'yes'"),
+    ):
+        with pytest.raises(FieldError, match=f"environment variable {name}: ") as info:
+            cli.settings(args, {name: value})
+        assert problem in str(info.value)
+
+
+def test_bad_environment_values_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text(rules(3))
+    run = subprocess.run(
+        [sys.executable, "-m", "limiter.server.cli", "serve", "--config", str(path)],
+        capture_output=True, text=True, timeout=30,
+        env={**os.environ, "LIMITER_WORKERS": "0"},
+    )  # fmt: skip
+    assert run.returncode == 2, run.stderr
+    assert "environment variable LIMITER_WORKERS: must be an integer in [1, 1024]" in run.stderr
 
 
 def test_workers_without_redis_are_refused(tmp_path: Path) -> None:
@@ -192,20 +220,20 @@ def test_stop_drains_in_flight_rpcs(tmp_path: Path) -> None:
 
     path = tmp_path / "rules.yaml"
     path.write_text(rules(3))
-    port = free_port()
 
     async def slow(request: bytes, context: object) -> bytes:
         await asyncio.sleep(0.5)
         return b"done"
 
     async def scenario() -> tuple[bytes, float]:
-        settings = Settings(str(path), host="127.0.0.1", grpc_port=port, http_port=free_port())
+        settings = Settings(str(path), host="127.0.0.1", grpc_port=0, http_port=0)
         service = Service(settings, config_rules.load(path))
         handler = grpc.unary_unary_rpc_method_handler(slow)
         service.grpc.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler("test.Slow", {"Sleep": handler}),)
         )
         await service.start()
+        port = service.ports["grpc"]  # picked by the kernel
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             call = channel.unary_unary("/test.Slow/Sleep")(b"", timeout=10)
             await asyncio.sleep(0.1)
@@ -222,34 +250,25 @@ def test_stop_drains_in_flight_rpcs(tmp_path: Path) -> None:
 def test_a_sighup_landing_as_the_poll_interval_ends_is_not_lost(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from limiter.server.engine import Engine
     from limiter.server.metrics import Metrics
     from limiter.server.reload import Reloader
 
-    from limiter import config
-
     path = tmp_path / "rules.yaml"
     path.write_text(rules(5))
-    reloader = Reloader(str(path), Engine(config.load(path)), Metrics(), interval=0.01)
+    reloader = Reloader(str(path), lambda config: None, Metrics(), interval=0.01)
     reasons: list[str] = []
     monkeypatch.setattr(reloader, "reload", lambda reason: reasons.append(reason) or True)
-    polls = 0
+    waits = 0
 
-    async def poll_that_times_out(waiter, timeout):  # type: ignore[no-untyped-def]
-        nonlocal polls
-        polls += 1
-        waiter.close()
-        await asyncio.sleep(0)
-        if polls == 1:
+    def wait_that_times_out(timeout: float) -> bool:
+        nonlocal waits
+        waits += 1
+        if waits == 1:
             reloader.request()  # the signal handler runs just as the wait times out
-        raise TimeoutError
+        if waits == 3:
+            reloader._stop.set()
+        return False
 
-    async def main() -> None:
-        task = asyncio.create_task(reloader.run())
-        while polls < 3:
-            await asyncio.sleep(0)
-        task.cancel()
-
-    monkeypatch.setattr(asyncio, "wait_for", poll_that_times_out)
-    asyncio.run(main())
+    monkeypatch.setattr(reloader._wake, "wait", wait_that_times_out)
+    reloader._run()
     assert reasons == ["signal"]  # exactly one forced reload (the file did not change)

@@ -75,13 +75,17 @@ def test_rules_by_path_id_cost_and_unknown_rules(stub: v1.LimiterStub) -> None:
         v1.Check(domain="app", rule="tokens", key=k, cost=2),
         v1.Check(domain="app", rule="user", key=k),  # the descriptor path id
         v1.Check(domain="app", rule="missing", key=k),
-        v1.Check(domain="app", rule="tokens", key=k, cost=2**63),
+        v1.Check(domain="app", rule="tokens", key=k, cost=2**40),
     )
     assert (a.allowed, a.remaining) == (True, 1)
     assert not b.allowed and 0 < b.retry_after <= 1.01
     assert c.allowed and c.limit == 2
     assert d.allowed and d.code == Result.UNKNOWN_RULE
-    assert not e.allowed and e.code == Result.OVER_LIMIT
+    assert not e.allowed and e.code == Result.OVER_LIMIT  # more than the bucket can ever hold
+    with pytest.raises(grpc.RpcError) as info:  # beyond any quota: a malformed request
+        decide(stub, v1.Check(domain="app", rule="tokens", key=k, cost=2**40 + 1))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "checks[0].cost" in info.value.details()
 
 
 def test_unlimited_and_shadow(stub: v1.LimiterStub) -> None:

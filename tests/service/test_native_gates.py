@@ -1,6 +1,6 @@
-"""One native Decide request with many checks: the operations side's per-rule verdict is
-asked once per rule and priority (``LimiterService._gate``), and every check still gets
-its own rule's switch, limit override, tier cut and per-client checks."""
+"""One native Decide request with many checks: the operations policy's per-rule verdict is
+asked once per rule and priority (``Decider._gate``), and every check still gets its own
+rule's switch, limit override, tier cut and per-client checks."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from limiter.server import v1
 from limiter.server.app import Service, Settings
 
 from limiter import config as rules
-from limiter.switches import Switch
+from limiter.ops.switches import Switch
 from tests.support import RedisServer
 
 CONFIG = """
@@ -44,7 +44,7 @@ async def _decide(service: Service, checks: list[tuple[str, str, int]]) -> list[
 
 
 def _switch(service: Service, target: str, **fields: object) -> None:
-    service.engine.ops.switches.put(
+    service.ops.switches.put(
         Switch(id=target, who="test", why="test", created_at=time.time(), **fields)
     )
 
@@ -59,7 +59,7 @@ async def _each_rule_of_a_request_gets_its_own_switch(tmp_path: Path) -> None:
         (False, OVER), (True, OK), (True, UNKNOWN), (True, OK), (False, OVER), (False, OVER),
     ]  # fmt: skip
     _switch(service, "rule:web/b", action="shadow")
-    service.engine.ops.switches.delete("rule:web/a", "test", "done")
+    service.ops.switches.delete("rule:web/a", "test", "done")
     assert await _decide(service, [("a", "w", 0), ("b", "u", 0)]) == [(True, OK), (True, OK)]
 
 
@@ -74,9 +74,9 @@ async def _every_check_still_asks_about_its_own_client(tmp_path: Path) -> None:
     """Under pressure (the rule is throttling) the top-client shedder is asked per check:
     a client with most of the rule's traffic is cut, the others are not."""
     service = _service(tmp_path)
-    ops = service.engine.ops
+    ops = service.ops
     for _ in range(200):  # make the rule throttle (refusals), then one heavy client
-        ops.after("web/a", False, 1)
+        ops.record("web/a", False, 1)
     assert ops.throttle.is_throttling("web/a")
     heavy = [("a", "hog", 0)] * 300
     answers = await _decide(service, [*heavy, ("a", "light", 0)])
@@ -103,10 +103,10 @@ descriptors:
 async def _runs_answer_and_count_like_single_checks(
     tmp_path: Path, redis: list[str | None]
 ) -> None:
-    """Consecutive checks of one rule go to its kernel (or as one backend batch), client
-    sketch and counters as one run (``_decide_run``): answers, rule counters, throttle
-    tallies and top clients must equal deciding each check on its own (the per-check
-    path). ``redis``: each service's backend (None: in memory)."""
+    """The checks of one rule in a request go to its kernel (or as one backend batch),
+    client sketch and counters together: answers, rule counters, throttle tallies and top
+    clients must equal deciding each check in a request of its own. ``redis``: each
+    service's backend (None: in memory)."""
     path = tmp_path / "mixed.yaml"
     path.write_text(MIXED)
     services = [
@@ -116,8 +116,6 @@ async def _runs_answer_and_count_like_single_checks(
         )
         for url in redis
     ]
-    for state in services[1].engine.snapshot.by_name.values():
-        state.batchable = False  # the per-check path, for reference
     rng = random.Random(5)
     names = ["tb", "tb", "tb", "fw", "fw", "sw", "sh", "free", "nope"]
     checks = []
@@ -139,9 +137,11 @@ async def _runs_answer_and_count_like_single_checks(
     runs = [v1.Check(domain="web", rule=rule, key="u9") for rule in ("sh", "tb") for _ in range(10)]
     got, want = [], []
     for req in (request, v1.DecideRequest(checks=runs)):
-        answers = [await service.native.decide(req) for service in services]
-        for into, answer in zip((got, want), answers, strict=True):
-            into += [(r.allowed, r.code, r.limit, r.remaining) for r in answer.results]
+        answer = await services[0].native.decide(req)
+        got += [(r.allowed, r.code, r.limit, r.remaining) for r in answer.results]
+        for check in req.checks:  # the reference: each check in a request of its own
+            (r,) = (await services[1].native.decide(v1.DecideRequest(checks=[check]))).results
+            want.append((r.allowed, r.code, r.limit, r.remaining))
     assert got == want
     assert got[-20:] == [
         (True, OK, 2, 1),
@@ -151,13 +151,13 @@ async def _runs_answer_and_count_like_single_checks(
     ]
     assert {code for _, code, _, _ in got} == {OK, OVER, UNKNOWN}
     stats = [
-        {name: vars(state.stats) for name, state in s.engine.snapshot.by_name.items()}
+        {name: vars(state.stats) for name, state in s.rulebook.snapshot.by_name.items()}
         for s in services
     ]
     assert stats[0] == stats[1]
     assert stats[0][("web", "sh")]["shadow_mode"] > 0
     assert stats[0][("web", "tb")]["near_limit"] > 0
-    ops = [s.engine.ops for s in services]
+    ops = [s.ops for s in services]
     assert ops[0].throttle.top() == ops[1].throttle.top() != []
     assert ops[0].clients.top() == ops[1].clients.top() != []
 
@@ -207,8 +207,9 @@ async def _runs_on_a_dead_redis_answer_per_failure_mode(tmp_path: Path, redis: R
     redis.kill()
     answers = await _decide(service, checks)
     assert answers == [(True, BACKEND_ERROR)] * 10 + [(False, BACKEND_ERROR)] * 10
-    states = service.engine.snapshot.by_name
-    assert states[("web", "open")].backend_errors and states[("web", "closed")].backend_errors
+    states = service.rulebook.snapshot.by_name
+    assert states[("web", "open")].stats.backend_errors == 10
+    assert states[("web", "closed")].stats.backend_errors == 10
     assert states[("web", "closed")].stats.over_limit == 10
 
 

@@ -11,13 +11,17 @@ import grpc
 import pytest
 from envoy.service.ratelimit.v3 import rls_pb2
 from limiter.server import v1
-from limiter.server.engine import Engine, SharedAdaptive
+from limiter.server.rules import Kind, Rulebook
 
 from limiter import config as rules
 from limiter._core import AdaptiveLimiter
+from limiter.backends.redis import RedisBackend
+from limiter.backends.shared_adaptive import SharedAdaptiveLimiter
+from tests.ops.test_propagation import admin_call
 from tests.service.conftest import ServiceProcess, request, rls_stub, wait_until
-from tests.support import RedisServer
+from tests.support import PATIENT, RedisServer
 
+TOKEN = "workers-admin-token-0123456789"
 OK = rls_pb2.RateLimitResponse.OK
 OVER = rls_pb2.RateLimitResponse.OVER_LIMIT
 CONFIG = """
@@ -37,10 +41,8 @@ descriptors:
 
 
 def patient(url: str) -> str:
-    """``url`` with a Redis timeout a loaded 2-CPU machine always meets: these tests count
-    exact answers, and at the 20 ms default a stalled round trip is answered per the rule's
-    failure mode (allowed) instead. The timeout path is tested with Redis killed."""
-    return f"{url}?timeout=1"
+    """``url`` with a Redis timeout a loaded 2-CPU machine always meets (see PATIENT)."""
+    return f"{url}?timeout={PATIENT:g}"
 
 
 def code(target: str, **entries: str) -> int:
@@ -86,23 +88,26 @@ def test_a_released_lease_is_free_for_other_replicas_when_release_returns(
     redis_url: str,
 ) -> None:
     config = rules.parse(CONFIG)
-    mine = Engine(config, backend=redis_url).snapshot.by_name[("shared", "inflight")]
+    mine = Rulebook(config, backend=RedisBackend(redis_url, timeout=PATIENT)).lookup(
+        "shared", "inflight"
+    )
     # Another backend object (own connection and queue), as another replica has.
-    other = Engine(config, backend=redis_url + "?timeout=2").snapshot.by_name[
-        ("shared", "inflight")
-    ]
-    assert mine.remote is not other.remote
+    other = Rulebook(config, backend=RedisBackend(redis_url, timeout=PATIENT)).lookup(
+        "shared", "inflight"
+    )
+    assert mine is not None and other is not None
+    assert mine.kind is Kind.SHARED_PERMITS and mine.kernel.store is not other.kernel.store
 
     async def hold(key: str) -> object:
-        return await mine.acquire_async(key, 1, hold=True)
+        return await mine.kernel.acquire_async(key, 1)
 
     for i in range(20):
         key = f"{mine.prefix}job{i}"
         leases = [asyncio.run(hold(key)) for _ in range(2)]
         assert all(lease.allowed for lease in leases)
         assert not other.acquire(key, 1).allowed
-        leases[0].release()  # what the Release RPC runs before answering
-        again = other.acquire(key, 1, True)
+        leases[0].release(wait=True)  # what the Release RPC runs before answering
+        again = other.acquire(key, 1)
         assert again.allowed, i
         again.release()
         leases[1].release()
@@ -126,24 +131,25 @@ def test_engine_shares_rate_mode_adaptive_rules_through_redis(redis_url: str) ->
                  name: pool}
 """
     )
-    engine = Engine(config, backend=redis_url)
-    rate = engine.snapshot.by_name[("shared", "adaptive")]
-    pool = engine.snapshot.by_name[("shared", "pool")]
-    assert isinstance(rate.kernel, SharedAdaptive) and rate.remote is rate.kernel
+    book = Rulebook(config, backend=RedisBackend(redis_url, timeout=PATIENT))
+    rate = book.lookup("shared", "adaptive")
+    pool = book.lookup("shared", "pool")
+    assert rate is not None and pool is not None
+    assert isinstance(rate.kernel, SharedAdaptiveLimiter) and rate.kind is Kind.SHARED
     # No shared in-flight count exists: a concurrency-mode rule stays per process.
-    assert isinstance(pool.kernel, AdaptiveLimiter) and pool.remote is None
+    assert isinstance(pool.kernel, AdaptiveLimiter) and pool.kind is Kind.PERMITS
     first = rate.acquire("k", 1)
     assert first.allowed and first.limit == 1000  # the adaptive limit, not the GCRA burst
-    shared = rate.kernel.shared
+    shared = rate.kernel
     count = len(shared.reports)
-    rate.kernel.record(0.5, outcome="ignored")
+    shared.record(0.5, outcome="ignored")
     assert len(shared.reports) == count  # an ignored call is no sample
-    rate.kernel.record(0.5, outcome="dropped")
+    shared.record(0.5, outcome="dropped")
     assert shared.reports[-1] == b"500000000:0"
-    assert asyncio.run(rate.acquire_async("k", 1)).limit == 1000
-    assert [d.limit for d in rate.kernel.acquire_batch(["a", "b"], [1, 1])] == [1000, 1000]
-    batch = asyncio.run(rate.kernel.acquire_batch_async(["a", "b"], [1, 1]))
-    assert [(d.allowed, d.limit) for d in batch] == [(True, 1000), (True, 1000)]
+    assert asyncio.run(shared.acquire_async("k", 1)).limit == 1000
+    batch = asyncio.run(shared.decide(["a", "b"], [1, 1]))
+    assert [(d.allowed, d.limit) for d in batch.decisions] == [(True, 1000), (True, 1000)]
+    assert batch.failed == ()
 
 
 @pytest.mark.timeout(60)
@@ -187,24 +193,44 @@ def test_adaptive_rules_converge_on_one_limit_across_processes(
 def test_workers_share_one_port_and_one_limit(tmp_path: Path, redis_url: str) -> None:
     path = tmp_path / "rules.yaml"
     path.write_text(CONFIG)
-    service = ServiceProcess(path, "--redis", patient(redis_url), "--workers", "2").start()
+    service = ServiceProcess(
+        path, "--redis", patient(redis_url), "--workers", "2", env={"LIMITER_ADMIN_TOKEN": TOKEN}
+    ).start()
     try:
+        # Both workers listen (until then every connection goes to the first one).
+        assert wait_until(lambda: service.logs().count('"msg": "serving"') == 2, timeout=20)
         # Separate connections land on either worker; the limit is still 6 in total.
         codes = [code(service.target, user="w") for _ in range(8)]
         assert codes == [OK] * 6 + [OVER] * 2
-        assert wait_until(lambda: service.logs().count('"msg": "serving"') == 2, timeout=20)
-        pids = {line.split('"pid": ')[1].split(",")[0] for line in service.logs().splitlines()
-                if '"msg": "serving"' in line}  # fmt: skip
-        assert len(pids) == 2
+        # More connections, so that both workers surely get checks (all 32 on one: 2^-31).
+        assert all(code(service.target, user=f"spread-{i}") == OK for i in range(24))
+        # Each worker counts the checks it answered itself: both answered, none twice.
+        hits = worker_hits(service, "per-user", workers=2)
+        assert len(hits) == 2 and all(n > 0 for n in hits.values()), hits
+        assert sum(hits.values()) == 32, hits
         # Any worker answers /metrics for both (published every second).
-        hits = "limiter_rule_total_hits_total"
-        assert wait_until(lambda: service.metric(hits, rule="per-user", detailed="false") == 8)
+        total = "limiter_rule_total_hits_total"
+        assert wait_until(lambda: service.metric(total, rule="per-user", detailed="false") == 32)
         time.sleep(1.2)  # every worker has published since (other workers' view is <= 1 s old)
-        assert all(service.metric(hits, rule="per-user", detailed="false") == 8 for _ in range(6))
+        assert all(service.metric(total, rule="per-user", detailed="false") == 32 for _ in range(6))
         service.signal(signal.SIGHUP)  # forwarded to every worker
         assert wait_until(lambda: service.logs().count('"reason": "signal"') == 2, timeout=10)
     finally:
         assert service.stop() == 0
+
+
+def worker_hits(service: ServiceProcess, rule: str, workers: int) -> dict[int, int]:
+    """``rule``'s checks counted by each worker process itself (``/v1/rules`` is per
+    process and says whose counts it shows), asked on new connections until every
+    worker has answered."""
+    base = f"http://127.0.0.1:{service.http_port}"
+    seen: dict[int, int] = {}
+    deadline = time.monotonic() + 20
+    while len(seen) < workers and time.monotonic() < deadline:
+        status, view = admin_call(base, "GET", "/v1/rules", token=TOKEN)
+        assert status == 200, view
+        seen[view["pid"]] = sum(r["total_hits"] for r in view["rules"] if r["name"] == rule)
+    return seen
 
 
 @pytest.mark.timeout(60)
@@ -233,14 +259,14 @@ def test_unreachable_redis_at_start_is_a_clear_error(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from tests.support import free_port
+    from tests.support import refused_port
 
     path = tmp_path / "rules.yaml"
     path.write_text(CONFIG)
-    url = f"redis://127.0.0.1:{free_port()}/0"
-    run = subprocess.run(
-        [sys.executable, "-m", "limiter.server.cli", "serve", "--config", str(path), "--redis",
-         url, "--grpc-port", str(free_port()), "--http-port", str(free_port())],
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+    with refused_port() as port:
+        run = subprocess.run(
+            [sys.executable, "-m", "limiter.server.cli", "serve", "--config", str(path), "--redis",
+             f"redis://127.0.0.1:{port}/0", "--grpc-port", "0", "--http-port", "0"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
     assert run.returncode == 1 and "unreachable" in run.stderr, run.stderr

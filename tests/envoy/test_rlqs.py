@@ -1,0 +1,203 @@
+"""The quota service (RLQS) behind the real Envoy 1.40: Envoy enforces limiter's limits itself.
+
+``limiter serve`` answers Envoy's quota filter (``examples/envoy/rlqs.yaml``, ports changed
+only): token buckets from the rules file, deny-all and allow-all from switches, buckets
+abandoned when a reload changes their rule, the assignment outliving the service until its
+time to live, and two Envoys sharing one global limit.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.envoy.harness import EXAMPLES, Envoy, LimiterProcess, envoy_config
+
+TOKEN = "rlqs-test-token-0123456789"
+RULE = "rule:envoy-example/per-api-key"
+_keys = itertools.count()
+
+
+def rules(requests_per_unit: int, unit: str = "hour") -> str:
+    return (
+        "domain: envoy-example\ndescriptors:\n  - key: api_key\n    rate_limit: "
+        f"{{name: per-api-key, unit: {unit}, requests_per_unit: {requests_per_unit}}}\n"
+    )
+
+
+def key() -> dict[str, str]:
+    return {"x-api-key": f"k{time.time_ns()}-{next(_keys)}"}
+
+
+def statuses(envoy: Envoy, headers: dict[str, str], n: int) -> list[int]:
+    return [envoy.request("/", headers).status for _ in range(n)]
+
+
+def until(envoy: Envoy, headers: dict[str, str], status: int, timeout: float = 5.0) -> float:
+    """Seconds until a request for ``headers`` gets ``status`` (fails after ``timeout``)."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if envoy.request("/", headers).status == status:
+            return time.monotonic() - start
+        time.sleep(0.05)
+    raise AssertionError(f"no {status} within {timeout}s")
+
+
+def switch(service: LimiterProcess, method: str, body: dict[str, object] | None = None) -> None:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{service.http_port}/v1/switches/{RULE}",
+        data=None if body is None else json.dumps({"who": "t", "why": "x", **body}).encode(),
+        method=method,
+        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert answer.status == 200
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[LimiterProcess, Envoy, Path]]:
+    config = tmp_path / "rules.yaml"
+    config.write_text(rules(5))
+    service = LimiterProcess(
+        config, "--quota-ttl", "3", env={"LIMITER_ADMIN_TOKEN": TOKEN}, workdir=tmp_path / "svc"
+    ).start()
+    proxy = Envoy(
+        envoy_config(EXAMPLES / "rlqs.yaml", clusters={"limiter": service.grpc_port}),
+        workdir=tmp_path / "envoy",
+    )
+    try:
+        with proxy:
+            yield service, proxy, config
+    finally:
+        service.stop()
+
+
+def test_a_rules_limit_becomes_a_token_bucket_envoy_enforces(served) -> None:  # type: ignore[no-untyped-def]
+    _, envoy, _ = served
+    alice = key()
+    # The first request of a bucket is decided by no_assignment_behavior (ALLOW_ALL); its
+    # report gets the bucket's assignment at once: 5 per hour.
+    assert envoy.request("/", alice).status == 200
+    time.sleep(0.3)
+    assert statuses(envoy, alice, 8) == [200] * 5 + [429] * 3
+    other = key()  # each API key is a bucket of its own, with its own limit
+    assert envoy.request("/", other).status == 200
+
+
+def test_switches_deny_and_allow_every_envoy_and_lifting_them_restores_the_limit(served) -> None:  # type: ignore[no-untyped-def]
+    service, envoy, _ = served
+    alice = key()
+    assert envoy.request("/", alice).status == 200
+    time.sleep(0.3)
+    switch(service, "PUT", {"action": "force_deny"})
+    assert until(envoy, alice, 429) < 3  # within the service's refresh period
+    switch(service, "PUT", {"action": "force_allow"})
+    until(envoy, alice, 200)
+    assert statuses(envoy, alice, 10) == [200] * 10  # beyond the 5 per hour
+    switch(service, "DELETE")
+    until(envoy, alice, 429)  # the token bucket again: the 5 were spent long ago
+
+
+def test_a_reload_that_changes_the_rule_abandons_its_buckets(served) -> None:  # type: ignore[no-untyped-def]
+    _, envoy, config = served
+    alice = key()
+    envoy.request("/", alice)
+    time.sleep(0.3)
+    assert statuses(envoy, alice, 6)[-1] == 429
+    config.write_text(rules(100))
+    # Abandoned, the bucket starts over at its next request, under the new limit.
+    until(envoy, alice, 200, timeout=10)
+    assert statuses(envoy, alice, 20) == [200] * 20
+
+
+def test_an_assignment_outlives_the_service_until_its_time_to_live(served) -> None:  # type: ignore[no-untyped-def]
+    service, envoy, _ = served
+    alice = key()
+    # The time to live runs from the assignment, which comes after the bucket's first
+    # request: on a slow host, stopping the service may take most of it.
+    opened = time.monotonic()
+    envoy.request("/", alice)
+    time.sleep(0.3)
+    assert statuses(envoy, alice, 6)[-1] == 429
+    service.stop()
+    assert envoy.request("/", alice).status == 429  # still enforced by Envoy itself
+    # After --quota-ttl (3 s): expired_assignment_behavior (ALLOW_ALL in the example).
+    until(envoy, alice, 200, timeout=10)
+    assert time.monotonic() - opened >= 2.9
+
+
+def test_two_envoys_share_one_global_limit_fairly(tmp_path: Path) -> None:
+    """20 per second for one bucket, asked 3:1 by two Envoys (30/s and 10/s): together they
+    admit about 20/s, and the lighter one, asking less than its fair share, gets its demand."""
+    config = tmp_path / "rules.yaml"
+    config.write_text(rules(20, "second"))
+    service = LimiterProcess(config, workdir=tmp_path / "svc").start()
+    envoys = [
+        Envoy(
+            envoy_config(EXAMPLES / "rlqs.yaml", clusters={"limiter": service.grpc_port}),
+            workdir=tmp_path / f"envoy{i}",
+        )
+        for i in range(2)
+    ]
+    bucket = key()
+    counts: list[list[int]] = [[], []]
+    stop = threading.Event()
+
+    def load(i: int, rate: float) -> None:
+        gap, due = 1 / rate, time.monotonic()
+        while not stop.is_set():
+            counts[i].append(envoys[i].request("/", bucket).status)
+            due += gap
+            stop.wait(max(0.0, due - time.monotonic()))
+
+    try:
+        for proxy in envoys:
+            proxy.start()
+        threads = [threading.Thread(target=load, args=(i, r)) for i, r in ((0, 30), (1, 10))]
+        for t in threads:
+            t.start()
+        time.sleep(6)  # both Envoys have reported demand and hold their shares
+        before = [c.count(200) for c in counts]
+        asked = [len(c) for c in counts]
+        start = time.monotonic()
+        time.sleep(12)
+        seconds = time.monotonic() - start
+        admitted = [c.count(200) - b for c, b in zip(counts, before, strict=True)]
+        demand = [len(c) - a for c, a in zip(counts, asked, strict=True)]
+    finally:
+        stop.set()
+        for proxy in envoys:
+            proxy.stop()
+        service.stop()
+    total = sum(admitted) / seconds
+    assert 18 <= total <= 22, (admitted, demand, seconds)
+    # The light Envoy asked ~10/s, under its fair share (10 of 20): it got what it asked.
+    assert admitted[1] >= 0.9 * demand[1], (admitted, demand)
+
+
+def test_a_sheddable_rules_buckets_get_only_the_unreserved_part(tmp_path: Path) -> None:
+    config = tmp_path / "rules.yaml"
+    config.write_text(
+        "domain: envoy-example\ndescriptors:\n  - key: api_key\n    rate_limit: "
+        "{name: per-api-key, unit: hour, requests_per_unit: 10, priority: sheddable, "
+        "reserved: {fraction: 0.3}}\n"
+    )
+    service = LimiterProcess(config, workdir=tmp_path / "svc").start()
+    try:
+        with Envoy(
+            envoy_config(EXAMPLES / "rlqs.yaml", clusters={"limiter": service.grpc_port}),
+            workdir=tmp_path / "envoy",
+        ) as envoy:
+            alice = key()
+            assert envoy.request("/", alice).status == 200  # before any assignment
+            time.sleep(0.3)
+            assert statuses(envoy, alice, 9) == [200] * 7 + [429] * 2  # 10 less the 3 kept
+    finally:
+        service.stop()
