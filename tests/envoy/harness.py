@@ -22,6 +22,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -260,6 +261,48 @@ class Envoy:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def uneven_load(
+    envoys: list[Envoy],
+    bucket: Mapping[str, str],
+    rates: tuple[float, ...],
+    warm_up: float = 6,
+    seconds: float = 12,
+) -> tuple[list[int], list[int], float]:
+    """Requests with the headers ``bucket`` at ``rates`` (per second) through ``envoys``, one
+    rate each: after ``warm_up`` seconds (with a quota filter: every Envoy has reported its
+    demand and holds its share), how many each admitted and was asked over the next
+    ``seconds``, and the seconds that really took."""
+    counts: list[list[int]] = [[] for _ in envoys]
+    stop = threading.Event()
+
+    def load(i: int, rate: float) -> None:
+        gap, due = 1 / rate, time.monotonic()
+        while not stop.is_set():
+            counts[i].append(envoys[i].request("/", bucket).status)
+            # No catching up after a slow request: a burst would be demand the Envoy
+            # reports in one period and not the next.
+            due = max(due + gap, time.monotonic())
+            stop.wait(max(0.0, due - time.monotonic()))
+
+    threads = [threading.Thread(target=load, args=(i, r)) for i, r in enumerate(rates)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(warm_up)
+        before = [c.count(200) for c in counts]
+        asked = [len(c) for c in counts]
+        start = time.monotonic()
+        time.sleep(seconds)
+        taken = time.monotonic() - start
+        admitted = [c.count(200) - b for c, b in zip(counts, before, strict=True)]
+        demand = [len(c) - a for c, a in zip(counts, asked, strict=True)]
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    return admitted, demand, taken
 
 
 class LimiterProcess(ServiceProcess):

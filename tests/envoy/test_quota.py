@@ -250,3 +250,125 @@ def test_a_pool_refuses_instances_beyond_its_bound() -> None:
     with pytest.raises(InvalidParameter, match="max_instances=2"):
         pool.report("c", 0, 0)
     pool.report("a", 1, 0)  # a known instance still reports
+
+
+def remote_view(pools: dict[str, quota.QuotaPool], me: str) -> tuple[dict, float]:
+    """What the shared store answers ``me``: the other pools' live demands and held grants."""
+    demands: dict[str, float | None] = {}
+    held = 0.0
+    for name, pool in pools.items():
+        if name == me:
+            continue
+        for entry in pool.entries():
+            if entry.held is None:
+                demands[f"{name}/{entry.name}"] = entry.demand
+            else:
+                held += entry.held
+    return demands, held
+
+
+def sync(pools: dict[str, quota.QuotaPool]) -> None:
+    for name, pool in pools.items():
+        pool.set_remote(*remote_view(pools, name))
+
+
+def replicas(limit: float, clock: Clock, n: int = 2, **kw: float) -> dict[str, quota.QuotaPool]:
+    return {f"r{i}": quota.QuotaPool(limit, ttl=20, clock=clock, **kw) for i in range(n)}
+
+
+def test_replicas_split_one_limit_over_all_their_instances() -> None:
+    """Two replicas, one Envoy each, asking 3:1 over a limit of 40/s: after one exchange
+    each replica grants its own Envoy its max-min share of the whole limit."""
+    clock = Clock()
+    pools = replicas(40, clock, reserve=0)
+    pools["r0"].report("a", 0, 0)
+    pools["r1"].report("b", 0, 0)
+    sync(pools)
+    assert pools["r0"].grants()["a"] + pools["r1"].grants()["b"] == pytest.approx(40)
+    clock.now = 5
+    pools["r0"].report("a", 225, 0)  # 45/s
+    pools["r1"].report("b", 75, 0)  # 15/s
+    sync(pools)
+    sync(pools)  # the second replica saw the first one's new demand in the first round
+    assert pools["r0"].grants() == pytest.approx({"a": 25})
+    assert pools["r1"].grants() == pytest.approx({"b": 15})
+
+
+def test_a_replica_cut_off_from_the_store_keeps_its_share() -> None:
+    clock = Clock()
+    pools = replicas(40, clock, reserve=0)
+    pools["r0"].report("a", 0, 0)
+    pools["r1"].report("b", 0, 0)
+    clock.now = 5
+    pools["r0"].report("a", 225, 0)
+    pools["r1"].report("b", 75, 0)
+    sync(pools)
+    sync(pools)
+    # The store is away: each keeps what it had; a newcomer shares its replica's part only.
+    assert pools["r0"].isolate() == {}
+    assert pools["r0"].isolate() == {}  # again: no change
+    pools["r0"].report("c", 0, 0)
+    r0 = pools["r0"].grants()
+    assert math.fsum(r0.values()) == pytest.approx(25)
+    assert pools["r1"].isolate() == {}
+    assert pools["r1"].grants() == pytest.approx({"b": 15})
+    sync(pools)  # back: one split over all three again
+    sync(pools)
+    total = math.fsum(pools["r0"].grants().values()) + math.fsum(pools["r1"].grants().values())
+    assert total == pytest.approx(40)
+
+
+def test_an_ended_stream_on_another_replica_holds_its_grant() -> None:
+    clock = Clock()
+    pools = replicas(100, clock, reserve=0)
+    pools["r0"].report("a", 0, 0)
+    pools["r1"].report("b", 0, 0)
+    sync(pools)
+    clock.now = 5
+    pools["r1"].disconnect("b")
+    sync(pools)
+    assert pools["r0"].grants() == pytest.approx({"a": 50})  # b's 50 is still enforced
+    clock.now = 21  # b's lease (sent at 0, 20 s) is over
+    sync(pools)
+    assert pools["r0"].grants() == pytest.approx({"a": 100})
+
+
+replica_operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("report"), st.sampled_from(["r0", "r1", "r2"]),
+                  st.sampled_from("abcd"), st.integers(0, 10_000)),
+        st.tuples(st.just("disconnect"), st.sampled_from(["r0", "r1", "r2"]),
+                  st.sampled_from("abcd")),
+        st.tuples(st.just("isolate"), st.sampled_from(["r0", "r1", "r2"])),
+        st.tuples(st.just("wait"), st.floats(0, 30)),
+    ),
+    max_size=40,
+)  # fmt: skip
+
+
+@given(replica_operations, reserves)
+def test_replicas_in_step_never_grant_more_than_the_limit(ops, reserve):  # type: ignore[no-untyped-def]
+    """Whatever happened, once every replica has seen the others (two rounds of exchange),
+    the live grants of all replicas sum to at most the limit less what ended streams hold;
+    a replica cut off meanwhile keeps within what it had."""
+    clock = Clock()
+    pools = replicas(1000, clock, n=3, reserve=reserve)
+    for op, *args in ops:
+        if op == "report":
+            pools[args[0]].report(args[1], args[2], 0)
+        elif op == "disconnect":
+            pools[args[0]].disconnect(args[1])
+        elif op == "isolate":
+            pools[args[0]].isolate()
+        else:
+            clock.now += args[0]
+        sync(pools)
+        sync(pools)
+        live = held = 0.0
+        for pool in pools.values():
+            for entry in pool.entries():
+                if entry.held is None:
+                    live += pool.grants()[entry.name]
+                else:
+                    held += entry.held
+        assert within(live, max(1000 - held, 0.0))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.envoy.harness import EXAMPLES, Envoy, LimiterProcess, envoy_config
+from tests.envoy.harness import EXAMPLES, Envoy, LimiterProcess, envoy_config, uneven_load
 
 TOKEN = "rlqs-test-token-0123456789"
 RULE = "rule:envoy-example/per-api-key"
@@ -146,33 +145,11 @@ def test_two_envoys_share_one_global_limit_fairly(tmp_path: Path) -> None:
         )
         for i in range(2)
     ]
-    bucket = key()
-    counts: list[list[int]] = [[], []]
-    stop = threading.Event()
-
-    def load(i: int, rate: float) -> None:
-        gap, due = 1 / rate, time.monotonic()
-        while not stop.is_set():
-            counts[i].append(envoys[i].request("/", bucket).status)
-            due += gap
-            stop.wait(max(0.0, due - time.monotonic()))
-
     try:
         for proxy in envoys:
             proxy.start()
-        threads = [threading.Thread(target=load, args=(i, r)) for i, r in ((0, 30), (1, 10))]
-        for t in threads:
-            t.start()
-        time.sleep(6)  # both Envoys have reported demand and hold their shares
-        before = [c.count(200) for c in counts]
-        asked = [len(c) for c in counts]
-        start = time.monotonic()
-        time.sleep(12)
-        seconds = time.monotonic() - start
-        admitted = [c.count(200) - b for c, b in zip(counts, before, strict=True)]
-        demand = [len(c) - a for c, a in zip(counts, asked, strict=True)]
+        admitted, demand, seconds = uneven_load(envoys, key(), (30, 10))
     finally:
-        stop.set()
         for proxy in envoys:
             proxy.stop()
         service.stop()
