@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
+from limiter.courtesy import courteous
+
 log = logging.getLogger("limiter.server")
 
 REASONS = {
@@ -159,6 +161,10 @@ class HttpServer:
         failure: list[BaseException] = []
 
         def run() -> None:
+            with courteous():  # rendering, parsing and the admin API never hold up decisions
+                serve()
+
+        def serve() -> None:
             loop = self.loop
             assert loop is not None
             asyncio.set_event_loop(loop)

@@ -19,6 +19,7 @@ from pathlib import Path
 from limiter.server.metrics import Metrics
 
 from limiter import config as rules
+from limiter.courtesy import courteous
 
 log = logging.getLogger("limiter.server")
 
@@ -77,6 +78,10 @@ class Reloader:
         self._wake.set()
 
     def _run(self) -> None:
+        with courteous():  # reading a large config never holds up the decision loop
+            self._watch()
+
+    def _watch(self) -> None:
         while not self._stop.is_set():
             self._wake.wait(self.interval)
             # Cleared only when seen set: a request that lands as the wait times out is

@@ -45,7 +45,7 @@ OVERRIDES = "_override"
 MAX_PERMITS_PER_CALLER = 10_000
 MAX_PERMITS_PER_RULE = 100_000
 # Expired permits freed per turn of the lock (the decision loop waits at most that long).
-EXPIRY_CHUNK = 1024
+EXPIRY_CHUNK = 256
 
 
 class BadRequest(InvalidParameter):

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from limiter import Decision
+from limiter.courtesy import courteous
 from limiter.errors import InvalidParameter
 from limiter.ops.alerts import Alerts, AlertsConfig
 from limiter.ops.breaker import BreakerConfig, Breakers, State
@@ -212,8 +213,9 @@ class Operations:
         return self
 
     def _run(self) -> None:
-        while not self._stop.wait(self.housekeeping_interval):
-            self.tick()
+        with courteous():  # housekeeping never holds up the threads deciding
+            while not self._stop.wait(self.housekeeping_interval):
+                self.tick()
 
     def close(self) -> None:
         self._stop.set()
