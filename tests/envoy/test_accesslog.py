@@ -157,17 +157,21 @@ def test_5xx_of_one_partition_opens_its_breaker_and_only_its_checks_fail_fast(
 @pytest.mark.timeout(180)
 def test_a_client_producing_mostly_4xx_is_blocked_and_alerted(loop: Loop) -> None:
     loop.upstream.statuses["mallory"] = 404
-    for _ in range(25):
-        assert loop.get(api_key="mallory") == 404
+    answers = []
+    deadline = time.monotonic() + 60
+    # The 404s reach the service in access-log batches, until mallory is blocked and
+    # Envoy's checks for that key are refused.
+    while not answers or answers[-1] != 429:
+        assert time.monotonic() < deadline, answers
+        answers.append(loop.get(api_key="mallory"))
         assert loop.get(api_key="alice") == 200
-    assert wait_until(
-        lambda: any(b["client"] == "mallory" for b in loop.admin("/v1/blocked")["blocked"]),
-        timeout=30,
-    ), loop.admin("/v1/blocked")
+    # shedding.abnormal: 20 responses at least, half of them 4xx.
+    assert len(answers) > 20 and set(answers[:-1]) == {404}, answers
     assert [b["client"] for b in loop.admin("/v1/blocked")["blocked"]] == ["mallory"]
     reached = loop.upstream.seen["mallory"]
-    assert loop.get(api_key="mallory") == 429
-    assert loop.get(api_key="alice") == 200
+    for _ in range(5):
+        assert loop.get(api_key="mallory") == 429
+        assert loop.get(api_key="alice") == 200
     assert loop.upstream.seen["mallory"] == reached
     loop.receiver.wait_for(1, timeout=30)
     assert wait_until(
