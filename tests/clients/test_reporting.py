@@ -1,22 +1,25 @@
 """The middleware report each request's outcome to the decision service when their
 limiter is its SDK client: with the request's key and status, a mostly-4xx key is
 blocked there and a key whose requests fail opens its rule's breaker, and the middleware
-then refuses that key while the others pass (a real ``limiter serve``, real servers)."""
+then refuses that key while the others pass (a real ``limiter serve``, real servers); the
+gRPC interceptors report the key of failing calls the same way."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
 
+import grpc
 import pytest
 from limiter.clients import LimiterClient
 from limiter.clients.asgi import RateLimitMiddleware as AsgiMiddleware
+from limiter.clients.interceptors import RateLimitInterceptor, by_metadata
 from limiter.clients.keys import header
 from limiter.clients.wsgi import RateLimitMiddleware as WsgiMiddleware
 
-from tests.clients import test_asgi, test_wsgi
+from tests.clients import test_asgi, test_interceptors, test_wsgi
 from tests.clients.conftest import LimiterService
-from tests.clients.servers import asgi_server, http_get, wsgi_server
+from tests.clients.servers import asgi_server, grpc_server, http_get, wsgi_server
 
 RULES = """\
 domain: mw
@@ -78,3 +81,33 @@ def test_middleware_reports_key_and_status_to_the_service(
 def client_decisions(service: LimiterService, kind: str) -> list[object]:
     with LimiterClient(service.target, "mw", rule="per-user", timeout=5) as client:
         return [client.decide(f"{kind}-{who}") for who in ("mallory", "bob", "alice")]
+
+
+def test_interceptor_reports_the_key_of_failing_calls_to_its_rules_breaker(
+    service: LimiterService,
+) -> None:
+    echo = test_interceptors.SyncEcho()
+    with LimiterClient(service.target, "mw", rule="per-user", timeout=5) as client:
+        interceptor = RateLimitInterceptor(client, key=by_metadata("x-api-key"))
+        with (
+            grpc_server(echo.handler(), [interceptor]) as port,
+            grpc.insecure_channel(f"127.0.0.1:{port}") as channel,
+        ):
+            unary = channel.unary_unary(test_interceptors.UNARY)
+            codes: list[grpc.StatusCode] = []
+            deadline = time.monotonic() + 30
+            # UNAVAILABLE is a failure of the backend: the key's breaker opens, and the
+            # interceptor refuses the key (RESOURCE_EXHAUSTED) while another key passes.
+            while not codes or codes[-1] != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                assert time.monotonic() < deadline, codes
+                try:
+                    unary(b"unavailable", metadata=[("x-api-key", "grpc-bob")], timeout=5)
+                except grpc.RpcError as exc:
+                    codes.append(exc.code())
+                time.sleep(0.02)
+            assert len(codes) > 5 and set(codes[:-1]) == {grpc.StatusCode.UNAVAILABLE}, codes
+            assert unary(b"x", metadata=[("x-api-key", "grpc-alice")], timeout=5).startswith(
+                b"level="
+            )
+    _, bob, alice = client_decisions(service, "grpc")
+    assert not bob.allowed and alice.allowed
