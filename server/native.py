@@ -21,6 +21,7 @@ from limiter._wire import WireError, encode_decide_response, parse_decide_reques
 from limiter.server import v1
 from limiter.server.decider import MAX_COST, Checks, Decider, caller_of
 from limiter.server.metrics import Metrics
+from limiter.server.outcomes import Outcomes
 from limiter.server.rules import BadRequest
 
 from limiter.priority import Priority
@@ -28,6 +29,7 @@ from limiter.priority import Priority
 MAX_CHECKS = 4096
 MAX_KEY_CHARS = 4096
 MAX_WAIT_SECONDS = 3600.0  # the longest a check may ask to be held
+MAX_STATUS = 999  # an observation's HTTP status
 PRIORITIES = frozenset(v1.Priority.values())
 FROM_PROTO = {value: Priority.from_proto(value) for value in PRIORITIES}
 # limiter.v1 Observation.Outcome -> the adaptive kernel's outcome (an error counts as a drop).
@@ -40,9 +42,12 @@ class LimiterService:
     # Decide is registered on raw bytes (limiter.server.v1.add_limiter_servicer).
     raw_methods = frozenset({"Decide"})
 
-    def __init__(self, decider: Decider, metrics: Metrics) -> None:
+    def __init__(
+        self, decider: Decider, metrics: Metrics, outcomes: Outcomes | None = None
+    ) -> None:
         self.decider = decider
         self.metrics = metrics
+        self.outcomes = outcomes
         self._latency = metrics.latency.labels("native")
 
     async def Decide(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -108,20 +113,38 @@ class LimiterService:
         return v1.ReleaseResponse(released=released)
 
     async def Observe(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        """Deliver latency/outcome samples to rules whose kernel learns from them."""
-        by_name = self.decider.rulebook.snapshot.by_name
-        accepted = 0
-        for i, obs in enumerate(request.observations):
-            latency = obs.latency
-            if not (math.isfinite(latency) and latency >= 0):
+        """Deliver latency/outcome samples to rules whose kernel learns from them, to the
+        rule's breaker and, with a key and a status, to abnormal-access blocking
+        (``limiter.server.outcomes``)."""
+        observations = request.observations
+        for i, obs in enumerate(observations):  # all checked before any is delivered
+            problem = _invalid(obs)
+            if problem is not None:
                 self.metrics.invalid_requests.labels("native").inc()
                 await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"observations[{i}].latency: must be a finite number >= 0, got {latency!r}",
+                    grpc.StatusCode.INVALID_ARGUMENT, f"observations[{i}].{problem}"
                 )
+        by_name = self.decider.rulebook.snapshot.by_name
+        accepted = 0
+        for obs in observations:
             state = by_name.get((obs.domain, obs.rule))
-            record = getattr(state.kernel, "record", None) if state is not None else None
-            if record is not None:
-                record(latency, outcome=OUTCOMES.get(obs.outcome, "ok"))
+            if state is None:
+                continue
+            outcome = OUTCOMES.get(obs.outcome, "ok")
+            if self.outcomes is not None:
+                accepted += self.outcomes.observe(state, obs.key, obs.latency, outcome, obs.status)
+            elif (record := getattr(state.kernel, "record", None)) is not None:
+                record(obs.latency, outcome=outcome)
                 accepted += 1
         return v1.ObserveResponse(accepted=accepted)
+
+
+def _invalid(obs: Any) -> str | None:
+    """What is wrong with an observation (``field: problem``), or None."""
+    if not (math.isfinite(obs.latency) and obs.latency >= 0):
+        return f"latency: must be a finite number >= 0, got {obs.latency!r}"
+    if len(obs.key) > MAX_KEY_CHARS:
+        return f"key: must be at most {MAX_KEY_CHARS} characters, got {len(obs.key)}"
+    if obs.status > MAX_STATUS:
+        return f"status: must be an HTTP status (at most {MAX_STATUS}), got {obs.status}"
+    return None
