@@ -113,7 +113,11 @@ MAX_QUEUE_WEIGHT = 1_000_000
 QUEUE_MODES = ("weighted", "strict")
 QUEUE_ORDERS = ("fifo", "lifo")
 # Extension fields only an adaptive rule takes.
-ADAPTIVE_KEYS = ("target_latency", "percentile", "mode")
+ADAPTIVE_KEYS = ("target_latency", "percentile", "mode", "outcomes")
+# Fields a rule with ``unlimited: true`` may not have.
+UNLIMITED_REFUSES = (
+    "unit", "requests_per_unit", "burst", "queue", "hold", "reserved", "outcomes", "breaker",
+)  # fmt: skip
 # The algorithms that take a ``burst``.
 BUCKETS = ("token_bucket", "leaky_bucket")
 # The algorithms whose kernels can keep part of their limit back (``reserved``).
@@ -175,6 +179,39 @@ class QueueSpec(Section):
 
 
 @dataclass(frozen=True)
+class Outcomes(Section):
+    """Which of Envoy's access-log entries report on an adaptive rule
+    (``rate_limit.outcomes``): an entry whose route name and upstream cluster match the
+    ones given (one or both) feeds the rule its latency and outcome."""
+
+    route: str | None = setting(None, "the route's name (route.name in Envoy's config)", low=1)
+    cluster: str | None = setting(None, "the upstream cluster's name", low=1)
+
+    def check(self, given: frozenset[str] | None) -> None:
+        if self.route is None and self.cluster is None:
+            raise FieldError("", "give route, cluster or both")
+
+
+@dataclass(frozen=True)
+class BreakerRef(Section):
+    """The breaker a rule's checks follow (``rate_limit.breaker``; a dependency name alone
+    is short for ``{dependency: name}``): while the dependency's breaker for the check's
+    partition is open, the rule refuses the check at once."""
+
+    dependency: str = setting(
+        doc="the dependency (an upstream cluster, for breakers fed by access logs)", low=1
+    )
+    partition: str | None = setting(
+        None, "the descriptor key whose value in the check names the partition (one of the "
+        "rule's keys); none: the dependency's breaker without a partition", low=1,
+    )  # fmt: skip
+
+    def check(self, given: frozenset[str] | None) -> None:
+        if "/" in self.dependency:
+            raise FieldError("dependency", f"must not contain '/', got {self.dependency!r}")
+
+
+@dataclass(frozen=True)
 class Limit(Section):
     """What one rule enforces (``rate_limit``), in envoyproxy/ratelimit's keys (``unit``,
     ``requests_per_unit``, ``unlimited``, ``name``, ``replaces``) plus limiter's. Windows
@@ -226,12 +263,25 @@ class Limit(Section):
         None, "a share of the limit only checks of a tier at or above its priority may use "
         "(none: every tier uses the whole limit)",
     )  # fmt: skip
+    outcomes: Outcomes | None = setting(
+        None, "adaptive: the access-log entries that report on the rule (none: only native "
+        "Observe calls do)",
+    )  # fmt: skip
+    breaker: BreakerRef | str | None = setting(
+        None, "refuse checks at once while this dependency's breaker is open (a name, or a "
+        "mapping below)",
+    )  # fmt: skip
 
     def check(self, given: frozenset[str] | None) -> None:
+        if isinstance(self.breaker, str):
+            try:
+                object.__setattr__(self, "breaker", BreakerRef(self.breaker))
+            except FieldError as exc:
+                raise exc.under("breaker") from None
         algorithm = self.algorithm
         if given is not None:
             if self.unlimited:
-                for name in ("unit", "requests_per_unit", "burst", "queue", "hold", "reserved"):
+                for name in UNLIMITED_REFUSES:
                     if name in given:
                         raise FieldError(name, "not allowed together with 'unlimited: true'")
                 return
@@ -662,6 +712,14 @@ def _parse_level(
         if d.rate_limit is not None:
             if len(domain.rules) >= room:
                 raise ConfigError(f"{at}: more than {MAX_RULES} rules (the most a config holds)")
+            ref = d.rate_limit.breaker
+            if isinstance(ref, BreakerRef) and ref.partition is not None:
+                keys = [k for k, _ in here]
+                if ref.partition not in keys:
+                    raise ConfigError(
+                        f"{at}: rate_limit.breaker.partition: {_cut(ref.partition)!r} is not "
+                        f"one of the rule's descriptor keys ({', '.join(map(_cut, keys))})"
+                    )
             node.rule = Rule(domain.name, here, d.rate_limit, d.shadow_mode, d.detailed_metric)
             domain.rules.append(node.rule)
         _parse_level(domain, node, d.descriptors or (), here, f"{at}.descriptors", room)

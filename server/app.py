@@ -1,11 +1,12 @@
 """One service process: every part built once, here, and handed to what uses it.
 
 The decision loop (the process's main event loop) runs the gRPC server (RLS v3,
-limiter.v1, health, reflection) and nothing else: the HTTP port (health, metrics,
-``/json``, the admin API and console), config reloads and housekeeping (switch sweeps,
-levels and the pressure they follow, fallback alerts, breaker probes, expired permits,
-shared metrics, renewed TLS certificates, Redis restarts) each run on their own thread,
-and hand the decision loop finished work (``on_decision_loop``).
+limiter.v1, RLQS, the access-log service, health, reflection) and nothing else: the
+HTTP port (health, metrics, ``/json``, the admin API and console), config reloads and
+housekeeping (switch sweeps, levels and the pressure they follow, fallback alerts,
+breaker probes, expired permits, shared metrics, renewed TLS certificates, Redis
+restarts) each run on their own thread, and hand the decision loop finished work
+(``on_decision_loop``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
+from envoy.service.accesslog.v3 import als_pb2_grpc
 from envoy.service.rate_limit_quota.v3 import rlqs_pb2_grpc
 from envoy.service.ratelimit.v3 import rls_pb2
 from google.protobuf import json_format
@@ -27,6 +29,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from limiter.server import console, v1
+from limiter.server.accesslog import SERVICE as ALS_SERVICE
+from limiter.server.accesslog import AccessLogService
 from limiter.server.admin import AdminApi
 from limiter.server.admission import ServiceAdmission
 from limiter.server.decider import Decider
@@ -34,6 +38,7 @@ from limiter.server.http import MAX_CONNECTIONS as MAX_HTTP_CONNECTIONS
 from limiter.server.http import HttpServer, Request, Response
 from limiter.server.metrics import CONTENT_TYPE, Metrics, SharedMetrics
 from limiter.server.native import LimiterService
+from limiter.server.outcomes import Outcomes
 from limiter.server.pressure import ServicePressure
 from limiter.server.quota import SERVICE as QUOTA_SERVICE
 from limiter.server.quota import QuotaService
@@ -46,6 +51,7 @@ from limiter.server.tls import ServerTls
 
 from limiter import config as rules
 from limiter import ops as operations
+from limiter.ops.outcomes import AccessLogConfig
 
 if TYPE_CHECKING:
     from limiter.server.tracing import Tracing
@@ -111,7 +117,11 @@ class Service:
         # With tracing on, the codecs see a decider that writes onto the call's span.
         decider = self.decider if tracing is None else tracing.decider(self.decider)
         self.rls = RateLimitService(decider, self.metrics, HeaderOptions.parse(settings.headers))
-        self.native = LimiterService(decider, self.metrics)
+        self.outcomes = Outcomes(self.rulebook, self.ops)
+        self.native = LimiterService(decider, self.metrics, self.outcomes)
+        self.access_log = AccessLogService(
+            self.outcomes, config.sections.get("access_log", AccessLogConfig()), self.metrics
+        )
         self.quota = QuotaService(
             self.decider, ttl=settings.quota_ttl, store=quota_store, metrics=self.metrics
         )
@@ -126,9 +136,10 @@ class Service:
         self.grpc.add_generic_rpc_handlers((self.rls.handler(),))
         v1.add_limiter_servicer(self.grpc, self.native)
         rlqs_pb2_grpc.add_RateLimitQuotaServiceServicer_to_server(self.quota, self.grpc)
+        als_pb2_grpc.add_AccessLogServiceServicer_to_server(self.access_log, self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection(
-            (RLS_SERVICE, v1.SERVICE_NAME, QUOTA_SERVICE,
+            (RLS_SERVICE, v1.SERVICE_NAME, QUOTA_SERVICE, ALS_SERVICE,
              health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             self.grpc,
         )  # fmt: skip
@@ -191,7 +202,7 @@ class Service:
             self.ports["grpc"] = self.grpc.add_insecure_port(address)
         await self.grpc.start()
         self.ports["http"] = self.http.start(s.host, s.http_port, reuse_port=s.reuse_port)
-        for name in ("", RLS_SERVICE, v1.SERVICE_NAME, QUOTA_SERVICE):
+        for name in ("", RLS_SERVICE, v1.SERVICE_NAME, QUOTA_SERVICE, ALS_SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.reloader.start()
         self.ops.start()

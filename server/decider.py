@@ -7,8 +7,9 @@ each check; nothing else happens in them. The ``Decider`` owns what lies between
 1. matching: a native check names its rule; an RLS descriptor is matched to one
    (``match``: request-supplied limits, ``replaces``);
 2. the operations policy (``limiter.ops``), once per rule and priority in a request
-   (switches, the tiers a degradation level sheds) and, while a rule is under pressure
-   or blocks are on, once per check (blocked and top clients);
+   (switches, the tiers a degradation level sheds) and once per check when the rule
+   follows a breaker (refused at once while it is open for the check's partition) or,
+   while a rule is under pressure or blocks are on, blocked and top clients;
 3. routing and batching: the checks of one rule go to its kernel in one call, or to the
    shared store in one awaited round trip, in request order; rules are asked together;
 4. admission holds: a refused check that may wait (``max_wait``, an RLS rule's
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, NamedTuple
 
-from limiter.server.rules import MAX_UINT32, Kind, Rulebook, RuleState, free
+from limiter.server.rules import MAX_UINT32, Kind, Rulebook, RuleState, free, partition_of
 
 from limiter import Decision
 from limiter.priority import Priority
@@ -50,6 +51,7 @@ class Code(IntEnum):
     UNKNOWN_RULE = 3  # no rule limits it: allowed
     BACKEND_ERROR = 4  # the shared store failed: answered per the rule's failure mode
     QUEUE_TIMEOUT = 5  # held for admission and the wait ran out: busy
+    BREAKER_OPEN = 6  # refused at once: the rule's dependency fails fast for this partition
 
 
 class Outcome(NamedTuple):
@@ -113,7 +115,9 @@ class _Gate:
     The first gate of each rule state is also its group: it collects, in request order,
     the checks that state's kernel or store decides (``at``, ``keys``, ``costs``)."""
 
-    __slots__ = ("at", "costs", "counter", "forced", "keys", "pressure", "shadow", "state")
+    __slots__ = (
+        "at", "breaker", "costs", "counter", "forced", "keys", "pressure", "shadow", "state",
+    )  # fmt: skip
 
     def __init__(
         self, state: RuleState, forced: Decision | None, shadow: bool, pressure: bool, counter: Any
@@ -123,6 +127,8 @@ class _Gate:
         self.shadow = shadow
         self.pressure = pressure  # the policy is asked about each client (throttling, blocks)
         self.counter = counter  # counts clients in bulk (``Operations.client_counter``) or None
+        # The breaker each check asks first (``RuleState.breaker``), None for none.
+        self.breaker: tuple[str, int] | None = None
         self.at: list[int] = []
         self.keys: list[str] = []
         self.costs: list[int] = []
@@ -215,7 +221,7 @@ class Decider:
             if gate is None:
                 gate = gates[gate_key] = self._gate(rule, priority, level)
             state = gate.state
-            if gate.forced is not None or gate.pressure:
+            if gate.forced is not None or gate.pressure or gate.breaker is not None:
                 run: Any = self._forced(gate, i, j, checks, out, tallies)
             else:
                 if gate.counter is not None:
@@ -282,16 +288,30 @@ class Decider:
         out: list[Any],
         tallies: dict[str, list[int]],
     ) -> list[int]:
-        """Answer the checks of a run that the policy decides (a switch, a tier cut; under
-        pressure, a blocked or shed client); returns the others, for the kernel."""
+        """Answer the checks of a run that the policy decides (a switch, a tier cut; an
+        open breaker; under pressure, a blocked or shed client); returns the others, for
+        the kernel."""
         state, keys, costs, details = gate.state, checks.keys, checks.costs, checks.details
+        breaker, policy = gate.breaker, self.policy
+        if gate.counter is not None:
+            gate.counter(keys[i:j], costs[i:j])
         rest = []
         for k in range(i, j):
             forced = gate.forced
+            code = Code.OK
             if forced is None:
-                verdict = self.policy.client_verdict(
-                    state.ops_name, keys[k], costs[k], state.limit, state.capacity
-                )
+                verdict = None
+                if breaker is not None:
+                    dependency, at = breaker
+                    verdict = policy.breaker_verdict(
+                        dependency, partition_of(keys[k], at), state.limit
+                    )
+                    code = Code.BREAKER_OPEN
+                if verdict is None and gate.pressure:
+                    code = Code.OK
+                    verdict = policy.client_verdict(
+                        state.ops_name, keys[k], costs[k], state.limit, state.capacity
+                    )
                 if verdict is None:
                     rest.append(k)
                     continue
@@ -300,7 +320,7 @@ class Decider:
             self._count(state, forced, costs[k], False, detail, tallies)
             if not forced.allowed:
                 state.stats.policy_refused += state.counted(False, costs[k])
-            out[k] = _outcome(forced, state, False, Code.OK, 0.0, None)
+            out[k] = _outcome(forced, state, False, code, 0.0, None)
         return rest
 
     def _gate(self, rule: RuleState, priority: Priority | None, level: int) -> _Gate:
@@ -311,13 +331,17 @@ class Decider:
         verdict = policy.rule_verdict(rule.ops_name, rule.limit, tier, level)
         if verdict is None:
             counter = policy.client_counter(rule.ops_name)
-            return _Gate(_tiered(rule, tier), None, rule.shadow, counter is None, counter)
+            gate = _Gate(_tiered(rule, tier), None, rule.shadow, counter is None, counter)
+            gate.breaker = rule.breaker
+            return gate
         if verdict.decision is not None:
             return _Gate(rule, verdict.decision, False, False, None)
         state = rule
         if verdict.limit is not None and verdict.limit != rule.limit:
             state = self.rulebook.with_limit(rule, verdict.limit)
-        return _Gate(_tiered(state, tier), None, rule.shadow or verdict.shadow, False, None)
+        gate = _Gate(_tiered(state, tier), None, rule.shadow or verdict.shadow, False, None)
+        gate.breaker = rule.breaker
+        return gate
 
     async def _finish_shared(
         self,

@@ -96,6 +96,20 @@ class Metrics:
             "buckets.",
             registry=r,
         )
+        self.access_log_entries = Counter(
+            "limiter_access_log_entries",
+            "Envoy access-log entries read, by result: fed (an adaptive rule, a breaker or "
+            "abnormal-access blocking took it) or unmatched (nothing did).",
+            ["result"],
+            registry=r,
+        )
+        self.access_log_refused = Counter(
+            "limiter_access_log_refused",
+            "Access-log streams refused (bound max_streams) or ended by a message over "
+            "access_log.max_entries (bound max_entries).",
+            ["bound"],
+            registry=r,
+        )
         self.config_loaded_at = Gauge(
             "limiter_config_last_success_timestamp_seconds",
             "Unix time the serving config was loaded.",

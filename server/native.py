@@ -21,6 +21,7 @@ from limiter._wire import WireError, encode_decide_response, parse_decide_reques
 from limiter.server import v1
 from limiter.server.decider import MAX_COST, Checks, Decider, caller_of
 from limiter.server.metrics import Metrics
+from limiter.server.outcomes import Outcomes
 from limiter.server.rules import BadRequest
 
 from limiter.priority import Priority
@@ -40,9 +41,12 @@ class LimiterService:
     # Decide is registered on raw bytes (limiter.server.v1.add_limiter_servicer).
     raw_methods = frozenset({"Decide"})
 
-    def __init__(self, decider: Decider, metrics: Metrics) -> None:
+    def __init__(
+        self, decider: Decider, metrics: Metrics, outcomes: Outcomes | None = None
+    ) -> None:
         self.decider = decider
         self.metrics = metrics
+        self.outcomes = outcomes
         self._latency = metrics.latency.labels("native")
 
     async def Decide(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -108,7 +112,9 @@ class LimiterService:
         return v1.ReleaseResponse(released=released)
 
     async def Observe(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        """Deliver latency/outcome samples to rules whose kernel learns from them."""
+        """Deliver latency/outcome samples to rules whose kernel learns from them, to the
+        rule's breaker and, with a key and a status, to abnormal-access blocking
+        (``limiter.server.outcomes``)."""
         by_name = self.decider.rulebook.snapshot.by_name
         accepted = 0
         for i, obs in enumerate(request.observations):
@@ -120,8 +126,12 @@ class LimiterService:
                     f"observations[{i}].latency: must be a finite number >= 0, got {latency!r}",
                 )
             state = by_name.get((obs.domain, obs.rule))
-            record = getattr(state.kernel, "record", None) if state is not None else None
-            if record is not None:
-                record(latency, outcome=OUTCOMES.get(obs.outcome, "ok"))
+            if state is None:
+                continue
+            outcome = OUTCOMES.get(obs.outcome, "ok")
+            if self.outcomes is not None:
+                accepted += self.outcomes.observe(state, obs.key, latency, outcome, obs.status)
+            elif (record := getattr(state.kernel, "record", None)) is not None:
+                record(latency, outcome=outcome)
                 accepted += 1
         return v1.ObserveResponse(accepted=accepted)

@@ -81,6 +81,7 @@ class RuleState:
     """One rule ready to decide: what enforces it, its counters, what answers echo."""
 
     __slots__ = (
+        "breaker",
         "capacity",
         "detailed",
         "domain",
@@ -132,6 +133,14 @@ class RuleState:
         rate = not lim.unlimited and lim.algorithm != "concurrency" and lim.mode == "rate"
         self.capacity = self.limit / lim.seconds if rate else None
         self.kind = _kind(kernel)
+        # The breaker its checks follow: (dependency, the position in a check's key of the
+        # value naming the partition, -1 for none).
+        self.breaker: tuple[str, int] | None = None
+        ref = lim.breaker
+        if ref is not None and not isinstance(ref, str):
+            keys = [key for key, _ in rule.path]
+            at = -1 if ref.partition is None else keys.index(ref.partition)
+            self.breaker = (ref.dependency, at)
         # How the operations side (switches, shedding) names the rule: "<domain>/<label>".
         self.ops_name = f"{rule.domain}/{rule.label}"
         # Keys are namespaced by rule so a shared store never mixes two rules' counters.
@@ -232,6 +241,15 @@ class RuleState:
             used = self.limit - remaining
             if used > self.near:
                 stats.near_limit += min(hits, used - self.near)
+
+
+def partition_of(key: str, at: int) -> str:
+    """The partition a check's key names: its ``at``-th value (keys join a descriptor's
+    values with \\x1f, in the rule's key order); "" for none or a key too short."""
+    if at < 0:
+        return ""
+    parts = key.split("\x1f")
+    return parts[at] if at < len(parts) else ""
 
 
 def short_label(label: str) -> str:

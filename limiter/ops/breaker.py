@@ -569,6 +569,21 @@ class Breakers:
             )
         return self.group(dependency)[partition]
 
+    def peek(self, dependency: str, partition: str = "") -> CircuitBreaker | None:
+        """The breaker of ``dependency`` and ``partition`` if one has counted a call or a
+        switch forces it open, else None (closed, and nothing to keep): asking on every
+        check does not fill the table with breakers that never saw a call."""
+        g = self._groups.get(dependency)
+        b = None if g is None else g._parts.get(partition)
+        if b is not None:
+            return b
+        if self._override is None:
+            return None
+        name = f"{dependency}/{partition}" if partition else dependency
+        if self._forced(name) != "force_open":
+            return None
+        return self.get(dependency, partition)
+
     def all(self) -> list[CircuitBreaker]:
         return [b for g in list(self._groups.values()) for b in g]
 

@@ -29,6 +29,7 @@ from limiter.ops.alerts import Alerts, AlertsConfig
 from limiter.ops.breaker import BreakerConfig, Breakers, State
 from limiter.ops.degradation import DegradationConfig, ServiceLevels
 from limiter.ops.fallback import FallbackConfig, FallbackWatch
+from limiter.ops.outcomes import AccessLogConfig
 from limiter.ops.shedding import (
     MAX_COUNT,
     AbnormalAccess,
@@ -50,6 +51,9 @@ ClientCounter = Callable[[list[str], list[int]], None]
 class OpsConfig(Section):
     """The operations side's sections of a config (each optional)."""
 
+    access_log: AccessLogConfig = setting(
+        AccessLogConfig(), "Envoy's access logs as reports of finished calls"
+    )
     alerts: AlertsConfig = setting(AlertsConfig(), "alert webhooks")
     breakers: Mapping[str, BreakerConfig] = setting(
         factory=dict, inherit="default", kind="a mapping of dependency name to breaker settings",
@@ -149,6 +153,15 @@ class Operations:
         if not self.clients.check(rule, client, hits, pressure=pressure, capacity=capacity):
             return Verdict(Decision(False, limit, 0, 1.0, 1.0))
         return None
+
+    def breaker_verdict(self, dependency: str, partition: str, limit: int) -> Verdict | None:
+        """A refusal while ``dependency``'s breaker for ``partition`` fails fast (open, or
+        forced open by a switch); None while it lets calls through."""
+        breaker = self.breakers.peek(dependency, partition)
+        if breaker is None or breaker.allow():
+            return None
+        left = max(breaker.retry_after(), 0.001)
+        return Verdict(Decision(False, limit, 0, left, left))
 
     def client_counter(self, rule: str) -> ClientCounter | None:
         """While ``client_verdict`` cannot refuse ``rule``'s clients (the rule is not

@@ -145,7 +145,7 @@ A = "domain: d\ndescriptors:\n  - key: a\n"
          "rate_limit.burst: only token_bucket and leaky_bucket"),
         (A + "    shadow_mode: yes please", "(key=a): shadow_mode: must be true or false"),
         (A + "    limit: 3", "unknown field 'limit'"),
-        ("domain: d\nalert: {}\n", "rules.yaml: unknown field 'alert' (known: alerts, breakers"),
+        ("domain: d\nalert: {}\n", "rules.yaml: unknown field 'alert' (known: access_log, alerts, breakers"),
         ("domain: ''\n", "domain: must be a non-empty string"),
         ("domain: d\ndescriptors: {a: 1}\n", "descriptors: must be a list"),
         ("domain: d\n---\ndomain: d\n", "domain 'd' is already defined"),
