@@ -12,24 +12,26 @@ Processes, all real and on loopback:
   the gRPC access logger (``envoy.access_loggers.http_grpc``) streaming every request's
   access-log entry to the service;
 - ``limiter serve`` with one adaptive rule (rate mode, ceiling ``CEILING`` per second,
-  ``TARGET`` s at P99) whose latency samples and outcomes come from those access-log
-  entries for the route and upstream cluster: the limit learns from the upstream's real
-  latencies as Envoy measured them;
+  ``TARGET`` s at a percentile) whose latency samples and outcomes come from those
+  access-log entries for the route and upstream cluster: the limit learns from the
+  upstream's real latencies as Envoy measured them;
 - this process: an open-loop load generator (Poisson arrivals at ``OFFERED`` per second,
   above the capacity after the drop, below it before; keep-alive HTTP/1.1 connections, a
   request's latency counted from its scheduled instant, the client giving up after
   ``TIMEOUT`` s) and a sampler reading the rule's limit from ``/metrics`` and the level
   from ``/v1/levels`` every ``SAMPLE`` s.
 
-Two runs over the same timeline, each on fresh processes: ``with limiter`` (requests carry
-``x-bench``, so each waits for its check and a refused one gets Envoy's 429) and ``without
-limiter`` (no ``x-bench``: the filter builds no descriptor and calls nobody, so Envoy
-forwards everything; the access log still flows). Goodput is 2xx answers within ``TARGET``
+Runs over the same timeline and the same arrivals, each on fresh processes, one after the
+other: ``limiter`` (``--rounds`` of them: requests carry ``x-bench``, so each waits for its
+check and a refused one gets Envoy's 429; the rule watches ``--percentile``) and ``no
+limiter`` (once: no ``x-bench``, so the filter builds no descriptor and calls nobody and
+Envoy forwards everything; the access log still flows). Goodput is 2xx answers within ``TARGET``
 per second; p99 is of every request not refused (2xx, errors, and requests the client gave
 up on, counted at ``TIMEOUT``).
 
 Run: ``.venv/bin/python benchmarks/overload_bench.py`` (about 2 minutes; ``--quick``: 1).
-Writes ``benchmarks/results/overload.md`` and ``benchmarks/results/overload.png``.
+Writes ``benchmarks/results/overload.md`` and ``benchmarks/results/overload.png`` (``--out``
+names them otherwise).
 """
 
 from __future__ import annotations
@@ -69,13 +71,14 @@ WORKERS = 8  # upstream worker slots before the drop
 DROPPED_WORKERS = 3  # ... and during it
 SERVICE_MS = 40.0  # mean time a request holds a slot
 OFFERED = 150.0  # requests/s, Poisson
-TARGET = 0.3  # s: the rule's P99 target, and what counts as good
+TARGET = 0.3  # s: the rule's latency target, and what counts as good
 CEILING = 250  # requests/s: the rule's ceiling (its limit before any evidence)
 TIMEOUT = 2.0  # s: the client gives up
 SAMPLE = 0.5  # s between samples of the limit and the level, and the plot's bins
 WARM_UP = 2.0  # s at the start left out of the phase table
 SETTLE = 3.0  # s after each capacity change shown as its own phase
 DOMAIN, RULE, ROUTE, CLUSTER = "overload-bench", "upstream", "work", "upstream"
+COLOURS = ("tab:blue", "tab:green", "tab:purple", "tab:orange", "tab:brown")
 TOKEN = "overload-bench-admin-token"
 
 
@@ -167,7 +170,7 @@ def metric(text: str, name: str, labels: dict[str, str]) -> float | None:
 # --- the processes --------------------------------------------------------------------------
 
 
-def limiter_rules(directory: Path) -> Path:
+def limiter_rules(directory: Path, percentile: float) -> Path:
     rule = {
         "name": RULE,
         "algorithm": "adaptive",
@@ -175,7 +178,7 @@ def limiter_rules(directory: Path) -> Path:
         "unit": "second",
         "requests_per_unit": CEILING,
         "target_latency": TARGET,
-        "percentile": 0.99,
+        "percentile": percentile,
         "outcomes": {"route": ROUTE, "cluster": CLUSTER},
     }
     doc = {"domain": DOMAIN, "descriptors": [{"key": "bench", "rate_limit": rule}]}
@@ -215,9 +218,16 @@ class Upstream:
 
 
 async def offer(
-    port: int, upstream: int, timeline: Timeline, headers: dict[str, str], seed: int, t0: float
+    port: int,
+    headers: dict[str, str],
+    seconds: float,
+    seed: int,
+    t0: float,
+    changes: list[tuple[float, int]],
+    upstream: int,
 ) -> np.ndarray:
-    """Open-loop Poisson load from ``t0`` (``time.monotonic()``, the event loop's clock);
+    """Open-loop Poisson load for ``seconds`` from ``t0`` (``time.monotonic()``, the event
+    loop's clock), setting the upstream's slots at each of ``changes`` (instant, workers);
     returns rows (scheduled s, latency s or inf, status)."""
     client = Client(port, headers)
     rng = random.Random(seed)
@@ -232,9 +242,9 @@ async def offer(
         except (TimeoutError, OSError, ValueError, IndexError):
             rows.append((at, math.inf, FAILED))
 
-    changes = timeline.changes()
+    changes = list(changes)
     at = rng.expovariate(OFFERED)
-    while at < timeline.seconds:
+    while at < seconds:
         if changes and at >= changes[0][0]:
             await Client(upstream).get(f"/capacity/{changes.pop(0)[1]}")
         delay = t0 + at - loop.time()
@@ -250,7 +260,7 @@ async def offer(
 
 
 class Sampler(threading.Thread):
-    """Every ``SAMPLE`` s: (s since start, the rule's limit, its observed P99, the level,
+    """Every ``SAMPLE`` s: (s since start, the rule's limit, its observed percentile, the level,
     the pressure), from the service's /metrics and /v1/levels."""
 
     def __init__(self, http_port: int, t0: float) -> None:
@@ -294,37 +304,46 @@ class Sampler(threading.Thread):
 class Run:
     name: str
     rows: np.ndarray  # (scheduled s, latency s or inf, status)
-    samples: np.ndarray  # (s, limit, observed P99, level, pressure); empty without limiter
-    checks: dict[str, int]  # Envoy's rate-limit filter counters
+    samples: np.ndarray  # (s, limit, observed percentile, level, pressure); empty: no limiter
+    checks: dict[str, int]  # Envoy's rate-limit filter counters, the service's ALS counters
+    colour: str
 
 
-def run(name: str, timeline: Timeline, limited: bool, directory: Path, seed: int) -> Run:
+def run(
+    name: str, percentile: float | None, colour: str, timeline: Timeline, directory: Path, seed: int
+) -> Run:
+    """``percentile``: the rule's; None: requests carry no descriptor (no limiter)."""
     """One run on fresh processes: the upstream, the service, Envoy; then the load."""
-    work = directory / name.replace(" ", "-")
+    work = directory / re.sub(r"\W+", "-", name)
     work.mkdir(parents=True)
     upstream = Upstream()
     service = LimiterProcess(
-        limiter_rules(work), env={"LIMITER_ADMIN_TOKEN": TOKEN}, workdir=work
+        limiter_rules(work, percentile or 0.99), env={"LIMITER_ADMIN_TOKEN": TOKEN}, workdir=work
     ).start()
     envoy = None
     try:
         envoy = Envoy(envoy_config(service.grpc_port, upstream.port), workdir=work).start()
-        headers = {"x-bench": "on"} if limited else {}
+        headers = {"x-bench": "on"} if percentile is not None else {}
         # Connections to the upstream and to the service, before the clock starts.
         port = envoy.ports["ingress"]
-        asyncio.run(offer(port, upstream.port, Timeline(1.0), headers, 0, time.monotonic()))
+        asyncio.run(offer(port, headers, 1.0, 0, time.monotonic(), [], upstream.port))
         t0 = time.monotonic() + 0.1
         sampler = Sampler(service.http_port, t0)
         sampler.start()
-        rows = asyncio.run(offer(port, upstream.port, timeline, headers, seed, t0))
+        changes = timeline.changes()
+        rows = asyncio.run(offer(port, headers, timeline.seconds, seed, t0, changes, upstream.port))
         sampler.stopped.set()
         sampler.join()
         stats = envoy.stats(r"cluster\.upstream\.ratelimit\.")
         checks = {k.rsplit(".", 1)[1]: v for k, v in stats.items()}
+        text = sampler.get("/metrics")
+        for result in ("fed", "unmatched"):
+            found = metric(text, "limiter_access_log_entries_total", {"result": result})
+            checks[f"access-log entries {result}"] = int(found or 0)
         samples = np.array([row for row in sampler.rows if row[0] < timeline.seconds])
-        if not limited:
+        if percentile is None:
             samples = np.empty((0, 5))
-        return Run(name, rows, samples, checks)
+        return Run(name, rows, samples, checks, colour)
     finally:
         if envoy is not None:
             envoy.stop()
@@ -371,37 +390,39 @@ def plot(runs: list[Run], timeline: Timeline, path: Path) -> None:
     bins = np.arange(0.0, timeline.seconds, SAMPLE)
     mid = bins + SAMPLE / 2
     capacity = [timeline.capacity_at(t) for t in bins]
-    fig, axes = plt.subplots(4, 1, figsize=(11, 11), sharex=True)
-    good, limit, level, p99 = axes
+    fig, axes = plt.subplots(5, 1, figsize=(11, 14), sharex=True)
+    good, lost, limit, level, p99 = axes
     good.step(bins, capacity, "k--", where="post", lw=1, label="upstream capacity")
+    good.axhline(OFFERED, color="tab:grey", lw=0.8, label=f"offered ({OFFERED:.0f}/s)")
     limit.step(bins, capacity, "k--", where="post", lw=1, label="upstream capacity")
-    colours = {"with limiter": "tab:blue", "without limiter": "tab:red"}
+    pressure = level.twinx()
     for r in runs:
         windows = [window(r.rows, t, t + SAMPLE) for t in bins]
-        colour = colours.get(r.name)
-        good.plot(mid, [w.good for w in windows], color=colour, label=f"good/s, {r.name}")
-        good.plot(mid, [w.failed for w in windows], color=colour, ls="-.", lw=1,
-                  label=f"failed/s (no answer in {TIMEOUT:g} s), {r.name}")  # fmt: skip
-        if len(r.samples):
-            good.plot(mid, [w.refused for w in windows], color=colour, ls=":", lw=1,
-                      label=f"refused/s (429), {r.name}")  # fmt: skip
-            limit.plot(r.samples[:, 0], r.samples[:, 1], color=colour, label="adaptive limit")
-            level.step(r.samples[:, 0], r.samples[:, 3], color=colour, where="post",
-                       label="level (default service)")  # fmt: skip
-            twin = level.twinx()
-            twin.plot(r.samples[:, 0], r.samples[:, 4], color="tab:grey", lw=1)
-            twin.set_ylabel("pressure (grey)")
-        p99.plot(mid, [w.p99 * 1000 for w in windows], color=colour, label=r.name)
-    good.axhline(OFFERED, color="tab:grey", lw=0.8, label=f"offered ({OFFERED:.0f}/s)")
+        good.plot(mid, [w.good for w in windows], color=r.colour, label=r.name)
+        lost.plot(mid, [w.failed for w in windows], color=r.colour, ls="-.",
+                  label=f"failed (no answer in {TIMEOUT:g} s), {r.name}")  # fmt: skip
+        p99.plot(mid, [w.p99 * 1000 for w in windows], color=r.colour, label=f"client, {r.name}")
+        if not len(r.samples):
+            continue
+        t = r.samples[:, 0]
+        lost.plot(mid, [w.refused for w in windows], color=r.colour, ls=":",
+                  label=f"refused (429), {r.name}")  # fmt: skip
+        limit.plot(t, r.samples[:, 1], color=r.colour, label=r.name)
+        level.step(t, r.samples[:, 3], color=r.colour, where="post", label=r.name)
+        pressure.plot(t, r.samples[:, 4], color=r.colour, ls=":", lw=1)
+        p99.plot(t, r.samples[:, 2] * 1000, color=r.colour, ls=":", lw=1,
+                 label=f"the rule's percentile (access log), {r.name}")  # fmt: skip
     p99.axhline(TARGET * 1000, color="k", ls="--", lw=1, label="target")
-    good.set_ylabel(f"req/s ({SAMPLE:g} s bins)")
+    good.set_ylabel(f"good/s ({SAMPLE:g} s bins)")
     good.set_title(
         f"{OFFERED:.0f} req/s offered through Envoy; upstream {WORKERS} → {DROPPED_WORKERS} → "
         f"{WORKERS} slots of {SERVICE_MS:g} ms; good = 2xx within {TARGET * 1000:.0f} ms"
     )
+    lost.set_ylabel("refused/s, failed/s")
+    pressure.set_ylabel("pressure (dotted)")
     limit.set_ylabel("limit (req/s)")
-    level.set_ylabel("level")
-    p99.set_ylabel("client p99 of non-refused (ms)")
+    level.set_ylabel("level (default service)")
+    p99.set_ylabel("p99 of non-refused, ms (rule: at sampling)")
     p99.set_yscale("log")
     p99.set_xlabel("scheduled time (s)")
     for ax in axes:
@@ -414,11 +435,18 @@ def plot(runs: list[Run], timeline: Timeline, path: Path) -> None:
     plt.close(fig)
 
 
-def report(runs: list[Run], timeline: Timeline, command: str, started: str, loads: str) -> str:
-    checks = "; ".join(
-        f"{r.name}: " + ", ".join(f"{k} {v}" for k, v in sorted(r.checks.items()))
-        for r in runs
-        if r.checks
+def report(
+    runs: list[Run],
+    timeline: Timeline,
+    percentile: float,
+    image: str,
+    command: str,
+    started: str,
+    loads: str,
+) -> str:
+    rounds = len(runs) - 1
+    checks = "\n".join(
+        f"- {r.name}: " + ", ".join(f"{k} {v}" for k, v in sorted(r.checks.items())) for r in runs
     )
     return f"""# Closed-loop overload through Envoy: with and without limiter
 
@@ -429,18 +457,22 @@ What is compared: {OFFERED:.0f} req/s (Poisson) offered through real Envoy to an
 {WORKERS} slots × {SERVICE_MS:g} ms ({timeline.capacity_at(0):.0f} req/s); at
 {timeline.drop_at:g} s the slots drop to {DROPPED_WORKERS}
 ({timeline.capacity_at(timeline.drop_at):.0f} req/s), at {timeline.recover_at:g} s they come
-back. **with limiter**: every request waits for one RLS check of an adaptive rule (rate mode,
-ceiling {CEILING}/s, target {TARGET * 1000:.0f} ms at P99) that learns from Envoy's access log
-(ALS); **without limiter**: the same processes and configuration, the requests carry no
-descriptor, so Envoy forwards everything. Each run on fresh processes, one after the other.
-good = 2xx within {TARGET * 1000:.0f} ms per second; failed = no answer within
-{TIMEOUT:g} s (the client gives up); p50/p99 are of the requests not refused, failed ones
-counted at {TIMEOUT:g} s; limit and level sampled every {SAMPLE:g} s from `/metrics` and
-`/v1/levels`. Envoy's rate-limit filter counters: {checks or "-"}.
+back (the upstream serves what it has queued, abandoned requests included). **limiter**:
+every request waits for one RLS check of an adaptive rule (rate mode, ceiling {CEILING}/s,
+target {TARGET * 1000:.0f} ms at P{percentile * 100:g}) that learns from Envoy's access log
+(ALS), in {rounds} round(s); **no limiter**: the same processes and configuration, the
+requests carry no descriptor, so Envoy forwards everything. The same arrivals in every run,
+each on fresh processes, one after the other. good = 2xx within {TARGET * 1000:.0f} ms per second;
+failed = no answer within {TIMEOUT:g} s (the client gives up); p50/p99 are of the requests
+not refused, failed ones counted at {TIMEOUT:g} s; limit and level sampled every {SAMPLE:g} s
+from `/metrics` and `/v1/levels`. Counters at the end of each run (Envoy's rate-limit filter:
+ok, over_limit; the service's access-log entries, fed to the rule or unmatched):
+
+{checks}
 
 {phase_table(runs, timeline)}
 
-![limit, level, goodput and p99 over time](overload.png)
+![limit, level, goodput and p99 over time]({image})
 """
 
 
@@ -449,7 +481,14 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=36.0, help="length of each run")
     ap.add_argument("--quick", action="store_true", help="18 s runs")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=2, help=f"limiter runs (1 to {len(COLOURS)})")
+    ap.add_argument("--percentile", type=float, default=0.99, help="the rule's percentile")
+    ap.add_argument("--out", default="overload", help="results/OUT.md and results/OUT.png")
     args = ap.parse_args()
+    if not 1 <= args.rounds <= len(COLOURS):
+        raise SystemExit(f"--rounds must be in [1, {len(COLOURS)}], not {args.rounds}")
+    if not 0 < args.percentile < 1:
+        raise SystemExit(f"--percentile must be in (0, 1), not {args.percentile:g}")
     seconds = 18.0 if args.quick else args.seconds
     if seconds < 9:
         raise SystemExit(f"--seconds must be at least 9 (three phases of 3 s), not {seconds:g}")
@@ -459,14 +498,20 @@ def main() -> None:
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="overload-bench-") as tmp:
         runs = []
-        for name, limited in (("with limiter", True), ("without limiter", False)):
-            runs.append(run(name, timeline, limited, Path(tmp), args.seed))
+        plan = [
+            (f"limiter, P{args.percentile * 100:g}, round {i + 1}", args.percentile, colour)
+            for i, colour in zip(range(args.rounds), COLOURS, strict=False)
+        ]
+        for name, percentile, colour in [*plan, ("no limiter", None, "tab:red")]:
+            runs.append(run(name, percentile, colour, timeline, Path(tmp), args.seed))
             print(f"{name}: {len(runs[-1].rows)} requests", flush=True)
     loads = f"{load_start[0]:.2f} at the start, {os.getloadavg()[0]:.2f} at the end"
     RESULTS.mkdir(exist_ok=True)
-    plot(runs, timeline, RESULTS / "overload.png")
-    text = report(runs, timeline, command.strip(), started, loads)
-    (RESULTS / "overload.md").write_text(text)
+    plot(runs, timeline, RESULTS / f"{args.out}.png")
+    text = report(
+        runs, timeline, args.percentile, f"{args.out}.png", command.strip(), started, loads
+    )
+    (RESULTS / f"{args.out}.md").write_text(text)
     print(text)
 
 

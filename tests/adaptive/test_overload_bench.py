@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -20,7 +21,7 @@ def test_phases_tile_the_run_after_the_warm_up() -> None:
     for seconds in (9.0, 18.0, 36.0):
         phases = Timeline(seconds).phases()
         assert phases[-1][2] == seconds
-        for (_, _, end), (_, start, _) in zip(phases, phases[1:], strict=False):
+        for (_, _, end), (_, start, _) in itertools.pairwise(phases):
             assert end == start
         assert all(start < end for _, start, end in phases)
         # Each phase has one capacity throughout.
