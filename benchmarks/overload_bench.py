@@ -112,15 +112,19 @@ class Timeline:
         return [(self.drop_at, self.dropped_workers), (self.recover_at, self.workers)]
 
     def phases(self) -> list[tuple[str, float, float]]:
-        """(name, start, end) of the phases the table summarises."""
-        settle = min(SETTLE, (self.recover_at - self.drop_at) / 2)
-        return [
-            ("before the drop", min(WARM_UP, self.drop_at / 2), self.drop_at),
-            ("drop: first 3 s", self.drop_at, self.drop_at + settle),
-            ("drop: the rest", self.drop_at + settle, self.recover_at),
-            ("back: first 3 s", self.recover_at, self.recover_at + settle),
-            ("back: the rest", self.recover_at + settle, self.seconds),
-        ]
+        """(name, start, end) of the phases the table summarises: before the drop (after a
+        warm-up), then the drop and the return each in three: two of ``SETTLE`` s (a third
+        of the phase when that is shorter) and the rest."""
+        step = min(SETTLE, (self.recover_at - self.drop_at) / 3)
+        phases = [("before the drop", min(WARM_UP, self.drop_at / 2), self.drop_at)]
+        for name, start, end in (
+            ("drop", self.drop_at, self.recover_at),
+            ("back", self.recover_at, self.seconds),
+        ):
+            for lo, hi in ((0, step), (step, 2 * step), (2 * step, end - start)):
+                label = f"{lo:g}-{hi:g} s in" if hi < end - start else f"{lo:g} s on"
+                phases.append((f"{name}: {label}", start + lo, start + hi))
+        return phases
 
 
 REFUSED = 429
@@ -466,7 +470,9 @@ each on fresh processes, one after the other. good = 2xx within {TARGET * 1000:.
 failed = no answer within {TIMEOUT:g} s (the client gives up); p50/p99 are of the requests
 not refused, failed ones counted at {TIMEOUT:g} s; limit and level sampled every {SAMPLE:g} s
 from `/metrics` and `/v1/levels`. Counters at the end of each run (Envoy's rate-limit filter:
-ok, over_limit; the service's access-log entries, fed to the rule or unmatched):
+ok, over_limit, and error with failure_mode_allowed for checks that got no answer within the
+filter's 0.25 s timeout and were let through; the service's access-log entries, fed to the
+rule or unmatched):
 
 {checks}
 
