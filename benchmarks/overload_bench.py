@@ -59,6 +59,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.envoy_bench import cpu_seconds  # noqa: E402
 from benchmarks.machine import cpu_model, git_revision  # noqa: E402
 from benchmarks.real_service_bench import Client  # noqa: E402
 from tests.envoy import harness  # noqa: E402
@@ -263,14 +264,23 @@ async def offer(
     return np.array(rows)
 
 
-class Sampler(threading.Thread):
-    """Every ``SAMPLE`` s: (s since start, the rule's limit, its observed percentile, the level,
-    the pressure), from the service's /metrics and /v1/levels."""
+# The columns of a run's samples.
+T, LIMIT, SEEN, LEVEL, PRESSURE, ERRORS, CPU = range(7)
 
-    def __init__(self, http_port: int, t0: float) -> None:
+
+class Sampler(threading.Thread):
+    """Every ``SAMPLE`` s, one row of the columns above: s since ``t0``; the rule's limit,
+    its observed percentile, the level and the pressure (the service's /metrics and
+    /v1/levels); the checks Envoy's filter got no answer to so far; and the CPU seconds the
+    service has used so far."""
+
+    def __init__(self, service: LimiterProcess, envoy: Envoy, t0: float) -> None:
         super().__init__(daemon=True)
-        self.base = f"http://127.0.0.1:{http_port}"
-        self.rows: list[tuple[float, float, float, float, float]] = []
+        assert service.proc is not None
+        self.base = f"http://127.0.0.1:{service.http_port}"
+        self.pid = service.proc.pid
+        self.envoy = envoy
+        self.rows: list[tuple[float, ...]] = []
         self.stopped = threading.Event()
         self.t0 = t0
 
@@ -299,6 +309,8 @@ class Sampler(threading.Thread):
                 math.nan if seen is None else seen,
                 math.nan if default is None else default["level"],
                 math.nan if default is None else default["pressure"],
+                self.envoy.stat("cluster.upstream.ratelimit.error"),
+                cpu_seconds(self.pid),
             ))  # fmt: skip
             due += SAMPLE
             self.stopped.wait(max(0.0, due - time.monotonic()))
@@ -308,7 +320,8 @@ class Sampler(threading.Thread):
 class Run:
     name: str
     rows: np.ndarray  # (scheduled s, latency s or inf, status)
-    samples: np.ndarray  # (s, limit, observed percentile, level, pressure); empty: no limiter
+    samples: np.ndarray  # rows of the Sampler's columns
+    limited: bool
     checks: dict[str, int]  # Envoy's rate-limit filter counters, the service's ALS counters
     colour: str
 
@@ -316,8 +329,8 @@ class Run:
 def run(
     name: str, percentile: float | None, colour: str, timeline: Timeline, directory: Path, seed: int
 ) -> Run:
-    """``percentile``: the rule's; None: requests carry no descriptor (no limiter)."""
-    """One run on fresh processes: the upstream, the service, Envoy; then the load."""
+    """One run on fresh processes: the upstream, the service, Envoy; then the load.
+    ``percentile``: the rule's; None: requests carry no descriptor (no limiter)."""
     work = directory / re.sub(r"\W+", "-", name)
     work.mkdir(parents=True)
     upstream = Upstream()
@@ -332,7 +345,7 @@ def run(
         port = envoy.ports["ingress"]
         asyncio.run(offer(port, headers, 1.0, 0, time.monotonic(), [], upstream.port))
         t0 = time.monotonic() + 0.1
-        sampler = Sampler(service.http_port, t0)
+        sampler = Sampler(service, envoy, t0)
         sampler.start()
         changes = timeline.changes()
         rows = asyncio.run(offer(port, headers, timeline.seconds, seed, t0, changes, upstream.port))
@@ -344,10 +357,8 @@ def run(
         for result in ("fed", "unmatched"):
             found = metric(text, "limiter_access_log_entries_total", {"result": result})
             checks[f"access-log entries {result}"] = int(found or 0)
-        samples = np.array([row for row in sampler.rows if row[0] < timeline.seconds])
-        if percentile is None:
-            samples = np.empty((0, 5))
-        return Run(name, rows, samples, checks, colour)
+        samples = np.array([row for row in sampler.rows if row[T] < timeline.seconds])
+        return Run(name, rows, samples, percentile is not None, checks, colour)
     finally:
         if envoy is not None:
             envoy.stop()
@@ -367,20 +378,29 @@ def fmt_ms(seconds: float) -> str:
 def phase_table(runs: list[Run], timeline: Timeline) -> str:
     lines = [
         "| phase | capacity (req/s) | run | offered/s | good/s (share of capacity) "
-        "| refused/s | failed/s | p50 (ms) | p99 (ms) | limit (mean, /s) | level (max) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| refused/s | failed/s | p50 (ms) | p99 (ms) | limit (mean, /s) | level (max) "
+        "| checks unanswered/s | service CPU |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for phase, start, end in timeline.phases():
         capacity = timeline.capacity_at(start)
         for r in runs:
             w = window(r.rows, start, end)
-            inside = r.samples[(r.samples[:, 0] >= start) & (r.samples[:, 0] < end)]
-            limit = f"{np.nanmean(inside[:, 1]):.0f}" if len(inside) else "-"
-            level = f"{np.nanmax(inside[:, 3]):.0f}" if len(inside) else "-"
+            inside = r.samples[(r.samples[:, T] >= start) & (r.samples[:, T] < end)]
+            shown = r.limited and len(inside)
+            limit = f"{np.nanmean(inside[:, LIMIT]):.0f}" if shown else "-"
+            level = f"{np.nanmax(inside[:, LEVEL]):.0f}" if shown else "-"
+            unanswered = cpu = "-"
+            if len(inside) > 1:
+                span = inside[-1, T] - inside[0, T]
+                grew = inside[-1] - inside[0]
+                unanswered = f"{grew[ERRORS] / span:.0f}" if r.limited else "-"
+                cpu = f"{grew[CPU] / span:.0%}"
             lines.append(
                 f"| {phase} ({start:g}-{end:g} s) | {capacity:.0f} | {r.name} | "
                 f"{w.offered:.0f} | {w.good:.0f} ({w.good / capacity:.0%}) | {w.refused:.0f} | "
-                f"{w.failed:.0f} | {fmt_ms(w.p50)} | {fmt_ms(w.p99)} | {limit} | {level} |"
+                f"{w.failed:.0f} | {fmt_ms(w.p50)} | {fmt_ms(w.p99)} | {limit} | {level} | "
+                f"{unanswered} | {cpu} |"
             )
     return "\n".join(lines)
 
@@ -394,8 +414,8 @@ def plot(runs: list[Run], timeline: Timeline, path: Path) -> None:
     bins = np.arange(0.0, timeline.seconds, SAMPLE)
     mid = bins + SAMPLE / 2
     capacity = [timeline.capacity_at(t) for t in bins]
-    fig, axes = plt.subplots(5, 1, figsize=(11, 14), sharex=True)
-    good, lost, limit, level, p99 = axes
+    fig, axes = plt.subplots(6, 1, figsize=(11, 16), sharex=True)
+    good, lost, limit, level, p99, cpu = axes
     good.step(bins, capacity, "k--", where="post", lw=1, label="upstream capacity")
     good.axhline(OFFERED, color="tab:grey", lw=0.8, label=f"offered ({OFFERED:.0f}/s)")
     limit.step(bins, capacity, "k--", where="post", lw=1, label="upstream capacity")
@@ -406,15 +426,20 @@ def plot(runs: list[Run], timeline: Timeline, path: Path) -> None:
         lost.plot(mid, [w.failed for w in windows], color=r.colour, ls="-.",
                   label=f"failed (no answer in {TIMEOUT:g} s), {r.name}")  # fmt: skip
         p99.plot(mid, [w.p99 * 1000 for w in windows], color=r.colour, label=f"client, {r.name}")
-        if not len(r.samples):
+        t, rows = r.samples[:, T], r.samples
+        # Per interval between samples, at the interval's end.
+        gaps = np.diff(t)
+        cpu.plot(t[1:], 100 * np.diff(rows[:, CPU]) / gaps, color=r.colour, label=r.name)
+        if not r.limited:
             continue
-        t = r.samples[:, 0]
         lost.plot(mid, [w.refused for w in windows], color=r.colour, ls=":",
                   label=f"refused (429), {r.name}")  # fmt: skip
-        limit.plot(t, r.samples[:, 1], color=r.colour, label=r.name)
-        level.step(t, r.samples[:, 3], color=r.colour, where="post", label=r.name)
-        pressure.plot(t, r.samples[:, 4], color=r.colour, ls=":", lw=1)
-        p99.plot(t, r.samples[:, 2] * 1000, color=r.colour, ls=":", lw=1,
+        lost.plot(t[1:], np.diff(rows[:, ERRORS]) / gaps, color=r.colour, ls="--", lw=1,
+                  label=f"RLS checks unanswered (let through), {r.name}")  # fmt: skip
+        limit.plot(t, rows[:, LIMIT], color=r.colour, label=r.name)
+        level.step(t, rows[:, LEVEL], color=r.colour, where="post", label=r.name)
+        pressure.plot(t, rows[:, PRESSURE], color=r.colour, ls=":", lw=1)
+        p99.plot(t, rows[:, SEEN] * 1000, color=r.colour, ls=":", lw=1,
                  label=f"the rule's percentile (access log), {r.name}")  # fmt: skip
     p99.axhline(TARGET * 1000, color="k", ls="--", lw=1, label="target")
     good.set_ylabel(f"good/s ({SAMPLE:g} s bins)")
@@ -422,13 +447,14 @@ def plot(runs: list[Run], timeline: Timeline, path: Path) -> None:
         f"{OFFERED:.0f} req/s offered through Envoy; upstream {WORKERS} → {DROPPED_WORKERS} → "
         f"{WORKERS} slots of {SERVICE_MS:g} ms; good = 2xx within {TARGET * 1000:.0f} ms"
     )
-    lost.set_ylabel("refused/s, failed/s")
+    lost.set_ylabel("per second")
     pressure.set_ylabel("pressure (dotted)")
     limit.set_ylabel("limit (req/s)")
     level.set_ylabel("level (default service)")
     p99.set_ylabel("p99 of non-refused, ms (rule: at sampling)")
     p99.set_yscale("log")
-    p99.set_xlabel("scheduled time (s)")
+    cpu.set_ylabel("limiter serve CPU (% of a core)")
+    cpu.set_xlabel("scheduled time (s)")
     for ax in axes:
         for t in (timeline.drop_at, timeline.recover_at):
             ax.axvline(t, color="k", lw=0.5, alpha=0.4)
@@ -469,7 +495,9 @@ requests carry no descriptor, so Envoy forwards everything. The same arrivals in
 each on fresh processes, one after the other. good = 2xx within {TARGET * 1000:.0f} ms per second;
 failed = no answer within {TIMEOUT:g} s (the client gives up); p50/p99 are of the requests
 not refused, failed ones counted at {TIMEOUT:g} s; limit and level sampled every {SAMPLE:g} s
-from `/metrics` and `/v1/levels`. Counters at the end of each run (Envoy's rate-limit filter:
+from `/metrics` and `/v1/levels`; checks unanswered = RLS checks Envoy's filter got no answer to
+within its 0.25 s timeout (let through); service CPU = the `limiter serve` process's CPU time
+per second (a share of one core). Counters at the end of each run (Envoy's rate-limit filter:
 ok, over_limit, and error with failure_mode_allowed for checks that got no answer within the
 filter's 0.25 s timeout and were let through; the service's access-log entries, fed to the
 rule or unmatched):
@@ -511,7 +539,12 @@ def main() -> None:
         for name, percentile, colour in [*plan, ("no limiter", None, "tab:red")]:
             runs.append(run(name, percentile, colour, timeline, Path(tmp), args.seed))
             print(f"{name}: {len(runs[-1].rows)} requests", flush=True)
-    loads = f"{load_start[0]:.2f} at the start, {os.getloadavg()[0]:.2f} at the end"
+    load_end = os.getloadavg()
+    loads = f"{load_start[0]:.2f} at the start, {load_end[0]:.2f} at the end"
+    if max(load_start[0], load_end[0]) > (os.cpu_count() or 1):
+        # Every process here is timing-sensitive: a starved upstream loses capacity and a
+        # starved service answers checks late, whatever the limiter does.
+        loads += " (**more runnable processes than cores: other work competed for the CPU**)"
     RESULTS.mkdir(exist_ok=True)
     plot(runs, timeline, RESULTS / f"{args.out}.png")
     text = report(
