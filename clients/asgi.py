@@ -54,7 +54,7 @@ class RateLimitMiddleware(Middleware):
             return
         if decision.wait > 0:
             await asyncio.sleep(decision.wait)
-        ticket = self.gate.open(decision, self._arrived(request))
+        ticket = self.gate.open(decision, self._arrived(request), key)
         scope = dict(scope)
         scope["limiter.level"] = ticket.level
         scope["limiter.decision"] = decision
@@ -67,12 +67,13 @@ class RateLimitMiddleware(Middleware):
             scope["headers"] = headers
         extra = [(k.encode(), v.encode()) for k, v in self._success_headers(decision)]
         status = 500
+        sent = 0  # the status the app answered with, 0 before it starts its response
         watch = _Watch(receive)
 
         async def send_wrapper(message: dict[str, Any]) -> None:
-            nonlocal status
+            nonlocal status, sent
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status = sent = message["status"]
                 if extra:
                     message = {**message, "headers": [*message.get("headers", ()), *extra]}
             elif message["type"] == "http.response.body" and not message.get("more_body"):
@@ -93,7 +94,7 @@ class RateLimitMiddleware(Middleware):
         finally:
             watch.stop()
             unbind(tokens)
-            gate.close_soon(ticket, ok)
+            gate.close_soon(ticket, ok, sent)
 
     async def _reject(self, decision: Any, send: Send) -> None:
         body = rejection_body(decision)

@@ -70,13 +70,14 @@ class Ticket:
     """One admitted request: ends exactly once, whichever of completion, error or
     cancellation comes first (gRPC may report cancellation from another thread)."""
 
-    __slots__ = ("_once", "_tokens", "before", "decision", "level", "started")
+    __slots__ = ("_once", "_tokens", "before", "decision", "key", "level", "started")
 
-    def __init__(self, decision: Any, level: int, before: float = 0.0) -> None:
+    def __init__(self, decision: Any, level: int, before: float = 0.0, key: str = "") -> None:
         self.decision = decision
         self.level = level
         self.started = time.perf_counter()
         self.before = before  # seconds the request spent before admission
+        self.key = key  # what the request was limited by (reported to the service)
         self._once = [True]
 
     def __enter__(self) -> Ticket:
@@ -138,6 +139,9 @@ class Gate:
         elif isinstance(window, bool) or not isinstance(window, int | float) or window < 0:
             raise InvalidParameter(f"window must be a number of seconds >= 0, got {window!r}")
         self.record = feedback.record if feedback is not None else None
+        # An SDK client of the service also takes the request's key and status, which
+        # feed the rule's breaker and abnormal-access blocking there.
+        self.records_calls = getattr(feedback, "records_calls", False) is True
         self.own_record = getattr(limiter, "record", None)
         controller = getattr(limiter, "controller", None)
         self.target = getattr(controller, "target_latency", None) or getattr(
@@ -152,11 +156,12 @@ class Gate:
         self.legacy_headers = legacy_headers
         self._policy_fields: dict[int, str] = {}  # RateLimit-Policy by limit: it rarely changes
 
-    def open(self, decision: Any, before: float = 0.0) -> Ticket:
-        """Start an admitted request that spent ``before`` seconds before admission
-        (in a proxy, the server's backlog, the event loop), 0 when not known."""
+    def open(self, decision: Any, before: float = 0.0, key: str = "") -> Ticket:
+        """Start an admitted request limited by ``key`` that spent ``before`` seconds
+        before admission (in a proxy, the server's backlog, the event loop), 0 when not
+        known."""
         level = self.level() if self.level is not None else getattr(decision, "level", 0)
-        return Ticket(decision, level, before)
+        return Ticket(decision, level, before, key)
 
     def hung_up(self, ticket: Ticket) -> bool | None:
         """The outcome of a request whose client went away before its answer: a drop
@@ -167,9 +172,11 @@ class Gate:
         waited = time.perf_counter() - ticket.started + ticket.before
         return False if waited >= self.target else None
 
-    def close(self, ticket: Ticket, ok: bool | None) -> None:
+    def close(self, ticket: Ticket, ok: bool | None, status: int = 0) -> None:
         """End a request: release its permit; ``ok`` None means "say nothing" (e.g. a
-        client error or a cancellation), True a success, False an error or timeout."""
+        client error or a cancellation), True a success, False an error or timeout;
+        ``status``: the response's HTTP status (0: none), reported to the service with
+        the request's key when the feedback is its SDK client, even when ``ok`` is None."""
         if not ticket.claim():
             return
         decision = ticket.decision
@@ -194,16 +201,21 @@ class Gate:
             release = getattr(decision, "release", None)
             if release is not None:
                 release()
-        if ok is not None and self.record is not None:
-            self.record(time.perf_counter() - ticket.started + ticket.before, ok=ok)
+        if self.record is None:
+            return
+        latency = time.perf_counter() - ticket.started + ticket.before
+        if self.records_calls and (ok is not None or status):
+            self.record(latency, ok=ok, key=ticket.key, status=status)
+        elif ok is not None:
+            self.record(latency, ok=ok)
 
-    def close_soon(self, ticket: Ticket, ok: bool | None) -> None:
+    def close_soon(self, ticket: Ticket, ok: bool | None, status: int = 0) -> None:
         """``close`` for event-loop code: when releasing or recording may do blocking I/O
         (a sync SDK client, a Redis-backed permit) it runs in a worker thread."""
         if self.inline or self.is_async:
-            self.close(ticket, ok)
+            self.close(ticket, ok, status)
         else:
-            asyncio.get_running_loop().run_in_executor(None, self.close, ticket, ok)
+            asyncio.get_running_loop().run_in_executor(None, self.close, ticket, ok, status)
 
     def headers(self, decision: Any) -> list[tuple[str, str]]:
         """IETF RateLimit-Policy / RateLimit (and Retry-After when refused).

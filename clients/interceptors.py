@@ -275,7 +275,7 @@ class RateLimitInterceptor(_Interceptor, grpc.ServerInterceptor):
             context.abort_with_status(_Status(*self._refusal(decision, key)))
         if decision.wait > 0:
             time.sleep(decision.wait)
-        ticket = self.gate.open(decision)
+        ticket = self.gate.open(decision, key=key)
         # Fires on cancellation too, while the handler thread may still be running.
         context.add_callback(functools.partial(self.gate.close, ticket, None))
         return ticket
@@ -323,7 +323,7 @@ class AioRateLimitInterceptor(_Interceptor, grpc.aio.ServerInterceptor):
             await context.abort(*self._refusal(decision, key))
         if decision.wait > 0:
             await asyncio.sleep(decision.wait)
-        return gate.open(decision)
+        return gate.open(decision, key=key)
 
     def _unary(self, method: str, behavior: Callable) -> Callable:
         if not inspect.iscoroutinefunction(behavior):

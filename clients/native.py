@@ -29,6 +29,7 @@ INT64_MAX = 2**63 - 1
 PRIORITIES = dict(v1.Priority.items())
 SUCCESS = v1.Observation.Outcome.Value("SUCCESS")
 DROPPED = v1.Observation.Outcome.Value("DROPPED")
+IGNORED = v1.Observation.Outcome.Value("IGNORED")
 # Release / Observe are not on a request's critical path: give them more time.
 SIDE_TIMEOUT = 1.0
 
@@ -74,6 +75,9 @@ def _side_call(what: str, rpc: Any, request: Any, answer: Callable[[Any], int]) 
 
 class _NativeBase:
     """The sans-I/O part of both clients: options, checks, calls and their answers."""
+
+    # ``record`` takes the call's key and status too (``limiter.clients.gate.Gate``).
+    records_calls = True
 
     def __init__(
         self,
@@ -194,15 +198,20 @@ class _NativeBase:
         request = v1.ObserveRequest(observations=batch)
         return _side_call(what, self.stub.Observe, request, attrgetter("accepted"))
 
-    def _observation(self, latency: float, ok: bool, key: str, rule: str | None) -> Any:
+    def _observation(
+        self, latency: float, ok: bool | None, key: str, rule: str | None, status: int
+    ) -> Any:
         if isinstance(latency, bool) or not isinstance(latency, int | float) or not latency >= 0:
             raise InvalidParameter(f"latency must be a number of seconds >= 0, got {latency!r}")
+        if isinstance(status, bool) or not isinstance(status, int) or not 0 <= status <= 999:
+            raise InvalidParameter(f"status must be an HTTP status code or 0, got {status!r}")
         return v1.Observation(
             domain=self.domain,
             rule=self.rule if rule is None else rule,
             key=key,
             latency=latency,
-            outcome=SUCCESS if ok else DROPPED,
+            outcome=IGNORED if ok is None else SUCCESS if ok else DROPPED,
+            status=status,
         )
 
     def _take_observations(self) -> list[Any]:
@@ -235,11 +244,20 @@ class LimiterClient(_NativeBase, Connection):
         return self.call(self._release_call(permits))
 
     def record(
-        self, latency_s: float, ok: bool = True, *, key: str = "", rule: str | None = None
+        self,
+        latency_s: float,
+        ok: bool | None = True,
+        *,
+        key: str = "",
+        rule: str | None = None,
+        status: int = 0,
     ) -> None:
         """Report one protected call; sent in batches (``observe_batch`` or every
-        ``observe_interval`` s, checked on the next record) and by ``flush()``."""
-        observation = self._observation(latency_s, ok, key, rule)
+        ``observe_interval`` s, checked on the next record) and by ``flush()``.
+        ``ok`` None: the call says nothing about the backend (a client error);
+        ``key`` and ``status`` (its HTTP status) also feed the rule's breaker and
+        abnormal-access blocking on the service."""
+        observation = self._observation(latency_s, ok, key, rule, status)
         now = time.monotonic()
         if not self._observations:
             self._oldest = now
@@ -349,10 +367,17 @@ class AsyncLimiterClient(_NativeBase, AioConnection):
         return await self.call(self._release_call(permits))
 
     def record(
-        self, latency_s: float, ok: bool = True, *, key: str = "", rule: str | None = None
+        self,
+        latency_s: float,
+        ok: bool | None = True,
+        *,
+        key: str = "",
+        rule: str | None = None,
+        status: int = 0,
     ) -> None:
-        """Report one protected call; never blocks (sent by a background task)."""
-        self._observations.append(self._observation(latency_s, ok, key, rule))
+        """Report one protected call (as ``LimiterClient.record``); never blocks (sent
+        by a background task)."""
+        self._observations.append(self._observation(latency_s, ok, key, rule, status))
         if len(self._observations) >= self.observe_batch:
             self._send_observations()
         elif self._observe_timer is None:

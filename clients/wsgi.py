@@ -23,7 +23,9 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 class _Response:
     """The app's response iterable; closing it ends the request exactly once."""
 
-    def __init__(self, body: Iterable[bytes], end: Callable[[bool | None], None], state: list):
+    def __init__(
+        self, body: Iterable[bytes], end: Callable[[bool | None, int], None], state: list
+    ) -> None:
         self._body = body
         self._end = end
         self._state = state  # [status], filled in by start_response
@@ -32,7 +34,7 @@ class _Response:
         try:
             yield from self._body
         except Exception:
-            self._end(False)
+            self._end(False, self._state[0] if self._state else 0)
             raise
 
     def close(self) -> None:
@@ -41,7 +43,8 @@ class _Response:
             if close is not None:
                 close()
         finally:
-            self._end(outcome(self._state[0]) if self._state else None)
+            status = self._state[0] if self._state else 0
+            self._end(outcome(status) if status else None, status)
 
 
 class RateLimitMiddleware(Middleware):
@@ -63,7 +66,8 @@ class RateLimitMiddleware(Middleware):
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         if environ.get("PATH_INFO") in self.exempt:
             return self.app(environ, start_response)
-        decision = self.gate.acquire(*self._key_cost(RequestInfo.from_environ(environ)))
+        key, cost = self._key_cost(RequestInfo.from_environ(environ))
+        decision = self.gate.acquire(key, cost)
         if not decision.allowed:
             body = rejection_body(decision)
             start_response(
@@ -77,7 +81,7 @@ class RateLimitMiddleware(Middleware):
             return [body]
         if decision.wait > 0:
             time.sleep(decision.wait)
-        ticket = self.gate.open(decision)
+        ticket = self.gate.open(decision, key=key)
         environ["limiter.level"] = ticket.level
         environ["limiter.decision"] = decision
         if self.level_header:

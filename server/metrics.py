@@ -110,6 +110,10 @@ class Metrics:
             ["bound"],
             registry=r,
         )
+        for result in ("fed", "unmatched"):
+            self.access_log_entries.labels(result)
+        for bound in ("max_streams", "max_entries"):
+            self.access_log_refused.labels(bound)
         self.config_loaded_at = Gauge(
             "limiter_config_last_success_timestamp_seconds",
             "Unix time the serving config was loaded.",

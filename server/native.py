@@ -29,6 +29,7 @@ from limiter.priority import Priority
 MAX_CHECKS = 4096
 MAX_KEY_CHARS = 4096
 MAX_WAIT_SECONDS = 3600.0  # the longest a check may ask to be held
+MAX_STATUS = 999  # an observation's HTTP status
 PRIORITIES = frozenset(v1.Priority.values())
 FROM_PROTO = {value: Priority.from_proto(value) for value in PRIORITIES}
 # limiter.v1 Observation.Outcome -> the adaptive kernel's outcome (an error counts as a drop).
@@ -115,23 +116,35 @@ class LimiterService:
         """Deliver latency/outcome samples to rules whose kernel learns from them, to the
         rule's breaker and, with a key and a status, to abnormal-access blocking
         (``limiter.server.outcomes``)."""
-        by_name = self.decider.rulebook.snapshot.by_name
-        accepted = 0
-        for i, obs in enumerate(request.observations):
-            latency = obs.latency
-            if not (math.isfinite(latency) and latency >= 0):
+        observations = request.observations
+        for i, obs in enumerate(observations):  # all checked before any is delivered
+            problem = _invalid(obs)
+            if problem is not None:
                 self.metrics.invalid_requests.labels("native").inc()
                 await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"observations[{i}].latency: must be a finite number >= 0, got {latency!r}",
+                    grpc.StatusCode.INVALID_ARGUMENT, f"observations[{i}].{problem}"
                 )
+        by_name = self.decider.rulebook.snapshot.by_name
+        accepted = 0
+        for obs in observations:
             state = by_name.get((obs.domain, obs.rule))
             if state is None:
                 continue
             outcome = OUTCOMES.get(obs.outcome, "ok")
             if self.outcomes is not None:
-                accepted += self.outcomes.observe(state, obs.key, latency, outcome, obs.status)
+                accepted += self.outcomes.observe(state, obs.key, obs.latency, outcome, obs.status)
             elif (record := getattr(state.kernel, "record", None)) is not None:
-                record(latency, outcome=outcome)
+                record(obs.latency, outcome=outcome)
                 accepted += 1
         return v1.ObserveResponse(accepted=accepted)
+
+
+def _invalid(obs: Any) -> str | None:
+    """What is wrong with an observation (``field: problem``), or None."""
+    if not (math.isfinite(obs.latency) and obs.latency >= 0):
+        return f"latency: must be a finite number >= 0, got {obs.latency!r}"
+    if len(obs.key) > MAX_KEY_CHARS:
+        return f"key: must be at most {MAX_KEY_CHARS} characters, got {len(obs.key)}"
+    if obs.status > MAX_STATUS:
+        return f"status: must be an HTTP status (at most {MAX_STATUS}), got {obs.status}"
+    return None

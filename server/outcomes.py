@@ -62,9 +62,8 @@ class Outcomes:
         self._dependencies = frozenset(dependencies)
         self._snapshot = snapshot
 
-    def rules_for(self, route: str, cluster: str) -> list[RuleState]:
+    def _rules_for(self, route: str, cluster: str) -> list[RuleState]:
         """The adaptive rules an entry of ``route`` to ``cluster`` reports on."""
-        self._index()
         found = [
             s
             for s in self._by_route.get(route, ())
@@ -76,14 +75,13 @@ class Outcomes:
     def entry(self, route: str, cluster: str, report: Report, partition: str, client: str) -> bool:
         """Deliver one access-log entry; False when nothing took it (no rule, no known
         dependency, no client to count)."""
+        self._index()
         judged = judge(report)
         taken = False
         if judged.adaptive is not None:
-            for state in self.rules_for(route, cluster):
+            for state in self._rules_for(route, cluster):
                 state.kernel.record(report.latency, outcome=judged.adaptive)
                 taken = True
-        else:
-            self._index()
         if judged.breaker_failed is not None and cluster in self._dependencies:
             self._breaker(cluster, partition, report, judged.breaker_failed)
             taken = True

@@ -63,7 +63,7 @@ ATTRIBUTES = {
     "limiter.checks": "descriptors (RLS) or checks (Decide) in the request",
     "limiter.rules": f"each check's rule, `domain/rule` (empty: no rule), the first {MAX_LISTED}",
     "limiter.outcomes": "each check's outcome (OK, OVER_LIMIT, UNKNOWN_RULE, BACKEND_ERROR, "
-    f"QUEUE_TIMEOUT), the first {MAX_LISTED}",
+    f"QUEUE_TIMEOUT, BREAKER_OPEN), the first {MAX_LISTED}",
     "limiter.over_limit": "checks refused",
     "limiter.level": "the degradation level the answer reports",
     "limiter.held": "true when a check waited for admission",

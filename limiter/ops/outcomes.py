@@ -24,6 +24,7 @@ MAX_ENTRIES = 100_000
 MAX_STREAMS = 10_000
 # A request header name, as HTTP/2 carries it.
 HEADER_CHARS = 256
+HEADER_KIND = f"a lower-case header name of at most {HEADER_CHARS} characters, or empty"
 
 
 @dataclass(frozen=True)
@@ -35,11 +36,11 @@ class AccessLogConfig(Section):
 
     client_header: str = setting(
         "", "the request header naming the client for abnormal-access blocking (the value "
-        "the rules' checks carry as their key); empty: no client is counted",
+        "the rules' checks carry as their key); empty: no client is counted", kind=HEADER_KIND,
     )  # fmt: skip
     partition_header: str = setting(
         "", "the request header naming the partition of the upstream cluster's breaker; "
-        "empty: one breaker per cluster",
+        "empty: one breaker per cluster", kind=HEADER_KIND,
     )  # fmt: skip
     latency: str = setting(
         "upstream", "the latency an entry reports: upstream (until the last byte from the "

@@ -9,13 +9,15 @@ from ``--admin-address-path`` and the admin's ``/listeners``. Its log is kept in
 when it fails to start.
 
 The configurations are the files in ``examples/envoy/``; :func:`envoy_config` changes only
-their ports.
+their ports. ``Upstream`` is a real HTTP server to put behind Envoy (``als.yaml``'s
+``backend`` cluster) whose latency and statuses a test or benchmark sets.
 """
 
 from __future__ import annotations
 
 import contextlib
 import http.client
+import http.server
 import importlib.metadata
 import json
 import os
@@ -303,6 +305,48 @@ def uneven_load(
         for t in threads:
             t.join()
     return admitted, demand, taken
+
+
+class Upstream:
+    """A real HTTP server on 127.0.0.1 (port 0) to put behind Envoy (the ``backend``
+    cluster of ``als.yaml``): answers GETs with 200 after ``delay`` seconds, or with the
+    status ``statuses`` gives the request's x-tenant or x-api-key value; keeps the
+    x-limiter-level header of every request and counts requests per tenant and key."""
+
+    def __init__(self) -> None:
+        self.delay = 0.0
+        self.statuses: dict[str, int] = {}
+        self.levels: list[str | None] = []
+        self.seen: dict[str, int] = {}
+        upstream = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                upstream.levels.append(self.headers.get("x-limiter-level"))
+                who = [self.headers.get("x-tenant", ""), self.headers.get("x-api-key", "")]
+                for name in who:
+                    upstream.seen[name] = upstream.seen.get(name, 0) + 1
+                status = next((upstream.statuses[w] for w in who if w in upstream.statuses), 200)
+                if upstream.delay:
+                    time.sleep(upstream.delay)
+                # Envoy may have given up on a slow answer (its route timeout).
+                with contextlib.suppress(OSError):
+                    self.send_response(status)
+                    self.send_header("Content-Length", "3")
+                    self.end_headers()
+                    self.wfile.write(b"ok\n")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 class LimiterProcess(ServiceProcess):

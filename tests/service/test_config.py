@@ -145,7 +145,10 @@ A = "domain: d\ndescriptors:\n  - key: a\n"
          "rate_limit.burst: only token_bucket and leaky_bucket"),
         (A + "    shadow_mode: yes please", "(key=a): shadow_mode: must be true or false"),
         (A + "    limit: 3", "unknown field 'limit'"),
-        ("domain: d\nalert: {}\n", "rules.yaml: unknown field 'alert' (known: access_log, alerts, breakers"),
+        (
+            "domain: d\nalert: {}\n",
+            "rules.yaml: unknown field 'alert' (known: access_log, alerts, breakers",
+        ),
         ("domain: ''\n", "domain: must be a non-empty string"),
         ("domain: d\ndescriptors: {a: 1}\n", "descriptors: must be a list"),
         ("domain: d\n---\ndomain: d\n", "domain 'd' is already defined"),
@@ -169,6 +172,20 @@ A = "domain: d\ndescriptors:\n  - key: a\n"
          "priority: vip}}", "rate_limit.reserved.priority: "),
         (A + "    rate_limit: {unlimited: true, reserved: {fraction: 0.5}}",
          "rate_limit.reserved: not allowed together with 'unlimited: true'"),
+        (A + "    rate_limit: {unit: second, requests_per_unit: 5, outcomes: {route: r}}",
+         "rate_limit.outcomes: only algorithm 'adaptive' takes it"),
+        (A + "    rate_limit: {algorithm: adaptive, unit: second, requests_per_unit: 5, "
+         "outcomes: {}}", "rate_limit.outcomes: give route, cluster or both"),
+        (A + "    rate_limit: {unit: second, requests_per_unit: 5, breaker: db/1}",
+         "rate_limit.breaker.dependency: must not contain '/'"),
+        (A + "    rate_limit: {unit: second, requests_per_unit: 5, "
+         "breaker: {dependency: db, partition: tenant}}",
+         "(key=a): rate_limit.breaker.partition: 'tenant' is not one of the rule's descriptor "
+         "keys (a)"),
+        ("access_log: {latency: p99}\n", "access_log.latency: 'p99' is not one of upstream"),
+        ("access_log: {client_header: X-Api-Key}\n",
+         "access_log.client_header: must be a lower-case header name"),
+        ("access_log: {max_entries: 0}\n", "access_log.max_entries: must be an integer in"),
     ],
 )  # fmt: skip
 def test_errors_name_file_path_and_field(text: str, needle: str) -> None:
@@ -186,6 +203,18 @@ def test_ops_sections_and_directories(tmp_path) -> None:  # type: ignore[no-unty
     config = rules.load(tmp_path)
     assert sorted(config.domains) == ["a", "b"]
     assert config.sections["degradation"].restore_after == 3
+
+
+def test_a_breaker_named_alone_is_the_dependency_without_partition() -> None:
+    config = rules.parse(
+        A + "    rate_limit: {unit: second, requests_per_unit: 5, breaker: db}\n"
+        "  - key: b\n"
+        "    rate_limit: {unit: second, requests_per_unit: 5, "
+        "breaker: {dependency: db, partition: b}}\n"
+    )
+    first, second = (r.limit.breaker for r in config.rules)
+    assert (first.dependency, first.partition) == ("db", None)
+    assert (second.dependency, second.partition) == ("db", "b")
 
 
 def test_missing_file_is_a_config_error(tmp_path) -> None:  # type: ignore[no-untyped-def]

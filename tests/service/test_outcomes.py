@@ -247,3 +247,23 @@ def test_access_log_bounds_refuse_with_resource_exhausted(
     for call in calls:
         call.result(timeout=30)
     stream(channel, message(entry("elsewhere", 200)))
+
+
+@pytest.mark.parametrize(
+    ("observation", "needle"),
+    [
+        (v1.Observation(key="k" * 4097), "observations[5].key: must be at most 4096 characters"),
+        (v1.Observation(status=1000), "observations[5].status: must be an HTTP status"),
+        (v1.Observation(latency=-1.0), "observations[5].latency: must be a finite number"),
+    ],
+)
+def test_observe_refuses_a_bad_observation_before_delivering_any(
+    service: ServiceProcess, channel: grpc.Channel, observation: Any, needle: str
+) -> None:
+    first = v1.Observation(domain="app", rule="per-tenant", key="t-bad", latency=0.01,
+                           outcome=OBSERVATION.Value("ERROR"))  # fmt: skip
+    with pytest.raises(grpc.RpcError) as info:
+        observe(channel, *[first] * 5, observation)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert needle in info.value.details()
+    assert breaker(service, "db/t-bad") is None
