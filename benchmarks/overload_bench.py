@@ -233,19 +233,20 @@ async def offer(
 ) -> np.ndarray:
     """Open-loop Poisson load for ``seconds`` from ``t0`` (``time.monotonic()``, the event
     loop's clock), setting the upstream's slots at each of ``changes`` (instant, workers);
-    returns rows (scheduled s, latency s or inf, status)."""
+    returns rows (scheduled s, latency s or inf, status, s the request started late)."""
     client = Client(port, headers)
     rng = random.Random(seed)
-    rows: list[tuple[float, float, int]] = []
+    rows: list[tuple[float, float, int, float]] = []
     loop = asyncio.get_running_loop()
     tasks: set[asyncio.Task[None]] = set()
 
     async def one(at: float) -> None:
+        late = loop.time() - t0 - at  # the generator's own delay, part of the latency
         try:
             status = await asyncio.wait_for(client.get("/work"), t0 + at + TIMEOUT - loop.time())
-            rows.append((at, loop.time() - t0 - at, status))
+            rows.append((at, loop.time() - t0 - at, status, late))
         except (TimeoutError, OSError, ValueError, IndexError):
-            rows.append((at, math.inf, FAILED))
+            rows.append((at, math.inf, FAILED, late))
 
     changes = list(changes)
     at = rng.expovariate(OFFERED)
@@ -319,7 +320,7 @@ class Sampler(threading.Thread):
 @dataclass
 class Run:
     name: str
-    rows: np.ndarray  # (scheduled s, latency s or inf, status)
+    rows: np.ndarray  # (scheduled s, latency s or inf, status, s late)
     samples: np.ndarray  # rows of the Sampler's columns
     limited: bool
     checks: dict[str, int]  # Envoy's rate-limit filter counters, the service's ALS counters
@@ -465,6 +466,15 @@ def plot(runs: list[Run], timeline: Timeline, path: Path) -> None:
     plt.close(fig)
 
 
+def counters(r: Run) -> str:
+    late = r.rows[:, 3] * 1000
+    return (
+        ", ".join(f"{k} {v}" for k, v in sorted(r.checks.items()))
+        + f"; the generator started requests late by {np.quantile(late, 0.99):.1f} ms at p99"
+        f" ({late.max():.1f} ms at most)"
+    )
+
+
 def report(
     runs: list[Run],
     timeline: Timeline,
@@ -475,9 +485,7 @@ def report(
     loads: str,
 ) -> str:
     rounds = len(runs) - 1
-    checks = "\n".join(
-        f"- {r.name}: " + ", ".join(f"{k} {v}" for k, v in sorted(r.checks.items())) for r in runs
-    )
+    checks = "\n".join(f"- {r.name}: {counters(r)}" for r in runs)
     return f"""# Closed-loop overload through Envoy: with and without limiter
 
 `{command}` (started {started}; {cpu_model()}, {os.cpu_count()} cores shared with other work;
