@@ -426,7 +426,8 @@ def plot(runs: list[Run], timeline: Timeline, path: Path) -> None:
         good.plot(mid, [w.good for w in windows], color=r.colour, label=r.name)
         lost.plot(mid, [w.failed for w in windows], color=r.colour, ls="-.",
                   label=f"failed (no answer in {TIMEOUT:g} s), {r.name}")  # fmt: skip
-        p99.plot(mid, [w.p99 * 1000 for w in windows], color=r.colour, label=f"client, {r.name}")
+        p99.plot(mid, [w.p99 * 1000 for w in windows], color=r.colour,
+                 label=f"client (by scheduled time), {r.name}")  # fmt: skip
         t, rows = r.samples[:, T], r.samples
         # Per interval between samples, at the interval's end.
         gaps = np.diff(t)
@@ -441,7 +442,7 @@ def plot(runs: list[Run], timeline: Timeline, path: Path) -> None:
         level.step(t, rows[:, LEVEL], color=r.colour, where="post", label=r.name)
         pressure.plot(t, rows[:, PRESSURE], color=r.colour, ls=":", lw=1)
         p99.plot(t, rows[:, SEEN] * 1000, color=r.colour, ls=":", lw=1,
-                 label=f"the rule's percentile (access log), {r.name}")  # fmt: skip
+                 label=f"the rule's (access log; by sampling time), {r.name}")  # fmt: skip
     p99.axhline(TARGET * 1000, color="k", ls="--", lw=1, label="target")
     good.set_ylabel(f"good/s ({SAMPLE:g} s bins)")
     good.set_title(
@@ -452,9 +453,9 @@ def plot(runs: list[Run], timeline: Timeline, path: Path) -> None:
     pressure.set_ylabel("pressure (dotted)")
     limit.set_ylabel("limit (req/s)")
     level.set_ylabel("level (default service)")
-    p99.set_ylabel("p99 of non-refused, ms (rule: at sampling)")
+    p99.set_ylabel("p99, not refused (ms)")
     p99.set_yscale("log")
-    cpu.set_ylabel("limiter serve CPU (% of a core)")
+    cpu.set_ylabel("service CPU (% of a core)")
     cpu.set_xlabel("scheduled time (s)")
     for ax in axes:
         for t in (timeline.drop_at, timeline.recover_at):
