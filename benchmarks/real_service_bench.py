@@ -118,8 +118,9 @@ def serve(port: int, slots: int, hold_ms: float, limiter_name: str) -> None:
 class Client:
     """Keep-alive HTTP/1.1 connections, one request at a time each."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, headers: dict[str, str] | None = None) -> None:
         self.port = port
+        self.head = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
     async def get(self, path: str) -> int:
@@ -127,7 +128,7 @@ class Client:
             "127.0.0.1", self.port)  # fmt: skip
         reader, writer = conn
         try:
-            writer.write(f"GET {path} HTTP/1.1\r\nHost: s\r\n\r\n".encode())
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: s\r\n{self.head}\r\n".encode())
             status = int((await reader.readline()).split()[1])
             length = 0
             while (line := await reader.readline()) not in (b"\r\n", b""):
