@@ -51,6 +51,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.envoy_bench import cpu_seconds  # noqa: E402
 from benchmarks.machine import cpu_model, git_revision  # noqa: E402
-from benchmarks.real_service_bench import Client  # noqa: E402
+from benchmarks.real_service_bench import Client, arrivals, open_loop  # noqa: E402
 from tests.envoy import harness  # noqa: E402
 from tests.envoy.harness import Envoy, LimiterProcess  # noqa: E402
 from tests.support import stop_process  # noqa: E402
@@ -237,10 +238,8 @@ async def offer(
     loop's clock), setting the upstream's slots at each of ``changes`` (instant, workers);
     returns rows (scheduled s, latency s or inf, status, s the request started late)."""
     client = Client(port, headers)
-    rng = random.Random(seed)
     rows: list[tuple[float, float, int, float]] = []
     loop = asyncio.get_running_loop()
-    tasks: set[asyncio.Task[None]] = set()
 
     async def one(at: float) -> None:
         late = loop.time() - t0 - at  # the generator's own delay, part of the latency
@@ -250,20 +249,11 @@ async def offer(
         except (TimeoutError, OSError, ValueError, IndexError):
             rows.append((at, math.inf, FAILED, late))
 
-    changes = list(changes)
-    at = rng.expovariate(OFFERED)
-    while at < seconds:
-        if changes and at >= changes[0][0]:
-            await Client(upstream).get(f"/capacity/{changes.pop(0)[1]}")
-        delay = t0 + at - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        task = loop.create_task(one(at))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-        at += rng.expovariate(OFFERED)
-    if tasks:
-        await asyncio.wait(tasks)
+    def resize(workers: int) -> Callable[[], Awaitable[int]]:
+        return lambda: Client(upstream).get(f"/capacity/{workers}")
+
+    steps = [(at, resize(workers)) for at, workers in changes]
+    await open_loop(t0, arrivals(OFFERED, seconds, True, random.Random(seed)), one, steps)
     return np.array(rows)
 
 

@@ -34,8 +34,11 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -142,15 +145,47 @@ class Client:
         return status
 
 
+async def open_loop(
+    t0: float,
+    arrivals: Iterable[float],
+    one: Callable[[float], Awaitable[None]],
+    changes: Sequence[tuple[float, Callable[[], Awaitable[Any]]]] = (),
+) -> None:
+    """Start ``one(at)`` at each scheduled instant ``at`` (seconds after ``t0`` on the event
+    loop's clock) whether or not earlier requests have ended (open loop, so a slow service
+    cannot slow the arrivals), after each ``changes`` action that is due; returns when every
+    request has ended."""
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[None]] = set()
+    pending = list(changes)
+    for at in arrivals:
+        while pending and at >= pending[0][0]:
+            await pending.pop(0)[1]()
+        delay = t0 + at - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        task = loop.create_task(one(at))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    if tasks:
+        await asyncio.wait(tasks)
+
+
+def arrivals(rate: float, seconds: float, poisson: bool, rng: random.Random) -> Iterator[float]:
+    """Scheduled instants over ``seconds``: Poisson at ``rate``, or evenly spaced from 0."""
+    at = rng.expovariate(rate) if poisson else 0.0
+    while at < seconds:
+        yield at
+        at += rng.expovariate(rate) if poisson else 1.0 / rate
+
+
 async def drive(port: int, rate: float, seconds: float, poisson: bool,
                 steps: tuple = (), slots: int = 0) -> np.ndarray:  # fmt: skip
     """Open-loop load; returns rows (scheduled s, latency s or inf, status)."""
     client = Client(port)
-    rng = random.Random(7)
     rows: list[tuple[float, float, int]] = []
     loop = asyncio.get_running_loop()
     t0 = loop.time() + 0.2
-    tasks: set[asyncio.Task[None]] = set()
 
     async def one(at: float) -> None:
         try:
@@ -159,35 +194,39 @@ async def drive(port: int, rate: float, seconds: float, poisson: bool,
         except (TimeoutError, OSError, ValueError, IndexError):
             rows.append((at, math.inf, 0))
 
-    pending = list(steps)
-    at = 0.0
-    while at < seconds:
-        if pending and at >= pending[0][0]:
-            _, share = pending.pop(0)
-            await Client(port).get(f"/capacity/{max(1, round(slots * share))}")
-        delay = t0 + at - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        task = loop.create_task(one(at))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-        at += rng.expovariate(rate) if poisson else 1.0 / rate
-    if tasks:
-        await asyncio.wait(tasks)
+    def resize(share: float) -> Callable[[], Awaitable[int]]:
+        return lambda: Client(port).get(f"/capacity/{max(1, round(slots * share))}")
+
+    changes = [(at, resize(share)) for at, share in steps]
+    await open_loop(t0, arrivals(rate, seconds, poisson, random.Random(7)), one, changes)
     return np.array(rows)
 
 
 def start_service(slots: int, hold: float, name: str) -> tuple[subprocess.Popen, int]:
+    """The service under test on a port of its own (another if that one is taken first);
+    its output goes to a log shown if it fails to start."""
     sys.path.insert(0, str(ROOT))
-    from tests.support import free_port, wait_for_port
+    from tests.support import free_port, start_on_free_ports, wait_ready
 
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve", str(port), str(slots), str(hold), name],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )  # fmt: skip
-    wait_for_port(port)
-    return proc, port
+    log = Path(tempfile.mkstemp(prefix="real-service-", suffix=".log")[1])
+
+    def start() -> tuple[subprocess.Popen, int]:
+        port = free_port()
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, __file__, "--serve", str(port), str(slots), str(hold), name],
+                cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        try:
+            wait_ready(proc, log, f"the {name} service", ports=[port], timeout=30)
+        except BaseException:
+            proc.kill()
+            proc.wait(timeout=10)
+            raise
+        return proc, port
+
+    return start_on_free_ports(start)
 
 
 def run_scenario(slots: int, hold: float, name: str, scenario: str) -> np.ndarray:
