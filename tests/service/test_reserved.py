@@ -122,16 +122,20 @@ def test_an_rls_descriptor_carries_its_priority(service: ServiceProcess) -> None
         assert "descriptors[0].entries[1].value must be one of" in info.value.details()
 
 
-def test_an_override_keeps_the_reserve_in_proportion(service: ServiceProcess) -> None:
-    body = {"action": "override", "limit": 5, "who": "t", "why": "smaller", "ttl": 60}
+def put_switch(service: ServiceProcess, target: str, **fields: object) -> None:
+    body = {**fields, "who": "t", "why": "test", "ttl": 60}
     request = urllib.request.Request(
-        f"http://127.0.0.1:{service.http_port}/v1/switches/rule:web/api",
+        f"http://127.0.0.1:{service.http_port}/v1/switches/{target}",
         data=json.dumps(body).encode(),
         method="PUT",
         headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 200
+
+
+def test_an_override_keeps_the_reserve_in_proportion(service: ServiceProcess) -> None:
+    put_switch(service, "rule:web/api", action="override", limit=5)
     with grpc.insecure_channel(service.target) as channel:
         assert decide(channel, "api", "o", [SHEDDABLE] * 4) == [True] * 3 + [False]
         assert decide(channel, "api", "o", [CRITICAL] * 3) == [True] * 2 + [False]
@@ -199,3 +203,11 @@ def test_a_vip_tenant_uses_the_reserve_over_the_native_api(service: ServiceProce
         assert [r.allowed for r in answer.results] == [True, False, True, False, True, False]
         # An unlisted tenant's critical checks still have the whole reserve.
         assert decide(channel, "plan", "globex", [CRITICAL] * 4) == [True] * 3 + [False]
+
+
+def test_a_degradation_level_still_sheds_a_vip_tenants_tier(service: ServiceProcess) -> None:
+    """Only the reserve treats a VIP's check as of the reserve's tier: a level that sheds
+    sheddable traffic sheds a listed tenant's sheddable checks too."""
+    put_switch(service, "level:default", level=1)
+    with grpc.insecure_channel(service.target) as channel:
+        assert decide(channel, "plan", "acme", [SHEDDABLE, CRITICAL]) == [False, True]
