@@ -122,13 +122,19 @@ UNLIMITED_REFUSES = (
 BUCKETS = ("token_bucket", "leaky_bucket")
 # The algorithms whose kernels can keep part of their limit back (``reserved``).
 RESERVABLE = ("token_bucket", "leaky_bucket", "fixed_window", "sliding_window")
+# Bounds on a reserve's VIP tenants (``reserved.tenants``): how many one rule lists, and
+# the length of each name (a longer RLS ``limiter.tenant`` value is refused, a longer
+# native key can never match).
+MAX_RESERVE_TENANTS = 1000
+MAX_TENANT_CHARS = 256
 
 
 @dataclass(frozen=True)
 class Reserve(Section):
     """A share of a rule's limit kept for its more important traffic
     (``rate_limit.reserved``): checks of a tier below ``priority`` may use only the rest
-    of the limit, so all of them are refused before a check at ``priority`` or above is."""
+    of the limit, so all of them are refused before a check at ``priority`` or above is.
+    Checks of a tenant in ``tenants`` may use the reserve whatever their tier."""
 
     fraction: float = setting(
         doc="the share of the limit (a bucket's burst) kept back, rounded to whole units",
@@ -137,6 +143,23 @@ class Reserve(Section):
     priority: Priority = setting(
         Priority.CRITICAL, "the least important tier that may use the reserve"
     )
+    tenants: tuple[str, ...] = setting(
+        (), f"VIP tenants whose checks may use the reserve whatever their tier (at most "
+        f"{MAX_RESERVE_TENANTS} names of at most {MAX_TENANT_CHARS} characters); RLS: the "
+        "descriptor entry limiter.tenant names a check's tenant, native API: the check's key",
+        low=1,
+    )  # fmt: skip
+
+    def check(self, given: frozenset[str] | None) -> None:
+        if len(self.tenants) > MAX_RESERVE_TENANTS:
+            raise FieldError(
+                "tenants", f"{len(self.tenants)} tenants, at most {MAX_RESERVE_TENANTS} allowed"
+            )
+        for i, name in enumerate(self.tenants):
+            if len(name) > MAX_TENANT_CHARS:
+                raise FieldError(
+                    f"tenants[{i}]", f"{len(name)} characters, at most {MAX_TENANT_CHARS}"
+                )
 
     def units(self, limit: Limit) -> int:
         """The reserve in the units of ``limit``'s kernel (requests or bucket tokens)."""

@@ -76,9 +76,11 @@ _new = tuple.__new__  # builds an Outcome without NamedTuple's keyword handling 
 
 @dataclass(slots=True)
 class Checks:
-    """A request's checks, one column per field (``priorities``, ``max_waits`` and
-    ``details`` may be None: every check at its rule's priority, none waits, no
-    detailed series). ``keep_permits``: a concurrency permit is held for the caller
+    """A request's checks, one column per field (``priorities``, ``vips``, ``max_waits``
+    and ``details`` may be None: every check at its rule's priority, none from a VIP
+    tenant, none waits, no detailed series). ``vips``: the check comes from one of its
+    rule's reserve tenants (``vips_of``), so it may use the reserve whatever its tier.
+    ``keep_permits``: a concurrency permit is held for the caller
     (native API) instead of freed at once (a stateless RLS check); ``caller`` counts
     toward the bounds on permits and held checks per caller."""
 
@@ -88,8 +90,18 @@ class Checks:
     priorities: list[Priority | None] | None = None
     max_waits: list[float] | None = None
     details: list[str | None] | None = None
+    vips: list[bool] | None = None
     keep_permits: bool = True
     caller: str = ""  # who asks (its address): what per-caller bounds count
+
+
+def vips_of(rules: list[RuleState | None], tenants: list[str | None]) -> list[bool] | None:
+    """Whether each check's tenant (None: it names none) is one of its rule's reserve
+    tenants; None when none is."""
+    vips = [
+        t is not None and s is not None and t in s.vips for s, t in zip(rules, tenants, strict=True)
+    ]
+    return vips if any(vips) else None
 
 
 def caller_of(peer: str) -> str:
@@ -188,7 +200,7 @@ class Decider:
         often the whole request), so what they share is worked out once per run.
         """
         rules, keys, costs = checks.rules, checks.keys, checks.costs
-        priorities, waits = checks.priorities, checks.max_waits
+        priorities, waits, vips = checks.priorities, checks.max_waits, checks.vips
         policy = self.policy
         level = 0 if policy is None else policy.level()
         n = len(rules)
@@ -204,22 +216,30 @@ class Decider:
         uniform = n > 1 and rules.count(rules[0]) == n
         if uniform and priorities is not None:
             uniform = priorities.count(priorities[0]) == n
+        if uniform and vips is not None:
+            uniform = vips.count(vips[0]) == n
         i = 0
         while i < n:
             rule = rules[i]
             priority = priorities[i] if priorities is not None else None
+            vip = vips is not None and vips[i]
             j = n if uniform else i + 1
-            while j < n and rules[j] is rule and (priorities is None or priorities[j] is priority):
+            while (
+                j < n
+                and rules[j] is rule
+                and (priorities is None or priorities[j] is priority)
+                and (vips is None or vips[j] is vip)
+            ):
                 j += 1
             if rule is None or rule.unlimited:
                 answer = UNKNOWN if rule is None else _unlimited(rule)
                 out[i:j] = [answer] * (j - i)
                 i = j
                 continue
-            gate_key = rule if priority is None else (rule, priority)
+            gate_key = rule if priority is None and not vip else (rule, priority, vip)
             gate = gates.get(gate_key)
             if gate is None:
-                gate = gates[gate_key] = self._gate(rule, priority, level)
+                gate = gates[gate_key] = self._gate(rule, priority, vip, level)
             state = gate.state
             if gate.forced is not None or gate.pressure or gate.breaker is not None:
                 run: Any = self._forced(gate, i, j, checks, out, tallies)
@@ -323,15 +343,17 @@ class Decider:
             out[k] = _outcome(forced, state, False, code, 0.0, None)
         return rest
 
-    def _gate(self, rule: RuleState, priority: Priority | None, level: int) -> _Gate:
+    def _gate(self, rule: RuleState, priority: Priority | None, vip: bool, level: int) -> _Gate:
         tier = rule.priority if priority is None else priority
+        # The policy sees a check's own tier; only the reserve treats a VIP's as its own.
+        reserve_tier = tier if not vip or rule.reserve_for is None else max(tier, rule.reserve_for)
         policy = self.policy
         if policy is None:
-            return _Gate(_tiered(rule, tier), None, rule.shadow, False, None)
+            return _Gate(_tiered(rule, reserve_tier), None, rule.shadow, False, None)
         verdict = policy.rule_verdict(rule.ops_name, rule.limit, tier, level)
         if verdict is None:
             counter = policy.client_counter(rule.ops_name)
-            gate = _Gate(_tiered(rule, tier), None, rule.shadow, counter is None, counter)
+            gate = _Gate(_tiered(rule, reserve_tier), None, rule.shadow, counter is None, counter)
             gate.breaker = rule.breaker
             return gate
         if verdict.decision is not None:
@@ -339,7 +361,7 @@ class Decider:
         state = rule
         if verdict.limit is not None and verdict.limit != rule.limit:
             state = self.rulebook.with_limit(rule, verdict.limit)
-        gate = _Gate(_tiered(state, tier), None, rule.shadow or verdict.shadow, False, None)
+        gate = _Gate(_tiered(state, reserve_tier), None, rule.shadow or verdict.shadow, False, None)
         gate.breaker = rule.breaker
         return gate
 

@@ -6,7 +6,9 @@ caller's partition ``key``; over-limit is an answer (``allowed=false``), not an 
 error. Only a malformed request (bad priority, oversized key, too many checks) is
 INVALID_ARGUMENT. A check with ``max_wait`` > 0 that its rule refuses may be held for
 admission (``limiter.server.admission``) until admitted or ``QUEUE_TIMEOUT``, and never
-past a margin before the RPC's deadline.
+past a margin before the RPC's deadline. A check's ``key`` is also its tenant: where its
+rule's reserve lists tenants (``reserved.tenants``), a check whose key is one of them may
+use the reserve whatever its priority (limiter.v1 has no separate tenant field).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 import grpc
 from limiter._wire import WireError, encode_decide_response, parse_decide_request
 from limiter.server import v1
-from limiter.server.decider import MAX_COST, Checks, Decider, caller_of
+from limiter.server.decider import MAX_COST, Checks, Decider, caller_of, vips_of
 from limiter.server.metrics import Metrics
 from limiter.server.outcomes import Outcomes
 from limiter.server.rules import BadRequest
@@ -86,13 +88,16 @@ class LimiterService:
                 raise BadRequest(f"checks[{i}].cost: must be at most {MAX_COST}, got {costs[i]}")
         else:
             domains = names = keys = costs = priorities = waits = ()
-        by_name = self.decider.rulebook.snapshot.by_name
+        snapshot = self.decider.rulebook.snapshot
+        by_name = snapshot.by_name
+        rules = [by_name.get(pair) for pair in zip(domains, names, strict=True)]
         checks = Checks(
-            [by_name.get(pair) for pair in zip(domains, names, strict=True)],
+            rules,
             list(keys),
             [c or 1 for c in costs],
             [FROM_PROTO[p] for p in priorities] if any(priorities) else None,
             list(waits) if any(waits) else None,
+            vips=vips_of(rules, list(keys)) if snapshot.vips else None,
             caller=caller,
         )
         decided = await self.decider.decide(checks, budget)

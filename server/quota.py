@@ -16,7 +16,9 @@ Assignments:
   level that sheds the rule's tier sends DENY_ALL, ``force_allow`` and shadow mode
   ALLOW_ALL, an ``override`` switch a new limit;
 - a rule whose tier is below its ``reserved`` priority assigns its buckets only the
-  unreserved part of the limit (a bucket's requests have the rule's tier);
+  unreserved part of the limit (a bucket's requests have the rule's tier), except a bucket
+  whose ``limiter.tenant`` pair (``TENANT_ENTRY``, not part of the match) names one of the
+  reserve's tenants;
 - a bucket no rule limits (unknown domain or descriptor, an ``unlimited`` rule) gets
   ALLOW_ALL, as RLS answers OK; so does a concurrency rule (Envoy counts requests, not
   requests in flight, so no quota can hold one);
@@ -54,6 +56,7 @@ import grpc
 from envoy.service.rate_limit_quota.v3 import rlqs_pb2, rlqs_pb2_grpc
 from envoy.type.v3 import ratelimit_strategy_pb2
 from limiter.server.decider import Decider
+from limiter.server.rls import TENANT_ENTRY
 from limiter.server.rules import Kind, RuleState
 
 from limiter.quota import QuotaPool, token_bucket
@@ -98,6 +101,7 @@ class _Bucket:
     bucket_id: rlqs_pb2.BucketId
     state: RuleState | None  # None: no rule limits it (ALLOW_ALL)
     pool: QuotaPool | None
+    vip: bool = False  # its tenant is one of its rule's reserve tenants
     streams: dict[str, _Stream] = field(default_factory=dict)
     strategy: Any = None  # what the policy says now: None (shares), ALLOW_ALL or DENY_ALL
     active: float = field(default_factory=time.monotonic)  # last report with requests
@@ -198,8 +202,10 @@ class QuotaService(rlqs_pb2_grpc.RateLimitQuotaServiceServicer):
     def _build(self, domain: str, bucket_id: rlqs_pb2.BucketId) -> _Bucket:
         copy = rlqs_pb2.BucketId()
         copy.CopyFrom(bucket_id)
-        state = self._rule(domain, dict(bucket_id.bucket))
-        bucket = _Bucket(copy, state, None)
+        pairs = dict(bucket_id.bucket)
+        tenant = pairs.pop(TENANT_ENTRY, None)
+        state = self._rule(domain, pairs)
+        bucket = _Bucket(copy, state, None, vip=state is not None and tenant in state.vips)
         self._update(bucket)
         return bucket
 
@@ -241,9 +247,10 @@ class QuotaService(rlqs_pb2_grpc.RateLimitQuotaServiceServicer):
                 elif verdict.limit is not None:
                     limit = verdict.limit
         reserved, tier = state.rule.limit.reserved, state.reserve_for
-        if reserved is not None and tier is not None and state.priority < tier and limit > 1:
+        below = reserved is not None and tier is not None and state.priority < tier
+        if below and not bucket.vip and limit > 1:
             # A bucket's requests have their rule's tier: below the reserve's, the bucket
-            # is assigned only the unreserved part.
+            # is assigned only the unreserved part, unless a VIP tenant's.
             limit -= min(reserved.part(limit), limit - 1)
         per_second, window = _rate(state, limit)
         if bucket.pool is None:

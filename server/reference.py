@@ -98,7 +98,7 @@ descriptors:
       unit: second
       requests_per_unit: 1000
       algorithm: token_bucket
-      reserved: {fraction: 0.2, priority: critical}
+      reserved: {fraction: 0.2, priority: critical, tenants: [acme]}
 """,
     "alerts": """\
 alerts:

@@ -12,7 +12,9 @@ waits up to that long for admission, at its priority.
 
 A check has its rule's priority unless its descriptor carries a ``limiter.priority``
 entry (``PRIORITY_ENTRY``; Envoy: a ``request_headers`` action with that descriptor key),
-which is taken out of the descriptor before it is matched.
+which is taken out of the descriptor before it is matched. Likewise a ``limiter.tenant``
+entry (``TENANT_ENTRY``) names the check's tenant: one of its rule's reserve tenants
+(``reserved.tenants``) may use the reserve whatever the check's priority.
 """
 
 from __future__ import annotations
@@ -24,12 +26,12 @@ from typing import Any, NamedTuple
 import grpc
 from envoy.service.ratelimit.v3 import rls_pb2
 from limiter._wire import WireError, encode_rls_response, parse_rls_request
-from limiter.server.decider import MAX_COST, Checks, Decider, Outcome, caller_of
+from limiter.server.decider import MAX_COST, Checks, Decider, Outcome, caller_of, vips_of
 from limiter.server.metrics import Metrics
 from limiter.server.rules import MAX_UINT32, BadRequest
 
 from limiter import headers as rl_headers
-from limiter.config import UNIT_BY_ENUM
+from limiter.config import MAX_TENANT_CHARS, UNIT_BY_ENUM
 from limiter.errors import InvalidParameter
 from limiter.priority import Priority
 
@@ -46,9 +48,12 @@ MAX_RESET = 1e12  # seconds: a Duration holds far more; no real window comes nea
 MAX_DESCRIPTORS = 1024
 MAX_ENTRIES = 64
 MAX_VALUE_CHARS = 4096
-# The descriptor entry that carries a check's priority (not part of the rule's match or key).
+# The descriptor entries that carry a check's priority and its tenant (not part of the
+# rule's match or key).
 PRIORITY_ENTRY = "limiter.priority"
-_PRIORITY_BYTES = PRIORITY_ENTRY.encode()
+TENANT_ENTRY = "limiter.tenant"
+_ENTRIES = (PRIORITY_ENTRY, TENANT_ENTRY)
+_ENTRY_BYTES = b"limiter."  # what both start with
 
 
 @dataclass(frozen=True)
@@ -124,9 +129,9 @@ class RateLimitService:
                 raise BadRequest(
                     f"descriptors[{i}].hits_addend: must be at most {MAX_COST}, got {hits}"
                 )
-        priorities = None
-        if _PRIORITY_BYTES in data:  # a substring scan: most requests carry no priority
-            descriptors, priorities = _priorities(descriptors)
+        priorities = tenants = None
+        if _ENTRY_BYTES in data:  # a substring scan: most requests carry neither entry
+            descriptors, priorities, tenants = _extensions(descriptors)
         decider = self.decider
         rules = decider.match(domain, descriptors)
         if rules is None:
@@ -139,6 +144,7 @@ class RateLimitService:
             [d.values for d in descriptors],
             [default_hits if d.hits is None else d.hits or 1 for d in descriptors],
             priorities=priorities,
+            vips=None if tenants is None else vips_of(rules, tenants),
             keep_permits=False,
             caller=caller,
         )
@@ -186,7 +192,7 @@ class RateLimitService:
 
 
 class _Stripped(NamedTuple):
-    """A descriptor without its priority entry (what matching and the key see)."""
+    """A descriptor without its priority and tenant entries (what matching and the key see)."""
 
     entries: tuple[tuple[str, str], ...]
     values: str
@@ -194,29 +200,47 @@ class _Stripped(NamedTuple):
     hits: int | None
 
 
-def _priorities(descriptors: list[Any]) -> tuple[list[Any], list[Priority | None] | None]:
-    """The descriptors without their ``PRIORITY_ENTRY``, and each one's priority (None:
-    its rule's; None for the list when no descriptor has one)."""
+def _extensions(
+    descriptors: list[Any],
+) -> tuple[list[Any], list[Priority | None] | None, list[str | None] | None]:
+    """The descriptors without their ``PRIORITY_ENTRY`` and ``TENANT_ENTRY``, each one's
+    priority (None: its rule's) and tenant (None: none); either list is None when no
+    descriptor has that entry."""
     out: list[Any] = []
     priorities: list[Priority | None] = []
+    tenants: list[str | None] = []
     for i, d in enumerate(descriptors):
-        priority = None
+        priority = tenant = None
         kept = []
         for j, (key, value) in enumerate(d.entries):
-            if key != PRIORITY_ENTRY:
+            if key not in _ENTRIES:
                 kept.append((key, value))
                 continue
+            field = f"descriptors[{i}].entries[{j}].value"
+            if key == TENANT_ENTRY:
+                if not 0 < len(value) <= MAX_TENANT_CHARS:
+                    raise BadRequest(
+                        f"{field}: a {TENANT_ENTRY} must be 1 to {MAX_TENANT_CHARS} characters, "
+                        f"got {len(value)}"
+                    )
+                tenant = value
+                continue
             try:
-                priority = Priority.parse(value, f"descriptors[{i}].entries[{j}].value")
+                priority = Priority.parse(value, field)
             except InvalidParameter as exc:
                 raise BadRequest(str(exc)) from None
-        if priority is None:
+        if len(kept) == len(d.entries):
             out.append(d)
         else:
             values = "\x1f".join(value for _, value in kept)
             out.append(_Stripped(tuple(kept), values, d.limit, d.hits))
         priorities.append(priority)
-    return out, priorities if any(p is not None for p in priorities) else None
+        tenants.append(tenant)
+    return (
+        out,
+        priorities if any(p is not None for p in priorities) else None,
+        tenants if any(t is not None for t in tenants) else None,
+    )
 
 
 def _detail(entries: tuple[tuple[str, str], ...]) -> str:

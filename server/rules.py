@@ -103,6 +103,7 @@ class RuleState:
         "stats",
         "unlimited",
         "unreserved",
+        "vips",
         "window",
     )
 
@@ -146,13 +147,16 @@ class RuleState:
         # Keys are namespaced by rule so a shared store never mixes two rules' counters.
         self.prefix = f"{rule.domain}\x1f{rule.id}\x1f"
         # A rule with a reserve: checks of a tier below ``reserve_for`` are decided by
-        # ``unreserved``, the same state leaving the reserve untouched.
+        # ``unreserved``, the same state leaving the reserve untouched, unless they come
+        # from one of the reserve's ``vips`` (its tenants).
         self.reserve_for: Priority | None = None
         self.unreserved: RuleState | None = None
+        self.vips: frozenset[str] = frozenset()
         units = 0 if lim.reserved is None or kernel is None else lim.reserved.units(lim)
         units = min(units, lim.max_cost - 1)  # an override's smaller limit keeps one unit
         if units > 0:
             self.reserve_for = lim.reserved.priority
+            self.vips = frozenset(lim.reserved.tenants)
             self.unreserved = self._without(units)
 
     def _without(self, reserve: int) -> RuleState:
@@ -164,6 +168,7 @@ class RuleState:
         view.kernel = self.kernel.reserving(reserve)
         view.max_cost = view.kernel.max_cost
         view.reserve_for = view.unreserved = None
+        view.vips = frozenset()
         return view
 
     def refusal(self) -> Decision:
@@ -280,6 +285,7 @@ class Snapshot:
     loaded_at: float = field(default_factory=time.time)
     holds: bool = False  # some rule holds the RLS checks it refuses
     detailed: bool = False  # some rule keeps per-value series
+    vips: bool = False  # some rule's reserve lists tenants
 
 
 class Rulebook:
@@ -354,7 +360,8 @@ class Rulebook:
                 by_name[(domain.name, name)] = states[rule]
         holds = any(r.limit.hold for r in config.rules)
         detailed = any(r.detailed_metric for r in config.rules)
-        return Snapshot(config, states, by_name, holds=holds, detailed=detailed)
+        vips = any(s.vips for s in states.values())
+        return Snapshot(config, states, by_name, holds=holds, detailed=detailed, vips=vips)
 
     def _kernel(self, domain: str, rule_id: str, limit: Limit) -> Any:
         """What enforces ``limit``: its kernel, or its algorithm on the shared store."""

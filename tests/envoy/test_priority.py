@@ -1,6 +1,6 @@
 """A request's tier from a header, through the real Envoy: Envoy's ``request_headers``
 action puts it in a ``limiter.priority`` descriptor entry, and a rule's reserve keeps
-what sheddable requests may not take."""
+what sheddable requests may not take, except a VIP tenant's (``limiter.tenant``)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ descriptors:
       name: per-api-key
       unit: hour
       requests_per_unit: 10
-      reserved: {fraction: 0.3, priority: critical}
+      reserved: {fraction: 0.3, priority: critical, tenants: [acme]}
 """
 PRIORITY_ACTION = {
     "request_headers": {
@@ -30,10 +30,18 @@ PRIORITY_ACTION = {
         "skip_if_absent": True,
     }
 }
+TENANT_ACTION = {
+    "request_headers": {
+        "header_name": "x-tenant",
+        "descriptor_key": "limiter.tenant",
+        "skip_if_absent": True,
+    }
+}
 
 
 def with_priority_header(config: dict[str, Any]) -> dict[str, Any]:
-    """The example's routes with the priority action added to every rate-limit entry."""
+    """The example's routes with the priority and tenant actions added to every
+    rate-limit entry."""
     for listener in config["static_resources"]["listeners"]:
         for chain in listener["filter_chains"]:
             for f in chain["filters"]:
@@ -41,8 +49,9 @@ def with_priority_header(config: dict[str, Any]) -> dict[str, Any]:
                 for host in routes.get("virtual_hosts", []):
                     for route in host["routes"]:
                         for entry in route.get("route", {}).get("rate_limits", []):
-                            if PRIORITY_ACTION not in entry["actions"]:
-                                entry["actions"].append(PRIORITY_ACTION)
+                            for action in (PRIORITY_ACTION, TENANT_ACTION):
+                                if action not in entry["actions"]:
+                                    entry["actions"].append(action)
     return config
 
 
@@ -59,10 +68,14 @@ def envoy(tmp_path: Path) -> Iterator[Envoy]:
         service.stop()
 
 
-def statuses(envoy: Envoy, key: str, n: int, priority: str | None = None) -> list[int]:
+def statuses(
+    envoy: Envoy, key: str, n: int, priority: str | None = None, tenant: str | None = None
+) -> list[int]:
     headers = {"x-api-key": key}
     if priority is not None:
         headers["x-priority"] = priority
+    if tenant is not None:
+        headers["x-tenant"] = tenant
     return [envoy.request("/", headers).status for _ in range(n)]
 
 
@@ -73,3 +86,10 @@ def test_sheddable_requests_leave_the_reserve_to_critical_ones(envoy: Envoy) -> 
     # Without the header the descriptor still goes, at the rule's tier (critical).
     other = f"o{time.time_ns()}"
     assert statuses(envoy, other, 11) == [200] * 10 + [429]
+
+
+def test_a_vip_tenants_sheddable_requests_may_use_the_reserve(envoy: Envoy) -> None:
+    key = f"v{time.time_ns()}"
+    assert statuses(envoy, key, 8, "sheddable", "globex") == [200] * 7 + [429]
+    assert statuses(envoy, key, 1, "sheddable") == [429]
+    assert statuses(envoy, key, 4, "sheddable", "acme") == [200] * 3 + [429]

@@ -14,6 +14,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -176,5 +177,55 @@ def test_a_sheddable_rules_buckets_get_only_the_unreserved_part(tmp_path: Path) 
             assert envoy.request("/", alice).status == 200  # before any assignment
             time.sleep(0.3)
             assert statuses(envoy, alice, 9) == [200] * 7 + [429] * 2  # 10 less the 3 kept
+    finally:
+        service.stop()
+
+
+def with_tenant_in_buckets(config: dict[str, Any]) -> dict[str, Any]:
+    """The example with an x-tenant header's value as each bucket's ``limiter.tenant``."""
+    found = 0
+    for listener in config["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            for f in chain["filters"]:
+                for http in f["typed_config"].get("http_filters", []):
+                    if http["name"] != "envoy.filters.http.rate_limit_quota":
+                        continue
+                    matchers = http["typed_config"]["bucket_matchers"]["matcher_list"]["matchers"]
+                    for matcher in matchers:
+                        action = matcher["on_match"]["action"]["typed_config"]
+                        builder = action["bucket_id_builder"]["bucket_id_builder"]
+                        value = builder["api_key"]["custom_value"]["typed_config"]
+                        builder["limiter.tenant"] = {
+                            "custom_value": {
+                                "name": "tenant",
+                                "typed_config": {**value, "header_name": "x-tenant"},
+                            }
+                        }
+                        found += 1
+    assert found, "no rate_limit_quota bucket matcher in the example"
+    return config
+
+
+def test_a_vip_tenants_bucket_gets_the_reserve_too(tmp_path: Path) -> None:
+    """A bucket's ``limiter.tenant`` pair is no part of the match; a listed tenant's
+    bucket of a sheddable rule is assigned the whole limit, another's the unreserved part."""
+    config = tmp_path / "rules.yaml"
+    config.write_text(
+        "domain: envoy-example\ndescriptors:\n  - key: api_key\n    rate_limit: "
+        "{name: per-api-key, unit: hour, requests_per_unit: 10, priority: sheddable, "
+        "reserved: {fraction: 0.3, tenants: [acme]}}\n"
+    )
+    service = LimiterProcess(config, workdir=tmp_path / "svc").start()
+    try:
+        proxy = envoy_config(EXAMPLES / "rlqs.yaml", clusters={"limiter": service.grpc_port})
+        with Envoy(with_tenant_in_buckets(proxy), workdir=tmp_path / "envoy") as envoy:
+            vip = {**key(), "x-tenant": "acme"}
+            other = {**key(), "x-tenant": "globex"}
+            for headers in (vip, other):  # before any assignment
+                assert envoy.request("/", headers).status == 200
+            time.sleep(0.3)
+            # Envoy's token bucket starts full at the assignment (as in the test above).
+            assert statuses(envoy, vip, 12) == [200] * 10 + [429] * 2
+            assert statuses(envoy, other, 9) == [200] * 7 + [429] * 2
     finally:
         service.stop()

@@ -172,6 +172,16 @@ A = "domain: d\ndescriptors:\n  - key: a\n"
          "priority: vip}}", "rate_limit.reserved.priority: "),
         (A + "    rate_limit: {unlimited: true, reserved: {fraction: 0.5}}",
          "rate_limit.reserved: not allowed together with 'unlimited: true'"),
+        (A + "    rate_limit: {unit: second, requests_per_unit: 9, reserved: {fraction: 0.5, "
+         "tenants: [" + ", ".join(f"t{i}" for i in range(1001)) + "]}}",
+         "rate_limit.reserved.tenants: 1001 tenants, at most 1000 allowed"),
+        (A + "    rate_limit: {unit: second, requests_per_unit: 9, reserved: {fraction: 0.5, "
+         "tenants: [a, b, c, " + "x" * 257 + "]}}",
+         "rate_limit.reserved.tenants[3]: 257 characters, at most 256"),
+        (A + "    rate_limit: {unit: second, requests_per_unit: 9, reserved: {fraction: 0.5, "
+         "tenants: [a, '']}}", "rate_limit.reserved.tenants[1]: must be a non-empty string"),
+        (A + "    rate_limit: {unit: second, requests_per_unit: 9, reserved: {fraction: 0.5, "
+         "tenants: acme}}", "rate_limit.reserved.tenants: must be a list"),
         (A + "    rate_limit: {unit: second, requests_per_unit: 5, outcomes: {route: r}}",
          "rate_limit.outcomes: only algorithm 'adaptive' takes it"),
         (A + "    rate_limit: {algorithm: adaptive, unit: second, requests_per_unit: 5, "
