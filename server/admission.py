@@ -108,8 +108,10 @@ class _RuleQueue:
 
     def depth(self) -> list[int]:
         out = [0] * len(PRIORITIES)
-        for lane in self.lanes.values():
-            for w in lane.waiters.values():
+        # Read by a scrape on another thread while the decision loop adds and removes
+        # waiters: iterate over copies (each taken in one step).
+        for lane in list(self.lanes.values()):
+            for w in list(lane.waiters.values()):
                 out[w.rank] += 1
         return out
 
@@ -324,12 +326,12 @@ class ServiceAdmission:
 
     def depth(self) -> int:
         """Checks held right now, over every rule."""
-        return sum(sum(rq.depth()) for rq in self.queues.values())
+        return sum(sum(rq.depth()) for rq in list(self.queues.values()))
 
     def series(self) -> Iterator[tuple[tuple[str, str, int], dict[str, Any]]]:
         """Per (domain, rule, class): depth, counters and wait histogram, summed."""
         totals: dict[tuple[str, str, int], dict[str, Any]] = {}
-        for key, kept in self.retired.items():
+        for key, kept in list(self.retired.items()):
             totals[key] = {**kept, "wait_counts": list(kept["wait_counts"]), "depth": 0}
         for rq in list(self.queues.values()):
             depth = rq.depth()

@@ -467,7 +467,7 @@ class ThrottleWatch:
         return s is not None and s.throttling
 
     def throttling(self) -> list[str]:
-        return sorted(r for r, s in self._rules.items() if s.throttling)
+        return sorted(r for r, s in list(self._rules.items()) if s.throttling)
 
     def top(self, n: int = 10) -> list[dict[str, Any]]:
         """Rules with the most over-limit answers in the window, most first."""

@@ -143,7 +143,7 @@ class ServiceProcess:
     def metric(self, name: str, **labels: str) -> float:
         """The value of one sample on /metrics (0 when absent)."""
         status, body = self.http("GET", "/metrics")
-        assert status == 200
+        assert status == 200, f"/metrics: {status}; the service's log:\n{self.logs()[-4000:]}"
         want = {k: json.dumps(v) for k, v in labels.items()}
         for line in body.decode().splitlines():
             if not line.startswith(name + "{") and not line.startswith(name + " "):
