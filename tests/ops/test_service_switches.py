@@ -13,11 +13,13 @@ from tests.service.conftest import ServiceProcess
 
 TOKEN = "service-switch-token-0123456789"
 
+# Per hour, not per minute: a fixed window that turns over between a test's checks would
+# start the count again and let a check through that the test expects refused.
 RULES = """\
 domain: edge
 descriptors:
   - key: user
-    rate_limit: {name: per-user, unit: minute, requests_per_unit: 2}
+    rate_limit: {name: per-user, unit: hour, requests_per_unit: 2}
   - key: batch
     rate_limit: {name: batch, unit: minute, requests_per_unit: 1000, priority: sheddable}
 """
@@ -66,10 +68,10 @@ def test_force_deny_and_force_allow(service):
     assert status == 429 and st["code"] == "OVER_LIMIT"
     assert not native(service, "b").allowed
     switch(service, "rule:edge/per-user", action="force_allow")
-    assert all(rls_answer(service, "c")[0] == 200 for _ in range(5))  # limit is 2/minute
+    assert all(rls_answer(service, "c")[0] == 200 for _ in range(5))  # limit is 2/hour
     assert native(service, "c").allowed
     clear(service, "rule:edge/per-user")
-    # The kernel counted nothing while forced: "c" still has its 2 per minute.
+    # The kernel counted nothing while forced: "c" still has its 2 per hour.
     assert [rls_answer(service, "c")[0] for _ in range(3)] == [200, 200, 429]
 
 
