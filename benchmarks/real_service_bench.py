@@ -16,7 +16,7 @@ whatever the answers so far; a request's latency runs from its scheduled instant
 connection, as a browser or a proxy would). Scenarios per limiter, same run:
 - step: 2x the nominal capacity for 10 s, then the slots halve for 8 s, then return
   for 8 s (the offered rate stays 2x the full capacity);
-- 4x: 4x the capacity for 8 s;
+- 4x: 4x the capacity for 10 s;
 - poisson: Poisson arrivals at 0.5x the capacity for 10 s;
 - unloaded: 0.2x the capacity without a limiter, for the no-load p50.
 
@@ -236,7 +236,7 @@ def run_scenario(slots: int, hold: float, name: str, scenario: str) -> np.ndarra
         if scenario == "step":
             return asyncio.run(drive(port, 2 * capacity, STEP_END, False, STEP[1:], slots))
         if scenario == "4x":
-            return asyncio.run(drive(port, 4 * capacity, 8.0, False))
+            return asyncio.run(drive(port, 4 * capacity, 10.0, False))
         if scenario == "poisson":
             return asyncio.run(drive(port, 0.5 * capacity, 10.0, True))
         return asyncio.run(drive(port, 0.2 * capacity, 6.0, True))
@@ -275,7 +275,8 @@ def summarise(rows_by: dict, capacity: float, unloaded_p50: float) -> dict:
         lat = served(step, 4.0, 10.0)
         out[name] = {
             "good_2x": good_rate(step, 4.0, 10.0),
-            "good_4x": good_rate(x4, 3.0, 8.0),
+            "good_4x": good_rate(x4, 4.0, 10.0),
+            "warmup_4x": good_rate(x4, 0.0, 4.0),
             "p50_2x": float(np.median(lat)) if len(lat) else math.inf,
             "p99_2x": float(np.quantile(lat, 0.99)) if len(lat) else math.inf,
             "rejected_2x": float(np.mean(step[(step[:, 0] >= 4) & (step[:, 0] < 10), 2] == 429)),
@@ -301,15 +302,15 @@ def table(size: str, slots: int, hold: float, res: dict, unloaded_p50: float) ->
         f"### {size}: {slots} slots x {hold:g} ms (nominal capacity {capacity:.0f} req/s); "
         f"unloaded p50 {unloaded_p50 * 1000:.0f} ms",
         "",
-        "| limiter | good/s 2x (vs best static) | good/s 4x (vs best static) | p50 2x (x unloaded) "
-        "| p99 2x | rejected 2x | rejected Poisson 0.5x | settle after halving (≥ 0.85) "
-        "| settle after return (≥ 0.95) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| limiter | good/s 2x (vs best static) | good/s 4x (vs best static) "
+        "| good/s 4x, first 4 s | p50 2x (x unloaded) | p99 2x | rejected 2x "
+        "| rejected Poisson 0.5x | settle after halving (≥ 0.85) | settle after return (≥ 0.95) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, m in res.items():
         lines.append(
             f"| {name} | {m['good_2x']:.0f} ({m['good_2x'] / best:.2f}) | "
-            f"{m['good_4x']:.0f} ({m['good_4x'] / best4:.2f}) | "
+            f"{m['good_4x']:.0f} ({m['good_4x'] / best4:.2f}) | {m['warmup_4x']:.0f} | "
             f"{fmt(m['p50_2x'] * 1000, '.0f')} ms ({m['p50_ratio']:.2f}) | "
             f"{fmt(m['p99_2x'] * 1000, '.0f')} ms | {m['rejected_2x']:.1%} | "
             f"{m['rejected_poisson']:.1%} | {fmt(m['settle_half'], '.1f')} s | "
@@ -410,7 +411,8 @@ def main() -> None:
 the end {load}; 2 shared cores: the generator, the service and other work share them).
 What is compared, per limiter, in one run: see the module docstring. Goodput is
 requests answered 200 within 0.5 s (the target) per second, scheduled in the steady
-part of the 2x phase (4-10 s) and of the 4x run (3-8 s); p50/p99 are of the requests
+part of the 2x phase and of the 4x run (4-10 s of each; the first 4 s of the 4x run,
+from a cold start, in their own column); p50/p99 are of the requests
 served in 4-10 s; settle times are from the capacity step until the service
 runs at 0.85 (halved) or 0.95 (returned) of the capacity then in force within the
 target (the first instant from which the next second, and the rest of the phase on

@@ -97,6 +97,8 @@ cdef enum:
     BASE_MIN = 5
     # Calls behind the fresh median that measures the queue.
     FRESH_MIN = 20
+    # Evaluation intervals at a refusing limit whose delivery rates are remembered.
+    DELIVERY_INTERVALS = 4
 
 OUTCOMES = {"ok": OUTCOME_OK, "dropped": OUTCOME_DROPPED, "ignored": OUTCOME_IGNORED}
 MODES = ("rate", "concurrency")
@@ -179,6 +181,9 @@ cdef class AdaptiveLimit:
     cdef double before_sum
     cdef int64_t before_n
     cdef int32_t probe_n
+    cdef int32_t probe_admitted
+    cdef int32_t probe_finished
+    cdef int64_t probe_closed
     cdef double probe_samples[PROBE_CALLS]
     cdef int64_t slow_interval
     cdef int32_t healthy_run
@@ -212,6 +217,9 @@ cdef class AdaptiveLimit:
     cdef int64_t slow
     cdef int64_t early_after
     cdef int64_t peak_in_flight
+    cdef double delivery_rate[DELIVERY_INTERVALS]
+    cdef int64_t delivery_time[DELIVERY_INTERVALS]
+    cdef int32_t delivery_next
     cdef Reservoir evidence
     cdef object clock
 
@@ -338,6 +346,11 @@ cdef class AdaptiveLimit:
             self.last_eval = now
         if allowed:
             self.admitted += 1
+            if self.probing and self.probe_admitted < PROBE_CALLS:
+                # The stage's sample: the first PROBE_CALLS calls it admits.
+                self.probe_admitted += 1
+                if self.probe_admitted == PROBE_CALLS:
+                    self.probe_closed = now
             if in_flight > self.peak_in_flight:
                 self.peak_in_flight = in_flight
         elif guarded:
@@ -358,15 +371,21 @@ cdef class AdaptiveLimit:
                 if outcome == OUTCOME_DROPPED or latency > self.target_latency:
                     self.slow += 1
                     self.slow_interval += 1
+        cdef int64_t admitted_at
         if self.probing:
-            if outcome == OUTCOME_OK and now - seconds_to_ns(latency) >= self.probe_start:
-                self.probe_samples[self.probe_n] = latency
-                self.probe_n += 1
-            elif outcome == OUTCOME_OK and self.probe_stage == 0:
+            admitted_at = now - seconds_to_ns(latency)
+            if admitted_at >= self.probe_start and (
+                    self.probe_closed < 0 or admitted_at <= self.probe_closed + 1000):
+                self.probe_finished += 1
+                if outcome == OUTCOME_OK:
+                    self.probe_samples[self.probe_n] = latency
+                    self.probe_n += 1
+            elif outcome == OUTCOME_OK and self.probe_stage == 0 and admitted_at < self.probe_start:
                 # Admitted before the probe: these waited behind the full queue.
                 self.before_sum += latency
                 self.before_n += 1
-            if self.probe_n == PROBE_CALLS or now - self.probe_start >= 2 * self.interval_ns:
+            if (self.probe_n == PROBE_CALLS or self.probe_finished == PROBE_CALLS
+                    or now - self.probe_start >= 2 * self.interval_ns):
                 self._end_probe(now)
             return 0
         if now - self.last_eval >= (
@@ -451,14 +470,21 @@ cdef class AdaptiveLimit:
         after halving overestimates the baseline, and the next probe corrects it.
         """
         self.probing = True
-        self.probe_start = now
         self.probe_restore = self.limit_value
         self.probe_stage = 0
         self.before_sum = 0.0
         self.before_n = 0
         self.probe_before = self.evidence._quantile(0.5, now, self.min_samples,
                                                     self.window_age_ns, FRESH_MIN)
+        self._next_stage(now)
+
+    cdef void _next_stage(self, int64_t now) noexcept:
+        """A probe stage starts: the limit halves, the sample starts afresh."""
+        self.probe_start = now
         self.probe_n = 0
+        self.probe_admitted = 0
+        self.probe_finished = 0
+        self.probe_closed = -1
         self.limit_value = self._clamp(self.limit_value / 2)
 
     cdef void _end_probe(self, int64_t now) noexcept:
@@ -470,6 +496,12 @@ cdef class AdaptiveLimit:
         a baseline an earlier probe measured). Once halving no longer lowers the median, that
         median is the no-load latency, and twice the last level was already free of
         queueing: the limit comes back to no more than that, plus ``tolerance``.
+
+        A stage's sample is the first ``PROBE_CALLS`` calls it admits (when the
+        enforcer reports its decisions), and it ends when all of them are in: the
+        first calls to finish are the fast ones, and a median of whatever finished
+        first reads low. (Fed by ``record`` alone, the first ``PROBE_CALLS`` calls to
+        finish are the sample.)
         """
         cdef double median
         if self.probe_n < BASE_MIN:
@@ -486,9 +518,7 @@ cdef class AdaptiveLimit:
                 and not (self.probed and median <= (1.0 + self.tolerance) * self.base)):
             self.probe_stage += 1
             self.probe_before = median
-            self.probe_start = now
-            self.probe_n = 0
-            self.limit_value = self._clamp(self.limit_value / 2)
+            self._next_stage(now)
             return
         self.probing = False
         self.probed = True
@@ -826,6 +856,13 @@ cdef class AdaptiveLimit:
         self.limit_value = self._clamp(new)
 
     cdef void _next_interval(self, int64_t now) noexcept:
+        if (self.rejected > 0 or self.guarded > 0) and self.completed > 0 and now > self.last_eval:
+            # Calls were refused, so demand exceeded what passed: what the backend
+            # completed meanwhile says what it can deliver (at a limit that refuses
+            # nothing, completions only follow the arrivals).
+            self.delivery_rate[self.delivery_next] = self.completed / ns_to_seconds(now - self.last_eval)
+            self.delivery_time[self.delivery_next] = now
+            self.delivery_next = (self.delivery_next + 1) % DELIVERY_INTERVALS
         self.slow_interval = 0
         self.last_eval = now
         self.admitted = 0
@@ -834,6 +871,17 @@ cdef class AdaptiveLimit:
         self.completed = 0
         self.slow = 0
         self.peak_in_flight = 0
+
+    cdef double _delivered(self, int64_t now) noexcept:
+        """The most the backend completed per second in the last few evaluation
+        intervals that refused calls, within ``horizon``; 0 when there is none."""
+        cdef double best = 0.0
+        cdef int32_t i
+        for i in range(DELIVERY_INTERVALS):
+            if self.delivery_time[i] > 0 and now - self.delivery_time[i] <= self.rearm_ns:
+                if self.delivery_rate[i] > best:
+                    best = self.delivery_rate[i]
+        return best
 
     @property
     def limit(self):
@@ -996,7 +1044,8 @@ cdef class AdaptiveLimiter:
     ``pacing_burst``) and, for calls made through permits, refuses while more than the larger
     of that burst and rate x target_latency x ``queue_cap`` (default 0.4) are in
     flight (a backlog the backend is not draining; 0 disables; the controller hears
-    of these refusals: see ``_trim``); ``mode="concurrency"`` admits while fewer than
+    of these refusals: see ``_trim``; in slow start the rate here is at most what the
+    backend delivered while calls were refused, see ``AdaptiveLimit._delivered``); ``mode="concurrency"`` admits while fewer than
     ``current_limit`` calls are in flight. One limit guards the whole
     backend, so every key shares it (keys are validated for uniformity with the
     other limiters). Feed it outcomes by using the permit (``with``/``async with``)
@@ -1061,7 +1110,7 @@ cdef class AdaptiveLimiter:
         cdef int64_t interval, tolerance, d, cap
         cdef double tokens
         cdef AdaptivePermit p = AdaptivePermit.__new__(AdaptivePermit)
-        cdef double latency
+        cdef double latency, delivered, paced
         cdef bint guarded = False
         cdef Outcome o
         p.owner = self
@@ -1075,11 +1124,18 @@ cdef class AdaptiveLimiter:
                 tolerance = c
             tolerance *= interval
             p.limit = <int64_t>ceil(lim)
+            delivered = ctl._delivered(now)
+            paced = delivered if 0 < delivered < lim and ctl.phase == PHASE_SLOW_START else lim
             if self.queue_cap > 0 and self.in_flight_count + c > max(
-                    1.0, tokens, lim * ctl.target_latency * self.queue_cap):
+                    1.0, self._burst_calls(paced), paced * ctl.target_latency * self.queue_cap):
                 # Little's law: at this rate, more calls in flight than
                 # queue_cap x target's worth means the backend is not keeping up;
-                # pacing alone would let that queue grow without bound.
+                # pacing alone would let that queue grow without bound. In slow
+                # start the rate counts for no more than the backend was seen to
+                # deliver: a rate probing past capacity must not widen the backlog
+                # it allows. (Not past slow start: there a slow but wide backend
+                # delivers less only because the guard refused, and a bound taken
+                # from that would shrink by itself.)
                 p.allowed = False
                 p.remaining = 0
                 p.retry_after = ns_to_seconds(interval)

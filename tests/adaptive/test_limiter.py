@@ -254,3 +254,74 @@ def test_concurrency_mode_keeps_the_queue_short() -> None:
     steady = [lat for at, lat in latencies if at >= start + 15 * S]
     assert statistics.median(steady) <= 1.5 * service / S
     assert len(steady) >= 0.9 * 100 * 15  # the workers stayed busy
+
+
+def _after_a_refusing_interval(refused: int) -> tuple[AdaptiveLimiter, Clock]:
+    """A rate-mode limiter in slow start at 400/s whose backend completed 100 calls/s
+    over one evaluation interval in which ``refused`` calls were refused."""
+    clock = Clock()
+    model = AdaptiveLimit(target_latency=0.5, mode="rate", initial_limit=400, min_samples=20,
+                          clock=clock)  # fmt: skip
+    lim = AdaptiveLimiter(limit_model=model, clock=clock)
+    model.on_decision(True)  # the interval starts
+    for i in range(25):  # 0.25 s (the slow-start interval) of 100 completions/s
+        clock.t += S // 100
+        if i < refused:
+            model.on_decision(False)
+        model.record(0.08)  # the last evaluates: healthy, not saturated
+    assert lim.current_limit == 400 and model.state["phase"] == "slow_start"
+    return lim, clock
+
+
+def _admitted_at_once(lim: AdaptiveLimiter) -> int:
+    held = []
+    while (permit := lim.acquire()).allowed:
+        held.append(permit)
+    return len(held)
+
+
+def test_rate_mode_probing_over_capacity_allows_the_backlog_of_what_was_delivered() -> None:
+    # The backend delivered 100/s while calls were refused: a rate probing at 400/s
+    # may hold no more in flight than 100/s would (max(burst 20 -> 25, 100 x 0.5 x
+    # 0.4 = 20) = 25 calls), not the 100 that 400/s would: a guard that widened with
+    # the probing rate let the backlog grow past the target before the probe ended.
+    lim, _ = _after_a_refusing_interval(refused=25)
+    assert _admitted_at_once(lim) == 25
+    # With nothing refused, fewer completions only mean fewer arrivals: the bound
+    # stays the rate's (its burst: 400 x 0.5 x 0.5 = 100 calls at once).
+    lim, _ = _after_a_refusing_interval(refused=0)
+    assert _admitted_at_once(lim) == 100
+
+
+def _probed_baseline(seed: int) -> float:
+    """The no-load latency a concurrency-mode limiter's first probe measures: calls
+    of lognormal duration (median 80 ms, sigma 0.5, never queued) offered 2,000/s, so
+    its initial limit of 80 is saturated and the probe stage holds 40 in flight."""
+    clock = Clock()
+    model = AdaptiveLimit(target_latency=0.5, mode="concurrency", initial_limit=80, clock=clock)
+    lim = AdaptiveLimiter(limit_model=model, clock=clock)
+    rng = random.Random(seed)
+    running: list[tuple[int, int, AdaptivePermit]] = []  # (finish time, seq, permit)
+    probed = False
+    for k in range(6000):
+        arrival = 100 * S + k * S // 2000
+        while running and running[0][0] <= arrival:
+            clock.t, _, permit = heapq.heappop(running)
+            permit.success()
+        clock.t = arrival
+        permit = lim.acquire()
+        if permit.allowed:
+            duration = int(rng.lognormvariate(math.log(0.08), 0.5) * S)
+            heapq.heappush(running, (arrival + duration, k, permit))
+        probed = probed or model.state["probing"]
+        if probed and not model.state["probing"]:
+            return model.state["baseline"]
+    raise AssertionError("no probe ended")
+
+
+def test_concurrency_probe_measures_the_median_not_the_calls_that_finished_first() -> None:
+    # A probe stage samples the calls it admits and waits for all of them: the first
+    # calls to finish are the fast ones, and stopping at the first few dozen to finish
+    # (with 40 more in flight) read the baseline about a sixth low.
+    mean = statistics.fmean(_probed_baseline(seed) for seed in range(10))
+    assert 0.08 * 0.92 <= mean <= 0.08 * 1.12, mean
