@@ -521,8 +521,15 @@ cdef class AdaptiveLimit:
             self._next_stage(now)
             return
         self.probing = False
+        if self.probed and median < self.base:
+            # Lower than the last probe's: a few dozen calls can read low by chance,
+            # and a baseline read low holds the limit under the backend's concurrency
+            # for a whole baseline interval, so meet the last one halfway. (Higher is
+            # believed at once: a slower backend must not be queued into.)
+            self.base = (self.base + median) / 2
+        else:
+            self.base = median
         self.probed = True
-        self.base = median
         self.base_at = now
         if self.probe_stage > 0:
             self.limit_value = min(self.probe_restore,

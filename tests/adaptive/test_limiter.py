@@ -325,3 +325,44 @@ def test_concurrency_probe_measures_the_median_not_the_calls_that_finished_first
     # (with 40 more in flight) read the baseline about a sixth low.
     mean = statistics.fmean(_probed_baseline(seed) for seed in range(10))
     assert 0.08 * 0.92 <= mean <= 0.08 * 1.12, mean
+
+
+def _two_probes(before: float, after: float) -> list[float]:
+    """The baselines a concurrency-mode limiter's first two probes leave (one per
+    baseline_interval of 1 s): calls take ``before`` s until the first probe has
+    ended, then ``after`` s; never queued, offered 2,000/s, so a limit of at most 100
+    is always in full use."""
+    clock = Clock()
+    model = AdaptiveLimit(target_latency=0.5, mode="concurrency", initial_limit=80,
+                          max_limit=100, baseline_interval=1.0, clock=clock)  # fmt: skip
+    lim = AdaptiveLimiter(limit_model=model, clock=clock)
+    running: list[tuple[int, int, AdaptivePermit]] = []
+    bases: list[float] = []
+    probing = False
+    for k in range(2000 * 10):
+        arrival = 100 * S + k * S // 2000
+        while running and running[0][0] <= arrival:
+            clock.t, _, permit = heapq.heappop(running)
+            permit.success()
+        clock.t = arrival
+        permit = lim.acquire()
+        if permit.allowed:
+            duration = before if not bases else after
+            heapq.heappush(running, (arrival + int(duration * S), k, permit))
+        if probing and not model.state["probing"]:
+            bases.append(model.state["baseline"])
+            if len(bases) == 2:
+                return bases
+        probing = model.state["probing"]
+    raise AssertionError(f"two probes did not end: {bases}")
+
+
+def test_concurrency_probe_reading_lower_meets_the_last_halfway_higher_at_once() -> None:
+    # A few dozen calls can read the no-load latency low by chance, and a baseline read
+    # low holds the limit under the backend's concurrency until the next probe; a
+    # higher reading may be a slower backend, which must not be queued into.
+    first, second = _two_probes(0.08, 0.06)
+    assert first == pytest.approx(0.08, rel=0.01)
+    assert second == pytest.approx(0.07, rel=0.02)
+    first, second = _two_probes(0.08, 0.09)
+    assert second == pytest.approx(0.09, rel=0.01)
