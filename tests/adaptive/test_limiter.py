@@ -8,6 +8,8 @@ import heapq
 import math
 import random
 import statistics
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -293,17 +295,18 @@ def test_rate_mode_probing_over_capacity_allows_the_backlog_of_what_was_delivere
     assert _admitted_at_once(lim) == 100
 
 
-def _probed_baseline(seed: int) -> float:
-    """The no-load latency a concurrency-mode limiter's first probe measures: calls
-    of lognormal duration (median 80 ms, sigma 0.5, never queued) offered 2,000/s, so
-    its initial limit of 80 is saturated and the probe stage holds 40 in flight."""
+def _probe_baselines(duration: Callable[[int], float], count: int, **knobs: Any) -> list[float]:
+    """The baselines a concurrency-mode limiter's first ``count`` probes leave. Calls are
+    offered 2,000/s and never queued; each takes ``duration(probes ended so far)`` s.
+    The initial limit of 80 is saturated (``knobs`` may cap it lower)."""
     clock = Clock()
-    model = AdaptiveLimit(target_latency=0.5, mode="concurrency", initial_limit=80, clock=clock)
+    model = AdaptiveLimit(target_latency=0.5, mode="concurrency", initial_limit=80, clock=clock,
+                          **knobs)  # fmt: skip
     lim = AdaptiveLimiter(limit_model=model, clock=clock)
-    rng = random.Random(seed)
     running: list[tuple[int, int, AdaptivePermit]] = []  # (finish time, seq, permit)
-    probed = False
-    for k in range(6000):
+    bases: list[float] = []
+    probing = False
+    for k in range(2000 * 10):
         arrival = 100 * S + k * S // 2000
         while running and running[0][0] <= arrival:
             clock.t, _, permit = heapq.heappop(running)
@@ -311,12 +314,20 @@ def _probed_baseline(seed: int) -> float:
         clock.t = arrival
         permit = lim.acquire()
         if permit.allowed:
-            duration = int(rng.lognormvariate(math.log(0.08), 0.5) * S)
-            heapq.heappush(running, (arrival + duration, k, permit))
-        probed = probed or model.state["probing"]
-        if probed and not model.state["probing"]:
-            return model.state["baseline"]
-    raise AssertionError("no probe ended")
+            heapq.heappush(running, (arrival + int(duration(len(bases)) * S), k, permit))
+        if probing and not model.state["probing"]:
+            bases.append(model.state["baseline"])
+            if len(bases) == count:
+                return bases
+        probing = model.state["probing"]
+    raise AssertionError(f"{count} probes did not end: {bases}")
+
+
+def _probed_baseline(seed: int) -> float:
+    """The first probe's baseline with lognormal calls (median 80 ms, sigma 0.5): the
+    probe stage holds 40 in flight."""
+    rng = random.Random(seed)
+    return _probe_baselines(lambda _: rng.lognormvariate(math.log(0.08), 0.5), 1)[0]
 
 
 def test_concurrency_probe_measures_the_median_not_the_calls_that_finished_first() -> None:
@@ -328,33 +339,11 @@ def test_concurrency_probe_measures_the_median_not_the_calls_that_finished_first
 
 
 def _two_probes(before: float, after: float) -> list[float]:
-    """The baselines a concurrency-mode limiter's first two probes leave (one per
-    baseline_interval of 1 s): calls take ``before`` s until the first probe has
-    ended, then ``after`` s; never queued, offered 2,000/s, so a limit of at most 100
-    is always in full use."""
-    clock = Clock()
-    model = AdaptiveLimit(target_latency=0.5, mode="concurrency", initial_limit=80,
-                          max_limit=100, baseline_interval=1.0, clock=clock)  # fmt: skip
-    lim = AdaptiveLimiter(limit_model=model, clock=clock)
-    running: list[tuple[int, int, AdaptivePermit]] = []
-    bases: list[float] = []
-    probing = False
-    for k in range(2000 * 10):
-        arrival = 100 * S + k * S // 2000
-        while running and running[0][0] <= arrival:
-            clock.t, _, permit = heapq.heappop(running)
-            permit.success()
-        clock.t = arrival
-        permit = lim.acquire()
-        if permit.allowed:
-            duration = before if not bases else after
-            heapq.heappush(running, (arrival + int(duration * S), k, permit))
-        if probing and not model.state["probing"]:
-            bases.append(model.state["baseline"])
-            if len(bases) == 2:
-                return bases
-        probing = model.state["probing"]
-    raise AssertionError(f"two probes did not end: {bases}")
+    """The first two probes' baselines (one per baseline_interval of 1 s, the limit
+    capped at 100 so it stays in full use): calls take ``before`` s until the first
+    probe has ended, then ``after`` s."""
+    return _probe_baselines(lambda n: before if n == 0 else after, 2, max_limit=100,
+                            baseline_interval=1.0)  # fmt: skip
 
 
 def test_concurrency_probe_reading_lower_meets_the_last_halfway_higher_at_once() -> None:
