@@ -9,6 +9,7 @@ import random
 import time
 from pathlib import Path
 
+import pytest
 from limiter.server import v1
 from limiter.server.app import Service, Settings
 
@@ -158,7 +159,14 @@ async def _runs_answer_and_count_like_single_checks(
     assert stats[0][("web", "sh")]["shadow_mode"] > 0
     assert stats[0][("web", "tb")]["near_limit"] > 0
     ops = [s.ops for s in services]
-    assert ops[0].throttle.top() == ops[1].throttle.top() != []
+    # The throttle tallies decay with time, and the reference service decided later: on
+    # a loaded host the decayed values part in the third digit.
+    tops = [ops[i].throttle.top() for i in (0, 1)]
+    assert tops[0] != [] and len(tops[0]) == len(tops[1])
+    for a, b in zip(*tops, strict=True):
+        assert (a["rule"], a["throttling"]) == (b["rule"], b["throttling"])
+        for field in ("over_limit", "total", "ratio"):
+            assert a[field] == pytest.approx(b[field], rel=0.01), (a, b)
     assert ops[0].clients.top() == ops[1].clients.top() != []
 
 
