@@ -384,8 +384,8 @@ cdef class AdaptiveLimit:
                 # Admitted before the probe: these waited behind the full queue.
                 self.before_sum += latency
                 self.before_n += 1
-            if (self.probe_n == PROBE_CALLS or self.probe_finished == PROBE_CALLS
-                    or now - self.probe_start >= 2 * self.interval_ns):
+            # (Every sample is also a finished call, so this bounds probe_samples.)
+            if self.probe_finished == PROBE_CALLS or now - self.probe_start >= 2 * self.interval_ns:
                 self._end_probe(now)
             return 0
         if now - self.last_eval >= (
@@ -1117,7 +1117,7 @@ cdef class AdaptiveLimiter:
         cdef int64_t interval, tolerance, d, cap
         cdef double tokens
         cdef AdaptivePermit p = AdaptivePermit.__new__(AdaptivePermit)
-        cdef double latency, delivered, paced
+        cdef double latency, delivered, paced, paced_tokens
         cdef bint guarded = False
         cdef Outcome o
         p.owner = self
@@ -1131,10 +1131,15 @@ cdef class AdaptiveLimiter:
                 tolerance = c
             tolerance *= interval
             p.limit = <int64_t>ceil(lim)
-            delivered = ctl._delivered(now)
-            paced = delivered if 0 < delivered < lim and ctl.phase == PHASE_SLOW_START else lim
+            paced = lim
+            paced_tokens = tokens
+            if ctl.phase == PHASE_SLOW_START:
+                delivered = ctl._delivered(now)
+                if 0 < delivered < lim:
+                    paced = delivered
+                    paced_tokens = self._burst_calls(delivered)
             if self.queue_cap > 0 and self.in_flight_count + c > max(
-                    1.0, self._burst_calls(paced), paced * ctl.target_latency * self.queue_cap):
+                    1.0, paced_tokens, paced * ctl.target_latency * self.queue_cap):
                 # Little's law: at this rate, more calls in flight than
                 # queue_cap x target's worth means the backend is not keeping up;
                 # pacing alone would let that queue grow without bound. In slow

@@ -25,10 +25,11 @@ RULE = "rule:envoy-example/per-api-key"
 _keys = itertools.count()
 
 
-def rules(requests_per_unit: int, unit: str = "hour") -> str:
+def rules(requests_per_unit: int, unit: str = "hour", more: str = "") -> str:
+    """The example's per-api-key rule; ``more``: further keys of its rate_limit."""
     return (
         "domain: envoy-example\ndescriptors:\n  - key: api_key\n    rate_limit: "
-        f"{{name: per-api-key, unit: {unit}, requests_per_unit: {requests_per_unit}}}\n"
+        f"{{name: per-api-key, unit: {unit}, requests_per_unit: {requests_per_unit}{more}}}\n"
     )
 
 
@@ -162,11 +163,7 @@ def test_two_envoys_share_one_global_limit_fairly(tmp_path: Path) -> None:
 
 def test_a_sheddable_rules_buckets_get_only_the_unreserved_part(tmp_path: Path) -> None:
     config = tmp_path / "rules.yaml"
-    config.write_text(
-        "domain: envoy-example\ndescriptors:\n  - key: api_key\n    rate_limit: "
-        "{name: per-api-key, unit: hour, requests_per_unit: 10, priority: sheddable, "
-        "reserved: {fraction: 0.3}}\n"
-    )
+    config.write_text(rules(10, more=", priority: sheddable, reserved: {fraction: 0.3}"))
     service = LimiterProcess(config, workdir=tmp_path / "svc").start()
     try:
         with Envoy(
@@ -210,11 +207,8 @@ def test_a_vip_tenants_bucket_gets_the_reserve_too(tmp_path: Path) -> None:
     """A bucket's ``limiter.tenant`` pair is no part of the match; a listed tenant's
     bucket of a sheddable rule is assigned the whole limit, another's the unreserved part."""
     config = tmp_path / "rules.yaml"
-    config.write_text(
-        "domain: envoy-example\ndescriptors:\n  - key: api_key\n    rate_limit: "
-        "{name: per-api-key, unit: hour, requests_per_unit: 10, priority: sheddable, "
-        "reserved: {fraction: 0.3, tenants: [acme]}}\n"
-    )
+    reserve = "reserved: {fraction: 0.3, tenants: [acme]}"
+    config.write_text(rules(10, more=f", priority: sheddable, {reserve}"))
     service = LimiterProcess(config, workdir=tmp_path / "svc").start()
     try:
         proxy = envoy_config(EXAMPLES / "rlqs.yaml", clusters={"limiter": service.grpc_port})
