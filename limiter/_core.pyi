@@ -44,6 +44,15 @@ class Decision:
         tb: TracebackType | None,
     ) -> bool: ...
 
+def answers_of(
+    kind: type[tuple[Any, ...]],
+    decisions: list[Decision],
+    rule: Any,
+    shadow: bool,
+    ok: Any,
+    refused: Any,
+) -> list[tuple[Any, ...]]: ...
+
 class Permit(Decision):
     released: bool
     def release(self) -> None: ...

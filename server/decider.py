@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 from limiter.server.rules import MAX_UINT32, Kind, Rulebook, RuleState, free, partition_of
 
 from limiter import Decision
+from limiter._core import answers_of
 from limiter.priority import Priority
 
 # A held check is answered at the latest ANSWER_MARGIN seconds + ANSWER_SHARE of the time
@@ -400,8 +401,14 @@ class Decider:
         details = checks.details if state.detailed is not None else None
         if failed:
             state.stats.backend_errors += len(failed)
-        if held is None and details is None and state.kind is Kind.LOCAL and not failed:
-            # The bulk path: one pass to count, one to answer.
+        kind = state.kind
+        if (
+            held is None
+            and details is None
+            and not failed
+            and (kind is Kind.LOCAL or kind is Kind.SHARED)
+        ):
+            # The bulk path (rate decisions, no permits): one pass to count, one to answer.
             hits, refused = state.count_batch(decisions, group.costs, shadow)
             tally = tallies.get(state.ops_name)
             if tally is None:
@@ -412,14 +419,12 @@ class Decider:
             else:
                 tally[0] += hits - refused
                 tally[1] += refused
-            ok, no = Code.OK, Code.OK if shadow else Code.OVER_LIMIT
-            for i, d in zip(at, decisions, strict=True):
-                if d.allowed:
-                    out[i] = _new(Outcome, (True, ok, d.limit, d.remaining, d.reset_after, 0.0,
-                                            0.0, None, state))  # fmt: skip
-                else:
-                    out[i] = _new(Outcome, (shadow, no, d.limit, d.remaining, d.reset_after,
-                                            d.retry_after, 0.0, None, state))  # fmt: skip
+            answers = answers_of(Outcome, decisions, state, shadow, Code.OK, Code.OVER_LIMIT)
+            if at[-1] - at[0] == len(at) - 1:  # consecutive checks: the usual request
+                out[at[0] : at[-1] + 1] = answers
+            else:
+                for i, answer in zip(at, answers, strict=True):
+                    out[i] = answer
             return
         waits = checks.max_waits
         for n, (i, d) in enumerate(zip(at, decisions, strict=True)):
