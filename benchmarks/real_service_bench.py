@@ -103,7 +103,9 @@ def serve(port: int, slots: int, hold_ms: float, limiter_name: str) -> None:
 
     async def state(request: object) -> PlainTextResponse:
         controller = getattr(limiter, "controller", None)
-        return PlainTextResponse(repr(controller.state if controller is not None else {}))
+        if controller is None:
+            return PlainTextResponse("{}")
+        return PlainTextResponse(repr({**controller.state, "in_flight": limiter.in_flight}))
 
     app = Starlette(routes=[Route("/work", work), Route("/capacity/{n}", capacity),
                             Route("/state", state)])  # fmt: skip
