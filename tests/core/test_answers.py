@@ -1,28 +1,15 @@
-"""``answers_of``: a batch of Decisions as the decider's outcome tuples, built in C."""
+"""``answers_of``: a batch of Decisions as the decider's ``Outcome`` tuples, built in C."""
 
 from __future__ import annotations
 
 import gc
 import sys
-from typing import Any, NamedTuple
 
 import pytest
+from limiter.server.decider import Outcome as Answer  # the tuple type the decider uses
 
 from limiter import Decision
 from limiter._core import answers_of
-
-
-class Answer(NamedTuple):
-    allowed: bool
-    code: int
-    limit: int
-    remaining: int
-    reset_after: float
-    retry_after: float
-    waited: float
-    permit: str | None
-    rule: Any
-
 
 RULE = object()
 DECISIONS = [Decision(True, 10, 9, 0.5, 0.25), Decision(False, 10, 0, 1.5, 0.75)]
