@@ -72,6 +72,10 @@ class Outcome(NamedTuple):
 
 
 UNKNOWN = Outcome(True, Code.UNKNOWN_RULE, 0, 0, 0.0, 0.0, 0.0, None, None)
+# An enum member costs a descriptor call each time it is looked up on its class: the
+# decision path reads these instead.
+_LOCAL, _SHARED, _SHARED_PERMITS = Kind.LOCAL, Kind.SHARED, Kind.SHARED_PERMITS
+_OK, _OVER_LIMIT, _BACKEND_ERROR = Code.OK, Code.OVER_LIMIT, Code.BACKEND_ERROR
 _new = tuple.__new__  # builds an Outcome without NamedTuple's keyword handling (hot path)
 
 
@@ -246,7 +250,10 @@ class Decider:
                 run: Any = self._forced(gate, i, j, checks, out, tallies)
             else:
                 if gate.counter is not None:
-                    gate.counter(keys[i:j], costs[i:j])
+                    if j - i == n:  # the whole request: no copies
+                        gate.counter(keys, costs)
+                    else:
+                        gate.counter(keys[i:j], costs[i:j])
                 run = range(i, j)
             group = groups.get(state)
             if group is None:
@@ -275,12 +282,12 @@ class Decider:
                 continue
             state = group.state
             kind = state.kind
-            if kind is Kind.LOCAL:
+            if kind is _LOCAL:
                 decisions = _local_batch(state, group)
                 self._finish(group, decisions, (), checks, out, tallies, held if may_hold else None)
-            elif kind is Kind.SHARED:
+            elif kind is _SHARED:
                 waiting.append((group, state.kernel.decide(group.keys, group.costs)))
-            elif kind is Kind.SHARED_PERMITS:
+            elif kind is _SHARED_PERMITS:
                 pairs = zip(group.keys, group.costs, strict=True)
                 calls = [state.kernel.acquire_async(k, c) for k, c in pairs]
                 waiting.append((group, asyncio.gather(*calls)))
@@ -319,7 +326,7 @@ class Decider:
         rest = []
         for k in range(i, j):
             forced = gate.forced
-            code = Code.OK
+            code = _OK
             if forced is None:
                 verdict = None
                 if breaker is not None:
@@ -329,7 +336,7 @@ class Decider:
                     )
                     code = Code.BREAKER_OPEN
                 if verdict is None and gate.pressure:
-                    code = Code.OK
+                    code = _OK
                     verdict = policy.client_verdict(
                         state.ops_name, keys[k], costs[k], state.limit, state.capacity
                     )
@@ -380,7 +387,7 @@ class Decider:
         else:
             results = await asyncio.gather(*(job for _, job in waiting))
         for (group, _), result in zip(waiting, results, strict=True):
-            if group.state.kind is Kind.SHARED:
+            if group.state.kind is _SHARED:
                 decisions, failed = result
             else:
                 decisions, failed = result, tuple(i for i, p in enumerate(result) if p.failed)
@@ -402,12 +409,7 @@ class Decider:
         if failed:
             state.stats.backend_errors += len(failed)
         kind = state.kind
-        if (
-            held is None
-            and details is None
-            and not failed
-            and (kind is Kind.LOCAL or kind is Kind.SHARED)
-        ):
+        if held is None and details is None and not failed and (kind is _LOCAL or kind is _SHARED):
             # The bulk path (rate decisions, no permits): one pass to count, one to answer.
             hits, refused = state.count_batch(decisions, group.costs, shadow)
             tally = tallies.get(state.ops_name)
@@ -419,7 +421,7 @@ class Decider:
             else:
                 tally[0] += hits - refused
                 tally[1] += refused
-            answers = answers_of(Outcome, decisions, state, shadow, Code.OK, Code.OVER_LIMIT)
+            answers = answers_of(Outcome, decisions, state, shadow, _OK, _OVER_LIMIT)
             if at[-1] - at[0] == len(at) - 1:  # consecutive checks: the usual request
                 out[at[0] : at[-1] + 1] = answers
             else:
@@ -437,7 +439,7 @@ class Decider:
             cost = group.costs[n]
             detail = details[i] if details is not None else None
             self._count(state, d, cost, shadow, detail, tallies)
-            code = Code.BACKEND_ERROR if failed and n in failed else Code.OK
+            code = _BACKEND_ERROR if failed and n in failed else _OK
             out[i] = _outcome(d, state, shadow, code, 0.0, permit)
 
     async def _hold(
@@ -475,7 +477,7 @@ class Decider:
             self._count(state, d, checks.costs[i], False, detail, tallies)
             if failed:
                 state.stats.backend_errors += 1
-            code = Code.BACKEND_ERROR if failed else Code.OK
+            code = _BACKEND_ERROR if failed else _OK
             out[i] = _outcome(d, state, False, code, waited, permit)
 
     def _permit(self, state: RuleState, d: Any, checks: Checks) -> tuple[Any, str | None]:
@@ -524,7 +526,7 @@ def _tiered(state: RuleState, tier: Priority) -> RuleState:
 
 
 def _unlimited(rule: RuleState) -> Outcome:
-    return _new(Outcome, (True, Code.OK, 0, MAX_UINT32, 0.0, 0.0, 0.0, None, rule))
+    return _new(Outcome, (True, _OK, 0, MAX_UINT32, 0.0, 0.0, 0.0, None, rule))
 
 
 def _local_batch(state: RuleState, group: _Gate) -> list[Decision]:
@@ -543,8 +545,8 @@ def _outcome(
 ) -> Outcome:
     allowed = d.allowed
     shadow = shadow or state.shadow
-    if code == Code.OK and not allowed and not shadow:
-        code = Code.QUEUE_TIMEOUT if waited > 0 else Code.OVER_LIMIT
+    if code == _OK and not allowed and not shadow:
+        code = Code.QUEUE_TIMEOUT if waited > 0 else _OVER_LIMIT
     return _new(
         Outcome,
         (
