@@ -52,7 +52,6 @@ class Quota(NamedTuple):
 
 
 @lru_cache(maxsize=4096)
-@lru_cache(maxsize=4096)  # quota names: a few per service, serialised on every answer
 def sf_string(text: str) -> str:
     """Serialise ``text`` as an sf-string; characters it cannot carry become '?'."""
     out = []
