@@ -1,5 +1,9 @@
 # Decision: the answer every limiter gives.
 
+from cpython.ref cimport Py_INCREF
+from cpython.tuple cimport PyTuple_SET_ITEM
+
+
 @cython.freelist(256)
 cdef class Decision:
     """May this request pass? Plus what a client needs to know to behave.
@@ -72,10 +76,6 @@ cdef inline Decision make_decision(bint allowed, int64_t limit, int64_t remainin
     d.retry_after = ns_to_seconds(retry_ns) if retry_ns > 0 else 0.0
     d.wait = ns_to_seconds(wait_ns) if wait_ns > 0 else 0.0
     return d
-
-
-from cpython.ref cimport Py_INCREF
-from cpython.tuple cimport PyTuple_SET_ITEM
 
 
 cdef extern from "Python.h":

@@ -250,10 +250,7 @@ class Decider:
                 run: Any = self._forced(gate, i, j, checks, out, tallies)
             else:
                 if gate.counter is not None:
-                    if j - i == n:  # the whole request: no copies
-                        gate.counter(keys, costs)
-                    else:
-                        gate.counter(keys[i:j], costs[i:j])
+                    gate.counter(keys[i:j], costs[i:j])
                 run = range(i, j)
             group = groups.get(state)
             if group is None:
