@@ -6,6 +6,7 @@ call can be fixed from the message alone.
 
 from __future__ import annotations
 
+import math
 import reprlib
 from typing import Any
 
@@ -27,6 +28,18 @@ def brief(value: Any, limit: int = 80) -> str:
     except (ValueError, RecursionError):  # an int too long to print, a bad __repr__
         text = f"<{type(value).__name__}>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def is_number(
+    value: Any,
+    types: type | tuple[type, ...] = (int, float),
+    low: float = -math.inf,
+    high: float = math.inf,
+) -> bool:
+    """Is ``value`` an instance of ``types`` in ``[low, high]``? A bool never is (to
+    Python it is an int, to a config or a request it is not a number), nor is NaN (it
+    compares false with every bound)."""
+    return not isinstance(value, bool) and isinstance(value, types) and low <= value <= high
 
 
 class LimiterError(Exception):

@@ -27,7 +27,7 @@ import urllib.parse
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from limiter.errors import InvalidParameter, brief
@@ -52,6 +52,9 @@ EVENTS = (
 SIGNATURE_HEADER = "X-Limiter-Signature"
 # What an event is about, for the cool-down: the first of these present in it.
 SUBJECT_KEYS = ("rule", "breaker", "client", "id", "service")
+# What the Slack text names: the first of these set; unlike SUBJECT_KEYS, the service
+# comes before a switch's id.
+SLACK_SUBJECT_KEYS = ("rule", "breaker", "client", "service", "id")
 # Events an operator caused: kept in a list of their own, so that a flood of automatic
 # events (throttling, blocks) cannot push them out of the recent events.
 OPERATOR_EVENTS = frozenset({"switch_changed"})
@@ -107,14 +110,7 @@ class Webhook(Section):
 
 def slack_text(payload: Mapping[str, Any]) -> str:
     """A one-line human summary for Slack-compatible receivers."""
-    subject = (
-        payload.get("rule")
-        or payload.get("breaker")
-        or payload.get("client")
-        or payload.get("service")
-        or payload.get("id")
-        or ""
-    )
+    subject = next((payload[k] for k in SLACK_SUBJECT_KEYS if payload.get(k)), "")
     extra = ""
     if "level" in payload:
         extra = f" level={payload['level']}"
@@ -128,16 +124,9 @@ def slack_text(payload: Mapping[str, Any]) -> str:
 class Dispatcher:
     """One webhook's bounded queue and worker thread."""
 
-    def __init__(
-        self,
-        webhook: Webhook,
-        *,
-        queue_size: int = 1000,
-        rng: Callable[[], float] = random.random,
-    ) -> None:
+    def __init__(self, webhook: Webhook, *, queue_size: int = 1000) -> None:
         self.webhook = webhook
         self.queue: queue.Queue[bytes | None] = queue.Queue(maxsize=queue_size)
-        self.rng = rng
         self.stats = {"queued": 0, "sent": 0, "failed": 0, "dropped": 0, "retries": 0}
         self._stop = threading.Event()
         self._url = urllib.parse.urlsplit(webhook.url)
@@ -158,7 +147,7 @@ class Dispatcher:
     def delay(self, attempt: int) -> float:
         """Exponential backoff with jitter: half fixed, half random, capped."""
         cap = min(self.webhook.max_backoff, self.webhook.backoff * (2**attempt))
-        return cap / 2 + self.rng() * cap / 2
+        return cap / 2 + random.random() * cap / 2
 
     def _post(self, body: bytes) -> int:
         u = self._url
@@ -243,24 +232,18 @@ class AlertsConfig(Section):
 @dataclass
 class _Seen:
     at: int = 0
-    suppressed: int = field(default=0)
+    suppressed: int = 0
 
 
 class Alerts:
     """The events hub: recent-events ring, cool-down dedup, and webhook dispatch."""
 
     def __init__(
-        self,
-        config: AlertsConfig | None = None,
-        *,
-        clock: Callable[[], int] | None = None,
-        rng: Callable[[], float] = random.random,
+        self, config: AlertsConfig | None = None, *, clock: Callable[[], int] | None = None
     ) -> None:
         self.config = config = config or AlertsConfig()
         self.clock = clock or time.time_ns
-        self.dispatchers = [
-            Dispatcher(w, queue_size=config.queue_size, rng=rng) for w in config.webhooks
-        ]
+        self.dispatchers = [Dispatcher(w, queue_size=config.queue_size) for w in config.webhooks]
         self._recent: deque[dict[str, Any]] = deque(maxlen=config.recent)
         self._operator: deque[dict[str, Any]] = deque(maxlen=config.recent)
         self._seen: dict[tuple[str, str], _Seen] = {}
@@ -285,16 +268,7 @@ class Alerts:
             f".{now // 1_000_000 % 1000:03d}Z"
         )
         payload["uuid"] = str(uuid.uuid4())
-        subject = str(
-            next(
-                (
-                    payload[k]
-                    for k in ("rule", "breaker", "client", "id", "service")
-                    if k in payload
-                ),
-                "",
-            )
-        )
+        subject = str(next((payload[k] for k in SUBJECT_KEYS if k in payload), ""))
         with self._lock:
             self._seq += 1
             payload["seq"] = self._seq
@@ -319,16 +293,11 @@ class Alerts:
         if send:
             for d in self.dispatchers:
                 if event in d.webhook.events:
-                    out = dict(payload)
-                    del out["sent"]
+                    out = {k: v for k, v in payload.items() if k != "sent"}
                     if d.webhook.slack:
                         out["text"] = slack_text(out)
                     d.submit(out)
         return payload
-
-    def listener(self, event: str, fields: dict[str, Any]) -> None:
-        """Adapter for ``on_change``/``on_block`` callbacks of the other modules."""
-        self.emit(event, fields)
 
     def recent(self, limit: int = 100, since: int = 0) -> list[dict[str, Any]]:
         """Events with ``seq > since``, newest last, at most ``limit``."""

@@ -549,7 +549,11 @@ class Breakers:
             forced = self._override(name.split("/", 1)[0])
         return forced
 
-    def group(self, dependency: str) -> BreakerGroup:
+    def get(self, dependency: str, partition: str = "") -> CircuitBreaker:
+        if not isinstance(dependency, str) or not dependency or "/" in dependency:
+            raise InvalidParameter(
+                f"dependency must be a non-empty str without '/', got {brief(dependency)}"
+            )
         g = self._groups.get(dependency)
         if g is None:
             with self._lock:
@@ -560,14 +564,7 @@ class Breakers:
                     g = self._groups[dependency] = BreakerGroup(
                         dependency, config, override=override, **self._kwargs
                     )
-        return g
-
-    def get(self, dependency: str, partition: str = "") -> CircuitBreaker:
-        if not isinstance(dependency, str) or not dependency or "/" in dependency:
-            raise InvalidParameter(
-                f"dependency must be a non-empty str without '/', got {brief(dependency)}"
-            )
-        return self.group(dependency)[partition]
+        return g[partition]
 
     def peek(self, dependency: str, partition: str = "") -> CircuitBreaker | None:
         """The breaker of ``dependency`` and ``partition`` if one has counted a call or a
@@ -575,14 +572,10 @@ class Breakers:
         check does not fill the table with breakers that never saw a call."""
         g = self._groups.get(dependency)
         b = None if g is None else g._parts.get(partition)
-        if b is not None:
+        if b is not None or self._override is None:
             return b
-        if self._override is None:
-            return None
         name = f"{dependency}/{partition}" if partition else dependency
-        if self._forced(name) != "force_open":
-            return None
-        return self.get(dependency, partition)
+        return self.get(dependency, partition) if self._forced(name) == "force_open" else None
 
     def all(self) -> list[CircuitBreaker]:
         return [b for g in list(self._groups.values()) for b in g]

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from limiter.errors import InvalidParameter
+from limiter.errors import InvalidParameter, is_number
 from limiter.priority import Priority
 from limiter.schema import FieldError, Section, setting
 
@@ -126,7 +126,7 @@ class DegradationConfig(Section):
 class Degradation:
     """One service's level, driven by ``update(pressure)`` or ``observe(**signals)``.
 
-    ``override(service)`` (e.g. ``SwitchBoard.level``) returns a forced level or None;
+    ``override(service)`` (e.g. ``Switches.level``) returns a forced level or None;
     ``on_change("level_changed", fields)`` is called when the effective level moves.
     """
 
@@ -168,7 +168,7 @@ class Degradation:
     def observe(self, **signals: float) -> int:
         """Pressure is the largest weighted signal, e.g. ``observe(utilisation=0.9)``."""
         for key, value in signals.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            if not is_number(value):
                 raise InvalidParameter(f"signal {key} must be a number, got {value!r}")
         with self._lock:
             self.signals.update({k: float(v) for k, v in signals.items()})
@@ -178,11 +178,7 @@ class Degradation:
 
     def update(self, pressure: float) -> int:
         """Move the computed level for ``pressure``; returns the effective level."""
-        if (
-            isinstance(pressure, bool)
-            or not isinstance(pressure, (int, float))
-            or pressure != pressure
-        ):
+        if not is_number(pressure):
             raise InvalidParameter(f"pressure must be a number, got {pressure!r}")
         cfg = self.config
         now = self.clock()
@@ -269,8 +265,7 @@ class ServiceLevels:
         return d
 
     def level(self, service: str = "default") -> int:
-        d = self._services.get(service)
-        return (d or self[service]).level
+        return self[service].level
 
     def refresh(self) -> None:
         """Re-evaluate effective levels, e.g. after a switch changed a forced level."""

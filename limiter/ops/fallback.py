@@ -15,20 +15,17 @@ loop: the decisions themselves only add to a counter they already keep.
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from limiter.ops.shedding import ThrottleConfig, ThrottleWatch
+from limiter.ops.shedding import Clock, Listener, ThrottleConfig, ThrottleWatch
 from limiter.schema import Section, setting
 
 __all__ = ["FallbackConfig", "FallbackWatch"]
 
 log = logging.getLogger("limiter.ops.fallback")
 
-Clock = Callable[[], int]
-Listener = Callable[[str, dict[str, Any]], None]
 EVENTS = ("fallback_started", "fallback_stopped")
 
 
@@ -49,7 +46,7 @@ class FallbackConfig(Section):
     )  # fmt: skip
 
 
-class FallbackWatch:
+class FallbackWatch(ThrottleWatch):
     """Per rule: is it answered by its failure mode, with start/stop events and a log.
 
     ``sample({rule: (checks answered by the store or its failure mode, those answered
@@ -66,10 +63,9 @@ class FallbackWatch:
         on_change: Listener | None = None,
     ) -> None:
         self.config = config = config or FallbackConfig()
-        self.clock = clock or time.monotonic_ns
-        self.watch = ThrottleWatch(
+        super().__init__(
             ThrottleConfig(start_ratio=0.0, min_over=1, stop_after=config.stop_after),
-            clock=self.clock,
+            clock=clock,
             on_change=on_change,
             events=EVENTS,
         )
@@ -90,17 +86,17 @@ class FallbackWatch:
             new_total = total - before_total if total >= before_total else total
             new_fallback = fallback - before_fallback if fallback >= before_fallback else fallback
             if new_fallback > 0:
-                self.watch.record(rule, False, new_fallback)
+                self.record(rule, False, new_fallback)
                 self._unlogged[rule] = self._unlogged.get(rule, 0) + new_fallback
             if new_total > new_fallback:
-                self.watch.record(rule, True, new_total - new_fallback)
+                self.record(rule, True, new_total - new_fallback)
             pending = self._unlogged.get(rule, 0)
             if pending and now - self._logged_at.get(rule, now - every) >= every:
                 self._log(rule, pending, now, (modes or {}).get(rule))
         self._last = dict(counts)
         for rule in [r for r in self._unlogged if r not in counts]:
             del self._unlogged[rule]  # a rule a reload removed
-        self.watch.tick()
+        self.tick()
 
     def _log(self, rule: str, count: int, now: int, mode: str | None) -> None:
         since = self._logged_at.get(rule)
@@ -115,7 +111,7 @@ class FallbackWatch:
 
     def active(self) -> list[str]:
         """The rules answered by their failure mode now."""
-        return self.watch.throttling()
+        return self.throttling()
 
     def is_active(self, rule: str) -> bool:
-        return self.watch.is_throttling(rule)
+        return self.is_throttling(rule)

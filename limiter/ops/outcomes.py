@@ -24,7 +24,8 @@ MAX_ENTRIES = 100_000
 MAX_STREAMS = 10_000
 # A request header name, as HTTP/2 carries it.
 HEADER_CHARS = 256
-HEADER_KIND = f"a lower-case header name of at most {HEADER_CHARS} characters, or empty"
+HEADER_NAME = f"a lower-case header name of at most {HEADER_CHARS} characters"
+HEADER_KIND = f"{HEADER_NAME}, or empty"
 
 
 @dataclass(frozen=True)
@@ -60,10 +61,7 @@ class AccessLogConfig(Section):
         for name in ("client_header", "partition_header"):
             value = getattr(self, name)
             if len(value) > HEADER_CHARS or value != value.strip().lower() or " " in value:
-                raise FieldError(
-                    name, f"must be a lower-case header name of at most {HEADER_CHARS} "
-                    f"characters, got {value[:HEADER_CHARS]!r}",
-                )  # fmt: skip
+                raise FieldError(name, f"must be {HEADER_NAME}, got {value[:HEADER_CHARS]!r}")
 
 
 class Report(NamedTuple):

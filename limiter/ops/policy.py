@@ -34,6 +34,7 @@ from limiter.ops.outcomes import AccessLogConfig
 from limiter.ops.shedding import (
     MAX_COUNT,
     AbnormalAccess,
+    ClientShedder,
     SheddingConfig,
     ThrottleWatch,
     TopClients,
@@ -44,6 +45,8 @@ from limiter.schema import FieldError, Section, setting
 
 log = logging.getLogger("limiter.ops")
 
+# Seconds between housekeeping rounds.
+HOUSEKEEPING_INTERVAL = 0.5
 # Counts many requests' clients of one rule: (clients, hits).
 ClientCounter = Callable[[list[str], list[int]], None]
 
@@ -104,7 +107,6 @@ class Operations:
     clients: TopClients
     abnormal: AbnormalAccess | None
     fallback: FallbackWatch = field(default_factory=FallbackWatch)
-    housekeeping_interval: float = 0.5
     # Extra housekeeping steps (the service adds its per-rule rate sampling).
     steps: list[Callable[[], Any]] = field(default_factory=list)
     # Pressure signals besides the breakers (the service adds what it measures), read
@@ -227,7 +229,7 @@ class Operations:
 
     def _run(self) -> None:
         with courteous():  # housekeeping never holds up the threads deciding
-            while not self._stop.wait(self.housekeeping_interval):
+            while not self._stop.wait(HOUSEKEEPING_INTERVAL):
                 self.tick()
 
     def close(self) -> None:
@@ -251,10 +253,10 @@ def build(
     alerts = Alerts(config.alerts, clock=wall_clock)
     switches = open_switches(config.switches, redis_url, clock=wall_clock)
     levels = ServiceLevels(
-        config.degradation, clock=clock, override=switches.level, on_change=alerts.listener
+        config.degradation, clock=clock, override=switches.level, on_change=alerts.emit
     )
     breakers = Breakers(
-        config.breakers, clock=clock, on_change=alerts.listener, override=switches.breaker
+        config.breakers, clock=clock, on_change=alerts.emit, override=switches.breaker
     )
 
     def on_switch(switch_id: str, switch: Switch | None) -> None:
@@ -265,7 +267,7 @@ def build(
     for sw in switches.list():
         on_switch(sw.id, sw)
     shedding = config.shedding
-    clients = shedding.top_clients(clock)
+    clients = TopClients(lambda: ClientShedder(shedding.clients, clock=clock))
 
     def throttle_event(event: str, fields: dict[str, Any]) -> None:
         """Throttling alerts carry the level and the rule's heaviest clients."""
@@ -285,7 +287,7 @@ def build(
         throttle=ThrottleWatch(shedding.throttle, clock=clock, on_change=throttle_event),
         clients=clients,
         abnormal=(
-            AbnormalAccess(shedding.abnormal, clock=clock, on_block=alerts.listener)
+            AbnormalAccess(shedding.abnormal, clock=clock, on_block=alerts.emit)
             if shedding.abnormal is not None
             else None
         ),

@@ -115,9 +115,6 @@ class SheddingConfig(Section):
     abnormal: AbnormalConfig | None = setting(None, "abnormal-client blocks (none: off)")
     throttle: ThrottleConfig = setting(ThrottleConfig(), "the throttled-rules watch")
 
-    def top_clients(self, clock: Clock | None = None) -> TopClients:
-        return TopClients(lambda: ClientShedder(self.clients, clock=clock))
-
 
 def fair_level(capacity: float, demands: list[float], rest: float = 0.0) -> float:
     """The max-min fair level of ``capacity`` among ``demands`` (water-filling): each
@@ -195,10 +192,9 @@ class ClientShedder:
         self.shed += 1
         return False
 
-    def level(self, capacity: float | None, total: int | None = None) -> float:
-        """Requests one client may pass within the window now (its fair share)."""
-        if total is None:
-            total = self.sketch.total()
+    def level(self, capacity: float | None, total: int) -> float:
+        """Requests one client may pass within the window now (its fair share), of the
+        window's ``total``."""
         if capacity is None:
             return self.max_share * total
         now = self.clock()
@@ -256,10 +252,7 @@ class TopClients:
         capacity: float | None = None,
     ) -> bool:
         """``ClientShedder.check`` for ``rule``'s shedder (hot path: one dict lookup)."""
-        s = self._rules.get(rule)
-        if s is None:
-            s = self[rule]
-        return s.check(client, cost, pressure=pressure, capacity=capacity)
+        return self[rule].check(client, cost, pressure=pressure, capacity=capacity)
 
     def rules(self) -> list[str]:
         return sorted(self._rules)
@@ -301,7 +294,6 @@ class AbnormalAccess:
         self.on_block = on_block
         self._blocked: dict[str, int] = {}
         self.blocks = 0
-        self.refused = 0
 
     def blocked_for(self, client: str) -> float:
         """Seconds of cool-down left for ``client`` (0.0 when not blocked)."""
@@ -317,11 +309,9 @@ class AbnormalAccess:
     def request(self, client: str, cost: int = 1) -> bool:
         """Count a request; False when ``client`` is (or just became) blocked."""
         if self.blocked_for(client) > 0:
-            self.refused += 1
             return False
         if self.requests.offer(client, cost) > self.burst:
             self._block(client, "burst", count=self.requests.estimate(client))
-            self.refused += 1
             return False
         return True
 
@@ -444,13 +434,13 @@ class ThrottleWatch:
             if over >= self.min_over and over >= self.start_ratio * total:
                 s.throttling = True
                 s.since = now
-                self._emit(self.events[0], rule, s, over=over, total=total)
+                self._emit(self.events[0], rule, over=over, total=total)
 
     def _stop(self, rule: str, s: _RuleStats, now: int) -> None:
         s.throttling = False
-        self._emit(self.events[1], rule, s, duration=(now - s.since) / 1e9)
+        self._emit(self.events[1], rule, duration=(now - s.since) / 1e9)
 
-    def _emit(self, event: str, rule: str, s: _RuleStats, **fields: float) -> None:
+    def _emit(self, event: str, rule: str, **fields: float) -> None:
         if self.on_change is not None:
             counts = {k: round(v, 3) for k, v in fields.items()}
             self.on_change(event, {"rule": rule, "counts": counts})

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from limiter.errors import ConfigError, InvalidParameter, brief
+from limiter.errors import ConfigError, InvalidParameter, brief, is_number
 from limiter.schema import Section, setting
 
 __all__ = [
@@ -59,6 +59,10 @@ MAX_TTL = 366 * 86400
 # The shortest life a switch may be given: one that expires before it reaches every
 # replica (or as it is made: expiry is kept to the millisecond) would do nothing.
 MIN_TTL = 1.0
+# Audit entries a store keeps, newest first.
+AUDIT_MAX = 10_000
+# Timeout of the switch store's Redis connection and of each command on it.
+REDIS_TIMEOUT = 1.0
 
 
 class StoreUnavailable(Exception):
@@ -129,7 +133,7 @@ class Switch:
         if kind == "level":
             if action is not None:
                 raise InvalidParameter("action does not apply to a level switch; set level")
-            if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= MAX_LEVEL:
+            if not is_number(level, int, 0, MAX_LEVEL):
                 raise InvalidParameter(
                     f"level must be an integer in [0, {MAX_LEVEL}], got {brief(level, 40)}"
                 )
@@ -142,7 +146,7 @@ class Switch:
             if level is not None:
                 raise InvalidParameter(f"level does not apply to a {kind} switch")
         if action == "override":
-            if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit < 1 << 40:
+            if not is_number(limit, int, 0, (1 << 40) - 1):
                 raise InvalidParameter(
                     f"limit must be an integer >= 0 for override, got {brief(limit, 40)}"
                 )
@@ -152,19 +156,13 @@ class Switch:
         if ttl is not None and expires_at is not None:
             raise InvalidParameter("give ttl or expires_at, not both")
         if ttl is not None:
-            if (
-                isinstance(ttl, bool)
-                or not isinstance(ttl, (int, float))
-                or not MIN_TTL <= ttl <= MAX_TTL
-            ):
+            if not is_number(ttl, low=MIN_TTL, high=MAX_TTL):
                 raise InvalidParameter(
                     f"ttl must be seconds in [{MIN_TTL:g}, {MAX_TTL}], got {brief(ttl, 40)}"
                 )
             expires_at = (now_ns + int(ttl * 1e9)) // 1_000_000 / 1000
-        elif expires_at is not None and (
-            isinstance(expires_at, bool)
-            or not isinstance(expires_at, (int, float))
-            or not now + MIN_TTL <= expires_at <= now + MAX_TTL
+        elif expires_at is not None and not is_number(
+            expires_at, low=now + MIN_TTL, high=now + MAX_TTL
         ):
             raise InvalidParameter(
                 f"expires_at must be a unix time at least {MIN_TTL:g} s ahead, "
@@ -275,12 +273,20 @@ class Switches:
             "after": None if after is None else after.as_dict(),
         }
 
-    # -- write side (stores implement) ------------------------------------------------
+    # -- write side: every change goes through the store's ``_change`` ----------------
 
     def put(self, switch: Switch) -> Switch:
-        raise NotImplementedError
+        self._change("put", switch.id, switch, switch.who, switch.why)
+        return switch
 
     def delete(self, switch_id: str, who: str, why: str) -> Switch | None:
+        """Remove a switch; returns it, or None when there was none or it had expired."""
+        before = self._change("delete", switch_id, None, who, why)
+        return None if before is None or before.expired(self.clock()) else before
+
+    def _change(self, op: str, sid: str, after: Switch | None, who: str, why: str) -> Switch | None:
+        """Store ``after`` as ``sid`` (None: remove it; removing no switch changes nothing)
+        and audit the change; returns the switch it replaced."""
         raise NotImplementedError
 
     def sweep(self) -> list[Switch]:
@@ -297,32 +303,26 @@ class Switches:
 class MemorySwitches(Switches):
     """Switches of one process (no replication)."""
 
-    def __init__(self, clock: Clock | None = None, audit_max: int = 10_000) -> None:
+    def __init__(self, clock: Clock | None = None) -> None:
         super().__init__(clock)
-        self._audit: deque[dict[str, Any]] = deque(maxlen=audit_max)
+        self._audit: deque[dict[str, Any]] = deque(maxlen=AUDIT_MAX)
         self._lock = threading.Lock()
 
-    def put(self, switch: Switch) -> Switch:
+    def _change(self, op: str, sid: str, after: Switch | None, who: str, why: str) -> Switch | None:
         with self._lock:
-            before = self.get(switch.id)
+            if after is None:
+                before = self._all.get(sid)
+                if before is None:
+                    return None
+                switches = {k: v for k, v in self._all.items() if k != sid}
+            else:
+                before = self.get(sid)  # a put replaces the live switch: an expired one is gone
+                switches = {**self._all, sid: after}
             self._audit.appendleft(
-                self._audit_entry(
-                    "put", switch.id, before, switch, switch.who, switch.why, self.clock()
-                )
+                self._audit_entry(op, sid, before, after, who, why, self.clock())
             )
-            self._install({**self._all, switch.id: switch})
-        return switch
-
-    def delete(self, switch_id: str, who: str, why: str) -> Switch | None:
-        with self._lock:
-            before = self._all.get(switch_id)
-            if before is None:
-                return None
-            self._audit.appendleft(
-                self._audit_entry("delete", switch_id, before, None, who, why, self.clock())
-            )
-            self._install({k: v for k, v in self._all.items() if k != switch_id})
-        return None if before.expired(self.clock()) else before
+            self._install(switches)
+        return before
 
     def sweep(self) -> list[Switch]:
         now = self.clock()
@@ -344,7 +344,7 @@ class RedisSwitches(Switches):
     """Switches in Redis, pushed to every replica by pub/sub.
 
     Keys: ``<prefix>switches`` (hash id -> JSON), ``<prefix>switches:audit`` (list,
-    newest first, trimmed to ``audit_max``), channel ``<prefix>switches:changed``.
+    newest first, trimmed to ``AUDIT_MAX``), channel ``<prefix>switches:changed``.
     """
 
     def __init__(
@@ -354,8 +354,6 @@ class RedisSwitches(Switches):
         prefix: str = "limiter:",
         clock: Clock | None = None,
         resync: float = 5.0,
-        audit_max: int = 10_000,
-        timeout: float = 1.0,
     ) -> None:
         import redis
 
@@ -363,13 +361,12 @@ class RedisSwitches(Switches):
         self._redis_errors = (redis.RedisError, OSError)
         self._watch_error = redis.WatchError
         self.client = redis.Redis.from_url(
-            _client_url(url), socket_timeout=timeout, socket_connect_timeout=timeout
+            _client_url(url), socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
         )
         self.hash = f"{prefix}switches"
         self.audit_key = f"{prefix}switches:audit"
         self.channel = f"{prefix}switches:changed"
         self.resync = resync
-        self.audit_max = audit_max
         self.healthy = False
         self._stop = threading.Event()
         self._reload_lock = threading.Lock()
@@ -445,7 +442,7 @@ class RedisSwitches(Switches):
             else:
                 pipe.hset(self.hash, sid, after.to_json())
             pipe.lpush(self.audit_key, json.dumps(entry, separators=(",", ":")))
-            pipe.ltrim(self.audit_key, 0, self.audit_max - 1)
+            pipe.ltrim(self.audit_key, 0, AUDIT_MAX - 1)
             pipe.publish(self.channel, sid)
             pipe.execute()
             return before
@@ -464,14 +461,6 @@ class RedisSwitches(Switches):
             return before
         except self._redis_errors as exc:
             raise StoreUnavailable(f"switch store unavailable: {type(exc).__name__}") from None
-
-    def put(self, switch: Switch) -> Switch:
-        self._change("put", switch.id, switch, switch.who, switch.why)
-        return switch
-
-    def delete(self, switch_id: str, who: str, why: str) -> Switch | None:
-        before = self._change("delete", switch_id, None, who, why)
-        return None if before is None or before.expired(self.clock()) else before
 
     def sweep(self) -> list[Switch]:
         """Expired switches removed by this replica (one replica wins each, via WATCH)."""
