@@ -36,23 +36,23 @@ YIELD_EVERY = 64
 # value, so a client blocked here is the key its checks carry); longer ones are not used.
 MAX_VALUE_CHARS = 4096
 # Envoy's response flags that say the call failed on its way to or from the upstream.
-FAILURE_FLAGS = frozenset(
-    {
-        "no_healthy_upstream",
-        "upstream_request_timeout",
-        "upstream_remote_reset",
-        "upstream_connection_failure",
-        "upstream_connection_termination",
-        "upstream_overflow",
-        "upstream_max_stream_duration_reached",
-        "upstream_protocol_error",
-        "upstream_retry_limit_exceeded",
-    }
-)
+FAILURE_FLAGS = frozenset((
+    "no_healthy_upstream", "upstream_request_timeout", "upstream_remote_reset",
+    "upstream_connection_failure", "upstream_connection_termination", "upstream_overflow",
+    "upstream_max_stream_duration_reached", "upstream_protocol_error",
+    "upstream_retry_limit_exceeded",
+))  # fmt: skip
 
 
 def _seconds(duration: Any) -> float:
     return duration.seconds + duration.nanos / 1e9
+
+
+def _header(headers: Any, name: str) -> str:
+    """The value of request header ``name``: "" for no name, no such header or a value
+    longer than ``MAX_VALUE_CHARS``."""
+    value = headers.get(name, "") if name else ""
+    return value if len(value) <= MAX_VALUE_CHARS else ""
 
 
 class AccessLogService(als_pb2_grpc.AccessLogServiceServicer):
@@ -116,15 +116,8 @@ class AccessLogService(als_pb2_grpc.AccessLogServiceServicer):
             latency = _seconds(common.duration)
         report = Report(latency, entry.response.response_code.value, failed, reached)
         headers = entry.request.request_headers
-        partition = client = ""
-        if self.config.partition_header:
-            partition = headers.get(self.config.partition_header, "")
-        if self.config.client_header:
-            client = headers.get(self.config.client_header, "")
-        if len(partition) > MAX_VALUE_CHARS:
-            partition = ""
-        if len(client) > MAX_VALUE_CHARS:
-            client = ""
+        partition = _header(headers, self.config.partition_header)
+        client = _header(headers, self.config.client_header)
         return self.outcomes.entry(
             common.route_name, common.upstream_cluster, report, partition, client
         )

@@ -30,7 +30,8 @@ import asyncio
 import bisect
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from limiter.server.rules import Kind, Rulebook, RuleState, free
@@ -64,14 +65,12 @@ HELP = {
 Admitted = tuple[Any, float, bool]
 
 
+@dataclass(slots=True, eq=False)
 class _Waiter:
-    __slots__ = ("cost", "enqueued", "future", "rank")
-
-    def __init__(self, cost: int, rank: int, enqueued: int, future: asyncio.Future[Admitted]):
-        self.cost = cost
-        self.rank = rank
-        self.enqueued = enqueued
-        self.future = future
+    cost: int
+    rank: int
+    enqueued: int  # time.monotonic_ns()
+    future: asyncio.Future[Admitted]
 
 
 class _Lane:
@@ -94,17 +93,14 @@ class _Lane:
 
 
 class _RuleQueue:
-    """One rule's lanes and counters."""
+    """One rule's lanes, and the rule's counters (``ServiceAdmission._counts``)."""
 
-    def __init__(self, state: RuleState) -> None:
+    def __init__(self, state: RuleState, counts: dict[str, list[Any]]) -> None:
         self.state = state
         self.spec: QueueSpec = state.rule.limit.queue
         self.lanes: dict[str, _Lane] = {}
         self.held = 0  # checks held now
-        n = len(PRIORITIES)
-        self.counts = {name: [0] * n for name in COUNTERS}
-        self.wait_counts = [[0] * (len(WAIT_BUCKETS) + 1) for _ in range(n)]
-        self.wait_sum = [0.0] * n
+        self.counts = counts
 
     def depth(self) -> list[int]:
         out = [0] * len(PRIORITIES)
@@ -124,21 +120,18 @@ class ServiceAdmission:
         rulebook: Rulebook,
         registry: CollectorRegistry | None = None,
         *,
-        clock: Callable[[], int] = time.monotonic_ns,
-        max_keys: int = MAX_KEYS,
         max_per_caller: int = MAX_HELD_PER_CALLER,
         max_per_rule: int = MAX_HELD_PER_RULE,
     ) -> None:
         self.rulebook = rulebook
-        self.clock = clock
-        self.max_keys = max_keys
         self.max_per_caller = max_per_caller
         self.max_per_rule = max_per_rule
         self.by_caller: dict[str, int] = {}  # checks held now, per caller
         self.closed = False
         self.queues: dict[int, _RuleQueue] = {}  # by id of the rule's kernel
-        # Counters of queues dropped after their rule changed, so totals never drop.
-        self.retired: dict[tuple[str, str, int], dict[str, Any]] = {}
+        # Per rule (domain, label), shared by its queues: totals never drop when a queue
+        # is replaced after a reload. Each counter is a list per class.
+        self.counts: dict[tuple[str, str], dict[str, list[Any]]] = {}
         if registry is not None:
             registry.register(_QueueCollector(self))
 
@@ -159,8 +152,7 @@ class ServiceAdmission:
         """Hold until ``state`` admits the check or ``max_wait`` (seconds) runs out."""
         if self.closed or state.kernel is None or cost > state.max_cost:
             # Draining, or a check no wait can help (zero limit, cost above the quota).
-            decision, failed = await _ask(state, key, cost)
-            return decision, 0.0, failed
+            return await _ask(state, key, cost)
         rq = self._queue(state)
         rank = priority.rank
         lane = rq.lanes.get(key)
@@ -168,15 +160,14 @@ class ServiceAdmission:
         if (
             held >= self.max_per_caller
             or rq.held >= self.max_per_rule
-            or (lane is None and len(rq.lanes) >= self.max_keys)
+            or (lane is None and len(rq.lanes) >= MAX_KEYS)
         ):
             # At a bound: this check is answered now, and those held keep their place.
             rq.counts["rejected"][rank] += 1
-            decision, failed = await _ask(state, key, cost)
-            return decision, 0.0, failed
+            return await _ask(state, key, cost)
         if lane is None:
             lane = rq.lanes[key] = _Lane(key, rq.spec)
-        now = self.clock()
+        now = time.monotonic_ns()
         deadline = now + int(min(max_wait, rq.spec.max_wait) * 1e9)
         item = lane.queue.push(rank, deadline)
         if item < 0:  # the class is full
@@ -200,9 +191,7 @@ class ServiceAdmission:
                 rq.counts["cancelled"][rank] += 1
                 lane.wake.set()
             elif future.done() and not future.cancelled():
-                granted = future.result()[0]
-                if type(granted) is not Decision and granted.allowed:
-                    free(granted)  # admitted as the caller went away: give it back
+                free(future.result()[0])  # admitted as the caller went away: give it back
             raise
         finally:
             rq.held -= 1
@@ -217,23 +206,22 @@ class ServiceAdmission:
         q, waiters = lane.queue, lane.waiters
         try:
             while waiters:
-                now = self.clock()
+                now = time.monotonic_ns()
                 item = q.pop_expired(now)
                 while item >= 0:
                     w = waiters.pop(item)
-                    self._resolve(rq, w, (_busy(lane, rq.state), (now - w.enqueued) / 1e9, False))
+                    _resolve(w, (_busy(lane, rq.state), (now - w.enqueued) / 1e9, False))
                     rq.counts["expired"][w.rank] += 1
                     item = q.pop_expired(now)
                 item = q.peek(now)
                 if item < 0:
                     continue  # every waiter had expired (answered above), or the loop ends
                 w = waiters[item]
-                decision, failed = await _ask(rq.state, lane.key, w.cost)
+                decision, _, failed = await _ask(rq.state, lane.key, w.cost)
                 if waiters.get(item) is not w:  # the caller went away meanwhile
-                    if decision.allowed and type(decision) is not Decision:
-                        free(decision)
+                    free(decision)
                     continue
-                now = self.clock()
+                now = time.monotonic_ns()
                 if decision.allowed:
                     if q.peek(now) == item:
                         q.pop(now)  # keeps the weighted classes' turns
@@ -242,9 +230,9 @@ class ServiceAdmission:
                     del waiters[item]
                     waited = (now - w.enqueued) / 1e9
                     rq.counts["admitted"][w.rank] += 1
-                    rq.wait_counts[w.rank][bisect.bisect_left(WAIT_BUCKETS, waited)] += 1
-                    rq.wait_sum[w.rank] += waited
-                    self._resolve(rq, w, (decision, waited, failed))
+                    rq.counts["wait_counts"][w.rank][bisect.bisect_left(WAIT_BUCKETS, waited)] += 1
+                    rq.counts["wait_sum"][w.rank] += waited
+                    _resolve(w, (decision, waited, failed))
                     continue
                 lane.refusal = decision
                 timeout = decision.retry_after if decision.retry_after > 0 else RECHECK
@@ -258,24 +246,30 @@ class ServiceAdmission:
             if rq.lanes.get(lane.key) is lane:
                 del rq.lanes[lane.key]
 
-    @staticmethod
-    def _resolve(rq: _RuleQueue, w: _Waiter, answer: Admitted) -> None:
-        if not w.future.done():
-            w.future.set_result(answer)
-        elif type(answer[0]) is not Decision and answer[0].allowed:
-            free(answer[0])
-
     def _queue(self, state: RuleState) -> _RuleQueue:
         rq = self.queues.get(id(state.kernel))
-        spec = state.rule.limit.queue
-        if rq is not None and rq.state.kernel is state.kernel and rq.spec == spec:
-            rq.state = state  # a reload may have changed e.g. the failure mode
+        counts = self._counts(state)
+        if rq is not None and rq.state.kernel is state.kernel and rq.spec == state.rule.limit.queue:
+            # A reload may have changed e.g. the failure mode, or the rule's name.
+            rq.state, rq.counts = state, counts
             return rq
         if rq is not None:
-            self._retire(rq)  # settings changed: held checks are answered busy now
-        rq = self.queues[id(state.kernel)] = _RuleQueue(state)
+            self._close(rq)  # settings changed: held checks are answered busy now
+        rq = self.queues[id(state.kernel)] = _RuleQueue(state, counts)
         self._prune()
         return rq
+
+    def _counts(self, state: RuleState) -> dict[str, list[Any]]:
+        """The counters of ``state``'s rule, made on its first held check."""
+        key = (state.domain, state.label)
+        counts = self.counts.get(key)
+        if counts is None:
+            n = len(PRIORITIES)
+            counts = {name: [0] * n for name in COUNTERS}
+            counts["wait_counts"] = [[0] * (len(WAIT_BUCKETS) + 1) for _ in range(n)]
+            counts["wait_sum"] = [0.0] * n
+            self.counts[key] = counts  # complete before a scrape (another thread) sees it
+        return counts
 
     def reloaded(self) -> None:
         """After a reload: rules whose queue settings changed answer their held checks
@@ -285,7 +279,7 @@ class ServiceAdmission:
             spec = specs.get(ident)
             if spec is not None and spec != rq.spec:
                 del self.queues[ident]
-                self._retire(rq)
+                self._close(rq)
 
     def _prune(self) -> None:
         """Drop idle queues of kernels no rule uses any more (after reloads)."""
@@ -297,64 +291,63 @@ class ServiceAdmission:
         for ident, rq in list(self.queues.items()):
             if ident not in live and not rq.lanes:
                 del self.queues[ident]
-                self._retire(rq)
-
-    def _retire(self, rq: _RuleQueue) -> None:
-        """Answer the queue's held checks busy and keep its counters."""
-        for lane in list(rq.lanes.values()):
-            self._close_lane(rq, lane)
-        for c in range(len(PRIORITIES)):
-            key = (rq.state.domain, rq.state.label, c)
-            kept = self.retired.setdefault(key, _empty())
-            _add(kept, rq, c)
 
     def close(self) -> None:
         """Answer every held check busy now and hold no more (the service is stopping)."""
         self.closed = True
         for rq in self.queues.values():
-            for lane in list(rq.lanes.values()):
-                self._close_lane(rq, lane)
+            self._close(rq)
 
-    def _close_lane(self, rq: _RuleQueue, lane: _Lane) -> None:
-        now = self.clock()
-        for w in lane.waiters.values():
-            rq.counts["expired"][w.rank] += 1
-            self._resolve(rq, w, (_busy(lane, rq.state), (now - w.enqueued) / 1e9, False))
-        lane.waiters.clear()
-        if lane.task is not None:
-            lane.task.cancel()
-
-    def depth(self) -> int:
-        """Checks held right now, over every rule."""
-        return sum(sum(rq.depth()) for rq in list(self.queues.values()))
+    @staticmethod
+    def _close(rq: _RuleQueue) -> None:
+        """Answer the queue's held checks busy now."""
+        now = time.monotonic_ns()
+        for lane in list(rq.lanes.values()):
+            for w in lane.waiters.values():
+                rq.counts["expired"][w.rank] += 1
+                _resolve(w, (_busy(lane, rq.state), (now - w.enqueued) / 1e9, False))
+            lane.waiters.clear()
+            if lane.task is not None:
+                lane.task.cancel()
 
     def series(self) -> Iterator[tuple[tuple[str, str, int], dict[str, Any]]]:
-        """Per (domain, rule, class): depth, counters and wait histogram, summed."""
-        totals: dict[tuple[str, str, int], dict[str, Any]] = {}
-        for key, kept in list(self.retired.items()):
-            totals[key] = {**kept, "wait_counts": list(kept["wait_counts"]), "depth": 0}
+        """Per (domain, rule, class): depth, counters and wait histogram (read by a
+        scrape on another thread: over copies, as ``_RuleQueue.depth``)."""
+        depths: dict[tuple[str, str, int], int] = {}
         for rq in list(self.queues.values()):
-            depth = rq.depth()
-            for c in range(len(PRIORITIES)):
+            for c, depth in enumerate(rq.depth()):
                 key = (rq.state.domain, rq.state.label, c)
-                into = totals.setdefault(key, _empty())
-                _add(into, rq, c)
-                into["depth"] += depth[c]
-        yield from totals.items()
+                depths[key] = depths.get(key, 0) + depth
+        for (domain, rule), counts in list(self.counts.items()):
+            for c in range(len(PRIORITIES)):
+                out: dict[str, Any] = {name: counts[name][c] for name in COUNTERS}
+                out["wait_counts"] = list(counts["wait_counts"][c])
+                out["wait_sum"] = counts["wait_sum"][c]
+                out["depth"] = depths.get((domain, rule, c), 0)
+                yield (domain, rule, c), out
 
 
-async def _ask(state: RuleState, key: str, cost: int) -> tuple[Any, bool]:
-    """The rule's answer for one check now, and whether its failure mode gave it."""
+async def _ask(state: RuleState, key: str, cost: int) -> Admitted:
+    """The rule's answer for one check now (waited nothing), and whether its failure mode
+    gave it."""
     if cost > state.max_cost or state.kernel is None:
-        return state.refusal(), False
+        return state.refusal(), 0.0, False
     kind = state.kind
     if kind is Kind.SHARED:
         answers = await state.kernel.decide([key], [cost])
-        return answers.decisions[0], bool(answers.failed)
+        return answers.decisions[0], 0.0, bool(answers.failed)
     if kind is Kind.SHARED_PERMITS:
         permit = await state.kernel.acquire_async(key, cost)
-        return permit, permit.failed
-    return state.acquire(key, cost), False
+        return permit, 0.0, permit.failed
+    return state.acquire(key, cost), 0.0, False
+
+
+def _resolve(w: _Waiter, answer: Admitted) -> None:
+    """Answer a held check; a permit granted to one already answered is given back."""
+    if not w.future.done():
+        w.future.set_result(answer)
+    else:
+        free(answer[0])
 
 
 def _busy(lane: _Lane, state: RuleState) -> Decision:
@@ -363,20 +356,6 @@ def _busy(lane: _Lane, state: RuleState) -> Decision:
     if last is None:
         return Decision(False, state.limit, 0, 0.0, RECHECK)
     return Decision(False, last.limit, last.remaining, last.reset_after, last.retry_after)
-
-
-def _empty() -> dict[str, Any]:
-    out: dict[str, Any] = dict.fromkeys(COUNTERS, 0)
-    out.update(depth=0, wait_counts=[0] * (len(WAIT_BUCKETS) + 1), wait_sum=0.0)
-    return out
-
-
-def _add(into: dict[str, Any], rq: _RuleQueue, c: int) -> None:
-    for name in COUNTERS:
-        into[name] += rq.counts[name][c]
-    into["wait_sum"] += rq.wait_sum[c]
-    for i, count in enumerate(rq.wait_counts[c]):
-        into["wait_counts"][i] += count
 
 
 class _QueueCollector(Collector):

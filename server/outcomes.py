@@ -62,16 +62,6 @@ class Outcomes:
         self._dependencies = frozenset(dependencies)
         self._snapshot = snapshot
 
-    def _rules_for(self, route: str, cluster: str) -> list[RuleState]:
-        """The adaptive rules an entry of ``route`` to ``cluster`` reports on."""
-        found = [
-            s
-            for s in self._by_route.get(route, ())
-            if s.rule.limit.outcomes.cluster in (None, cluster)
-        ]
-        found.extend(self._by_cluster.get(cluster, ()))
-        return found
-
     def entry(self, route: str, cluster: str, report: Report, partition: str, client: str) -> bool:
         """Deliver one access-log entry; False when nothing took it (no rule, no known
         dependency, no client to count)."""
@@ -79,11 +69,14 @@ class Outcomes:
         judged = judge(report)
         taken = False
         if judged.adaptive is not None:
-            for state in self._rules_for(route, cluster):
-                state.kernel.record(report.latency, outcome=judged.adaptive)
-                taken = True
+            # The adaptive rules the entry reports on: its route's (those naming no cluster
+            # or this one), then its cluster's (which all name it).
+            for state in [*self._by_route.get(route, ()), *self._by_cluster.get(cluster, ())]:
+                if state.rule.limit.outcomes.cluster in (None, cluster):
+                    state.kernel.record(report.latency, outcome=judged.adaptive)
+                    taken = True
         if judged.breaker_failed is not None and cluster in self._dependencies:
-            self._breaker(cluster, partition, report, judged.breaker_failed)
+            self._breaker(cluster, partition, report)
             taken = True
         abnormal = self.ops.abnormal
         if client and abnormal is not None and judged.client_status is not None:
@@ -104,17 +97,18 @@ class Outcomes:
         if state.breaker is not None and outcome != "ignored":
             dependency, at = state.breaker
             report = Report(latency, status, failed=outcome == "dropped")
-            self._breaker(dependency, partition_of(key, at), report, outcome == "dropped")
+            self._breaker(dependency, partition_of(key, at), report)
             taken = True
         abnormal = self.ops.abnormal
         if key and status and abnormal is not None:
             abnormal.response(key, status)
         return taken
 
-    def _breaker(self, dependency: str, partition: str, report: Report, failed: bool) -> None:
+    def _breaker(self, dependency: str, partition: str, report: Report) -> None:
         breaker = self.ops.breakers.get(dependency, partition)
         if report.status and not report.failed:
             # The dependency's own failure_status / ignore_status classify a status.
             breaker.record(report.latency, status=report.status)
         else:
-            breaker.record(report.latency, failed=failed)
+            # Failed on the way, or no status: a failure exactly when it failed (``judge``).
+            breaker.record(report.latency, failed=report.failed)

@@ -127,15 +127,12 @@ class QuotaService(rlqs_pb2_grpc.RateLimitQuotaServiceServicer):
         self.store = store
         self._sync_from = 0  # where the next round of exchanges starts in the buckets
         self.buckets: dict[tuple[str, tuple[tuple[str, str], ...]], _Bucket] = {}
-        self.streams: dict[str, _Stream] = {}
-        self.refused = 0
         self._names = itertools.count(1)
 
     async def StreamRateLimitQuotas(
         self, requests: AsyncIterator[rlqs_pb2.RateLimitQuotaUsageReports], context: Any
     ) -> AsyncIterator[Response]:
         stream = _Stream(f"{context.peer()}#{next(self._names)}")
-        self.streams[stream.name] = stream
         reader = asyncio.create_task(self._read(requests, stream))
         try:
             while True:
@@ -162,7 +159,6 @@ class QuotaService(rlqs_pb2_grpc.RateLimitQuotaServiceServicer):
         for usage in reports.bucket_quota_usages:
             bucket = self._bucket(reports.domain, usage.bucket_id)
             if bucket is None:
-                self.refused += 1
                 if self.metrics is not None:
                     self.metrics.rlqs_refused.inc()
                 stream.outbox.put_nowait(_assign(usage.bucket_id, DENY_ALL, self.ttl))
@@ -180,26 +176,17 @@ class QuotaService(rlqs_pb2_grpc.RateLimitQuotaServiceServicer):
             bucket.streams[stream.name] = stream
             stream.buckets.add(self._key(reports.domain, usage.bucket_id))
             if bucket.pool is None or bucket.strategy is not None:
-                stream.outbox.put_nowait(self._blanket(bucket))
+                stream.outbox.put_nowait(_assign(bucket.bucket_id, bucket.strategy, self.ttl))
                 continue
             grants = bucket.pool.report(stream.name, min(allowed, 1 << 62), min(denied, 1 << 62))
             self._send(bucket, grants)
 
     def _bucket(self, domain: str, bucket_id: rlqs_pb2.BucketId) -> _Bucket | None:
+        """The bucket, tracked from its first report on (None: beyond ``MAX_BUCKETS``)."""
         key = self._key(domain, bucket_id)
         bucket = self.buckets.get(key)
-        if bucket is not None:
+        if bucket is not None or len(self.buckets) >= MAX_BUCKETS:
             return bucket
-        if len(self.buckets) >= MAX_BUCKETS:
-            return None
-        bucket = self.buckets[key] = self._build(domain, bucket_id)
-        return bucket
-
-    @staticmethod
-    def _key(domain: str, bucket_id: rlqs_pb2.BucketId) -> tuple[str, tuple[tuple[str, str], ...]]:
-        return domain, tuple(sorted(bucket_id.bucket.items()))
-
-    def _build(self, domain: str, bucket_id: rlqs_pb2.BucketId) -> _Bucket:
         copy = rlqs_pb2.BucketId()
         copy.CopyFrom(bucket_id)
         pairs = dict(bucket_id.bucket)
@@ -207,7 +194,12 @@ class QuotaService(rlqs_pb2_grpc.RateLimitQuotaServiceServicer):
         state = self._rule(domain, pairs)
         bucket = _Bucket(copy, state, None, vip=state is not None and tenant in state.vips)
         self._update(bucket)
+        self.buckets[key] = bucket
         return bucket
+
+    @staticmethod
+    def _key(domain: str, bucket_id: rlqs_pb2.BucketId) -> tuple[str, tuple[tuple[str, str], ...]]:
+        return domain, tuple(sorted(bucket_id.bucket.items()))
 
     def _rule(self, domain: str, pairs: dict[str, str]) -> RuleState | None:
         snapshot = self.decider.rulebook.snapshot
@@ -277,8 +269,9 @@ class QuotaService(rlqs_pb2_grpc.RateLimitQuotaServiceServicer):
             if bucket.strategy is None and bucket.pool is not None and before is not None:
                 self._send(bucket, bucket.pool.grants())  # shared out again
             elif bucket.strategy != before:
+                response = _assign(bucket.bucket_id, bucket.strategy, self.ttl)
                 for stream in bucket.streams.values():
-                    stream.outbox.put_nowait(self._blanket(bucket))
+                    stream.outbox.put_nowait(response)
             elif changed:
                 self._send(bucket, changed)
 
@@ -333,22 +326,15 @@ class QuotaService(rlqs_pb2_grpc.RateLimitQuotaServiceServicer):
             bucket.sent[name] = strategy
             stream.outbox.put_nowait(_assign(bucket.bucket_id, strategy, self.ttl))
 
-    def _blanket(self, bucket: _Bucket) -> Response:
-        """The bucket's assignment when it is not shared out (ALLOW_ALL or DENY_ALL)."""
-        return _assign(bucket.bucket_id, bucket.strategy, self.ttl)
-
     def _abandon(self, key: Any, bucket: _Bucket) -> None:
         del self.buckets[key]
-        response = Response()
-        action = response.bucket_action.add()
-        action.bucket_id.CopyFrom(bucket.bucket_id)
+        response, action = _action(bucket.bucket_id)
         action.abandon_action.SetInParent()
         for stream in bucket.streams.values():
             stream.buckets.discard(key)
             stream.outbox.put_nowait(response)
 
     def _disconnect(self, stream: _Stream) -> None:
-        self.streams.pop(stream.name, None)
         for key in stream.buckets:
             bucket = self.buckets.get(key)
             if bucket is None:
@@ -375,12 +361,18 @@ def _count(state: RuleState, allowed: int, denied: int) -> None:
     stats.over_limit += denied
 
 
-def _assign(bucket_id: rlqs_pb2.BucketId, strategy: Any, ttl: float) -> Response:
-    """A response assigning ``strategy``: ALLOW_ALL, DENY_ALL or a ``limiter.quota`` token
-    bucket."""
+def _action(bucket_id: rlqs_pb2.BucketId) -> tuple[Response, Any]:
+    """A response with one action on ``bucket_id``, and that action (for the caller to fill)."""
     response = Response()
     action = response.bucket_action.add()
     action.bucket_id.CopyFrom(bucket_id)
+    return response, action
+
+
+def _assign(bucket_id: rlqs_pb2.BucketId, strategy: Any, ttl: float) -> Response:
+    """A response assigning ``strategy``: ALLOW_ALL, DENY_ALL or a ``limiter.quota`` token
+    bucket."""
+    response, action = _action(bucket_id)
     assignment = action.quota_assignment_action
     assignment.assignment_time_to_live.FromNanoseconds(round(ttl * 1e9))
     rule = assignment.rate_limit_strategy

@@ -54,25 +54,30 @@ PRIORITY_ENTRY = "limiter.priority"
 TENANT_ENTRY = "limiter.tenant"
 _ENTRIES = (PRIORITY_ENTRY, TENANT_ENTRY)
 _ENTRY_BYTES = b"limiter."  # what both start with
+# The header that carries the degradation level to the backend.
+LEVEL_HEADER = "x-limiter-level"
+# ``--headers`` mode -> (ietf, legacy)
+HEADER_MODES = {
+    "ietf": (True, False),
+    "legacy": (False, True),
+    "both": (True, True),
+    "none": (False, False),
+}
 
 
 @dataclass(frozen=True)
 class HeaderOptions:
-    """Which rate-limit headers responses carry, and the level header for the backend."""
+    """Which rate-limit headers responses carry."""
 
     ietf: bool = True
     legacy: bool = False
-    level_header: str = "x-limiter-level"
 
     @classmethod
     def parse(cls, mode: str) -> HeaderOptions:
         """``ietf``, ``legacy``, ``both`` or ``none``."""
-        choices = {"ietf": (True, False), "legacy": (False, True), "both": (True, True)}
-        choices["none"] = (False, False)
-        if mode not in choices:
-            raise ValueError(f"headers mode must be one of {', '.join(choices)}, got {mode!r}")
-        ietf, legacy = choices[mode]
-        return cls(ietf, legacy)
+        if mode not in HEADER_MODES:
+            raise ValueError(f"headers mode must be one of {', '.join(HEADER_MODES)}, got {mode!r}")
+        return cls(*HEADER_MODES[mode])
 
 
 class RateLimitService:
@@ -135,7 +140,7 @@ class RateLimitService:
         decider = self.decider
         rules = decider.match(domain, descriptors)
         if rules is None:
-            level_header = [(self.options.level_header, str(decider.level()))]
+            level_header = [(LEVEL_HEADER, str(decider.level()))]
             return encode_rls_response(OK, [UNMATCHED] * len(descriptors), [], level_header)
         default_hits = default_hits or 1
         snapshot = decider.rulebook.snapshot
@@ -186,9 +191,7 @@ class RateLimitService:
         if quotas:
             options = self.options
             headers = rl_headers.build(quotas, ietf=options.ietf, legacy=options.legacy)
-        return encode_rls_response(
-            overall, statuses, headers, [(self.options.level_header, str(level))]
-        )
+        return encode_rls_response(overall, statuses, headers, [(LEVEL_HEADER, str(level))])
 
 
 class _Stripped(NamedTuple):

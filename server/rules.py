@@ -18,7 +18,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
 
@@ -81,31 +81,10 @@ class RuleState:
     """One rule ready to decide: what enforces it, its counters, what answers echo."""
 
     __slots__ = (
-        "breaker",
-        "capacity",
-        "detailed",
-        "domain",
-        "kernel",
-        "kind",
-        "label",
-        "limit",
-        "max_cost",
-        "name",
-        "near",
-        "ops_name",
-        "prefix",
-        "priority",
-        "replaces",
-        "reserve_for",
-        "rls_limit",
-        "rule",
-        "shadow",
-        "stats",
-        "unlimited",
-        "unreserved",
-        "vips",
-        "window",
-    )
+        "breaker", "capacity", "detailed", "domain", "kernel", "kind", "label", "limit",
+        "max_cost", "name", "near", "ops_name", "prefix", "priority", "replaces", "reserve_for",
+        "rls_limit", "rule", "shadow", "stats", "unlimited", "unreserved", "vips", "window",
+    )  # fmt: skip
 
     def __init__(self, rule: Rule, kernel: Any, stats: Stats) -> None:
         lim = rule.limit
@@ -282,7 +261,6 @@ class Snapshot:
     config: Config
     states: dict[Rule, RuleState]
     by_name: dict[tuple[str, str], RuleState]
-    loaded_at: float = field(default_factory=time.time)
     holds: bool = False  # some rule holds the RLS checks it refuses
     detailed: bool = False  # some rule keeps per-value series
     vips: bool = False  # some rule's reserve lists tenants
@@ -387,10 +365,6 @@ class Rulebook:
             initial_limit=ceiling,
             failure_mode=limit.failure_mode,
         )
-
-    def lookup(self, domain: str, name: str) -> RuleState | None:
-        """The rule a native check names (by rule name or descriptor path id)."""
-        return self.snapshot.by_name.get((domain, name))
 
     def override(self, domain: str, requests_per_unit: int, unit: int) -> RuleState:
         """A fixed-window rule for a limit the request supplies (RLS ``limit`` field); the
@@ -527,7 +501,10 @@ class Rulebook:
 
 
 def free(permit: Any) -> None:
-    """Give back a permit nobody will use; an adaptive one records no latency sample."""
+    """Give back a permit nobody will use; an adaptive one records no latency sample. A
+    ``Decision`` or a refusal holds nothing: nothing to give back."""
+    if type(permit) is Decision or not permit.allowed:
+        return
     ignore = getattr(permit, "ignore", None)
     if ignore is not None:
         ignore()

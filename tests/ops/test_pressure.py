@@ -41,7 +41,7 @@ def build(clock: Clock) -> tuple[Rulebook, Decider, ops.Operations, ServicePress
 
 
 def decide(decider: Decider, book: Rulebook, rule: str, key: str, n: int) -> list[Any]:
-    state = book.lookup("d", rule)
+    state = book.snapshot.by_name[("d", rule)]
     checks = Checks([state] * n, [key] * n, [1] * n, keep_permits=False)
     return asyncio.run(decider.decide(checks)).outcomes
 
@@ -83,8 +83,7 @@ def test_adaptive_cut_and_latency_drive_the_level_through_housekeeping(clock: Cl
     try:
         policy.tick()
         assert policy.level() == 0
-        api = book.lookup("d", "api")
-        assert api is not None
+        api = book.snapshot.by_name[("d", "api")]
         for _ in range(20):  # the rule's own controller, on its own clock
             for _ in range(50):
                 api.kernel.record(1.0)

@@ -88,14 +88,11 @@ def test_a_released_lease_is_free_for_other_replicas_when_release_returns(
     redis_url: str,
 ) -> None:
     config = rules.parse(CONFIG)
-    mine = Rulebook(config, backend=RedisBackend(redis_url, timeout=PATIENT)).lookup(
-        "shared", "inflight"
-    )
+    rule = ("shared", "inflight")
+    mine = Rulebook(config, backend=RedisBackend(redis_url, timeout=PATIENT)).snapshot.by_name[rule]
     # Another backend object (own connection and queue), as another replica has.
-    other = Rulebook(config, backend=RedisBackend(redis_url, timeout=PATIENT)).lookup(
-        "shared", "inflight"
-    )
-    assert mine is not None and other is not None
+    backend = RedisBackend(redis_url, timeout=PATIENT)
+    other = Rulebook(config, backend=backend).snapshot.by_name[rule]
     assert mine.kind is Kind.SHARED_PERMITS and mine.kernel.store is not other.kernel.store
 
     async def hold(key: str) -> object:
@@ -132,9 +129,8 @@ def test_engine_shares_rate_mode_adaptive_rules_through_redis(redis_url: str) ->
 """
     )
     book = Rulebook(config, backend=RedisBackend(redis_url, timeout=PATIENT))
-    rate = book.lookup("shared", "adaptive")
-    pool = book.lookup("shared", "pool")
-    assert rate is not None and pool is not None
+    rate = book.snapshot.by_name[("shared", "adaptive")]
+    pool = book.snapshot.by_name[("shared", "pool")]
     assert isinstance(rate.kernel, SharedAdaptiveLimiter) and rate.kind is Kind.SHARED
     # No shared in-flight count exists: a concurrency-mode rule stays per process.
     assert isinstance(pool.kernel, AdaptiveLimiter) and pool.kind is Kind.PERMITS
