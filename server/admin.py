@@ -188,9 +188,8 @@ class AdminApi:
         return None if _authorized(self.token, auth) else UNAUTHORIZED
 
     async def __call__(self, request: Request) -> Response:
-        refusal = self.guard(request)
-        if refusal is not None:
-            return refusal
+        if not self.serves(request.client):
+            return NOT_FOUND  # the token is checked by ``handle``
         target = urllib.parse.quote(request.path, safe="/:@")
         if request.query:
             target += "?" + request.query

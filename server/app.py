@@ -73,6 +73,8 @@ SPARE_FILES = MAX_HTTP_CONNECTIONS + 512
 # How often the decision loop's thread gives the GIL to the others (and back): short,
 # so a busy HTTP or reload thread delays a decision by at most about this much.
 SWITCH_INTERVAL = 0.0005
+# The gRPC services the port serves, as health checks and reflection name them.
+SERVICES = (RLS_SERVICE, v1.SERVICE_NAME, QUOTA_SERVICE, ALS_SERVICE)
 
 
 class Service:
@@ -138,11 +140,10 @@ class Service:
         rlqs_pb2_grpc.add_RateLimitQuotaServiceServicer_to_server(self.quota, self.grpc)
         als_pb2_grpc.add_AccessLogServiceServicer_to_server(self.access_log, self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         reflection.enable_server_reflection(
-            (RLS_SERVICE, v1.SERVICE_NAME, QUOTA_SERVICE, ALS_SERVICE,
-             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            self.grpc,
-        )  # fmt: skip
+            (*SERVICES, health_name, reflection.SERVICE_NAME), self.grpc
+        )
         self.shared = (
             SharedMetrics(self.metrics, settings.stats_dir, settings.worker)
             if settings.stats_dir
@@ -164,13 +165,11 @@ class Service:
             self.ops.steps.append(self._watch_redis)
         if self.shared is not None:
             self.ops.steps.append(self.shared.publish)
-        self.tls = (
-            ServerTls(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
-            if settings.tls_cert and settings.tls_key
-            else None
-        )
+        self.tls: ServerTls | None = None
         http_tls = None
-        if self.tls is not None:
+        # Both or neither (Settings checks), but either may be given empty: then no TLS.
+        if settings.tls_cert and settings.tls_key:
+            self.tls = ServerTls(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
             self.ops.steps.append(self.tls.refresh)
             if settings.tls_ports in ("both", "http"):
                 http_tls = self.tls.context
@@ -202,7 +201,7 @@ class Service:
             self.ports["grpc"] = self.grpc.add_insecure_port(address)
         await self.grpc.start()
         self.ports["http"] = self.http.start(s.host, s.http_port, reuse_port=s.reuse_port)
-        for name in ("", RLS_SERVICE, v1.SERVICE_NAME, QUOTA_SERVICE, ALS_SERVICE):
+        for name in ("", *SERVICES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.reloader.start()
         self.ops.start()

@@ -1,4 +1,5 @@
-"""The ``limiter`` command: ``serve`` the decision service, ``check-config`` a rules file.
+"""The ``limiter`` command: ``serve`` the decision service, ``check-config`` a rules file,
+``switch`` manual switches of a running service (through its admin API).
 
 The ``serve`` options are built from ``Settings`` (``limiter.server.settings``): each
 may also come from its environment variable (LIMITER_..., listed in ``--help`` and
@@ -10,8 +11,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import getpass
+import json
 import os
+import re
 import sys
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,6 +35,15 @@ for envoyproxy/ratelimit and its YAML rules) and limiter's native API (limiter.v
 on the gRPC port, and serves /healthcheck, /metrics (Prometheus) and /json on the
 HTTP port.
 """
+SWITCH_DESCRIPTION = """\
+Flip manual switches through the admin API (/v1/switches) of a running service.
+
+The token comes from --admin-token-file or $LIMITER_ADMIN_TOKEN and is sent only in
+the Authorization header; the service URL from --url or $LIMITER_ADMIN_URL (default
+http://127.0.0.1:8080). Every change records who and why in the audit log.
+"""
+DEFAULT_URL = "http://127.0.0.1:8080"
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def _add_settings(parser: argparse.ArgumentParser) -> None:
@@ -103,9 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", help="rules file or directory of *.yaml")
     check.set_defaults(func=cmd_check_config)
 
-    from limiter.server import switch_cli
-
-    switch_cli.register(commands)
+    _add_switch(commands)
     return parser
 
 
@@ -176,11 +190,134 @@ def _tracing(settings: Settings) -> Any:
     return Tracing.exporting(settings.redis)
 
 
-async def _serve(settings: Settings, config: Any, tracing: Any = None) -> None:
+async def _serve(settings: Settings, config: Any, tracing: Any) -> None:
     """Build the service inside the running loop (gRPC aio binds to it) and run it."""
     from limiter.server.app import Service
 
     await Service(settings, config, tracing).run()
+
+
+def duration(text: str) -> float:
+    """``90``, ``90s``, ``10m``, ``2h``, ``1d`` -> seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if not m or float(m.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: use e.g. 90s, 10m, 2h, 1d")
+    return float(m.group(1)) * UNITS[m.group(2) or "s"]
+
+
+def _add_switch(commands: Any) -> None:
+    """The ``switch`` command, among ``commands`` (the subparsers of ``limiter``)."""
+    p = commands.add_parser(
+        "switch",
+        help="list, set or delete manual switches on a running service",
+        description=SWITCH_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "switch ids: global (kill switch: force_allow | force_deny), rule:<domain>/<rule> "
+            "(a rule of the service's config; force_allow | force_deny | shadow | override "
+            "--limit N), level:<service> "
+            "(--level N), breaker:<dependency>[/<partition>] (force_open | force_closed)\n"
+            "examples:\n"
+            "  limiter switch set rule:api/per_user --action force_deny --ttl 10m --why 'abuse'\n"
+            "  limiter switch set level:checkout --level 2 --why 'db failover'\n"
+            "  limiter switch delete rule:api/per_user --why 'resolved'"
+        ),
+    )
+    p.add_argument(
+        "--url",
+        default=None,
+        help=f"service HTTP base URL (env LIMITER_ADMIN_URL, default {DEFAULT_URL})",
+    )
+    p.add_argument(
+        "--admin-token-file",
+        default=None,
+        help="file holding the admin token (default: env LIMITER_ADMIN_TOKEN)",
+    )
+    p.add_argument("--timeout", type=float, default=5.0, help="request timeout in seconds")
+    sub = p.add_subparsers(dest="switch_command", required=True, metavar="ACTION")
+    sub.add_parser("list", help="active switches")
+    g = sub.add_parser("get", help="one switch")
+    g.add_argument("id")
+    s = sub.add_parser("set", help="create or replace a switch")
+    s.add_argument("id")
+    s.add_argument(
+        "--action", help="force_allow, force_deny, shadow, override, force_open, force_closed"
+    )
+    s.add_argument("--limit", type=int, help="the limit for --action override")
+    s.add_argument("--level", type=int, help="forced level for a level:<service> switch")
+    s.add_argument("--ttl", type=duration, help="expiry, e.g. 15m (default: until deleted)")
+    s.add_argument("--why", required=True, help="reason, kept in the audit log")
+    s.add_argument("--who", default=None, help="who sets it (default: your login name)")
+    d = sub.add_parser("delete", help="remove a switch")
+    d.add_argument("id")
+    d.add_argument("--why", default="", help="reason, kept in the audit log")
+    d.add_argument("--who", default=None, help="who removes it (default: your login name)")
+    a = sub.add_parser("audit", help="recent switch changes")
+    a.add_argument("--limit", type=int, default=20)
+    p.set_defaults(func=cmd_switch)
+
+
+def _who(value: str | None) -> str:
+    if value:
+        return value
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _request(args: argparse.Namespace, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    from limiter.server.admin import load_token
+
+    base = (args.url or os.environ.get("LIMITER_ADMIN_URL") or DEFAULT_URL).rstrip("/")
+    token = load_token(args.admin_token_file)
+    if token is None:
+        raise ConfigError("no admin token: set LIMITER_ADMIN_TOKEN or pass --admin-token-file")
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(base + path, data=data, method=method)
+    req.add_header("Authorization", f"Bearer {token}")
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=args.timeout) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        try:
+            payload = json.loads(exc.read() or b"null")
+        except ValueError:
+            payload = None
+        return exc.code, payload
+
+
+def cmd_switch(args: argparse.Namespace) -> int:
+    """Execute a parsed ``switch`` command; prints JSON; returns the exit status."""
+    cmd = args.switch_command
+    quoted = urllib.parse.quote(getattr(args, "id", "") or "", safe=":/")
+    try:
+        if cmd == "list":
+            status, data = _request(args, "GET", "/v1/switches")
+        elif cmd == "get":
+            status, data = _request(args, "GET", f"/v1/switches/{quoted}")
+        elif cmd == "set":
+            body: dict[str, Any] = {"who": _who(args.who), "why": args.why}
+            for key in ("action", "limit", "level", "ttl"):
+                if getattr(args, key) is not None:
+                    body[key] = getattr(args, key)
+            status, data = _request(args, "PUT", f"/v1/switches/{quoted}", body)
+        elif cmd == "delete":
+            body = {"who": _who(args.who), "why": args.why}
+            status, data = _request(args, "DELETE", f"/v1/switches/{quoted}", body)
+        else:
+            status, data = _request(args, "GET", f"/v1/audit?limit={max(0, args.limit)}")
+    except (OSError, ConfigError) as exc:
+        print(f"limiter switch: {exc}", file=sys.stderr)
+        return 1
+    if status >= 400:
+        message = data.get("error") if isinstance(data, dict) else None
+        print(f"limiter switch: HTTP {status}: {message or 'request refused'}", file=sys.stderr)
+        return 1
+    print(json.dumps(data, indent=2, sort_keys=True))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

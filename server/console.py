@@ -135,13 +135,13 @@ def _adaptive(state: Any) -> tuple[float | None, float | None]:
     return _finite(kernel.current_limit), _finite(kernel.current_percentile)
 
 
-def sample_rules(rulebook: Any, rates: RuleRates) -> bool:
+def sample_rules(rulebook: Any, rates: RuleRates) -> None:
     """Feed ``rates`` from the rulebook's live rule states (read-only)."""
     rows = []
     for state in rulebook.all_states():
         limit, observed = _adaptive(state)
         rows.append((_key(state), state.stats.total_hits, state.stats.over_limit, limit, observed))
-    return rates.sample(rows)
+    rates.sample(rows)
 
 
 def rules_view(
@@ -183,7 +183,7 @@ def rules_view(
             "near_limit": stats.near_limit,
             "within_limit": stats.within_limit,
             "shadow_hits": stats.shadow_mode,
-            "backend_errors": state.stats.backend_errors,
+            "backend_errors": stats.backend_errors,
             "adaptive": None,
             "switch": None,
         }
@@ -229,7 +229,7 @@ class Assets:
         return self.files.get(name)
 
 
-def mount(http: Any, allowed: Callable[[str], bool], assets: Assets | None = None) -> Assets:
+def mount(http: Any, allowed: Callable[[str], bool]) -> None:
     """Serve the page on ``http`` (a ``limiter.server.http.HttpServer``) under ``/console/``.
 
     ``allowed(client)`` says whether this caller may see it (the same rule as the
@@ -237,7 +237,7 @@ def mount(http: Any, allowed: Callable[[str], bool], assets: Assets | None = Non
     """
     from limiter.server.http import Response
 
-    files = assets or Assets()
+    files = Assets()
     not_found = Response(404, b"not found\n")
 
     async def redirect(request: Any) -> Any:
@@ -258,4 +258,3 @@ def mount(http: Any, allowed: Callable[[str], bool], assets: Assets | None = Non
 
     http.route("GET", PREFIX.rstrip("/"), redirect)
     http.mount(PREFIX, page)
-    return files

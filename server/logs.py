@@ -16,8 +16,6 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
-from typing import IO
 
 REPEAT_BURST = 5
 REPEAT_WINDOW = 10.0
@@ -45,17 +43,11 @@ class JsonFormatter(logging.Formatter):
 
 
 class Repeats(logging.Filter):
-    """Lets through at most ``burst`` identical lines per ``window`` seconds (see the
-    module docstring)."""
+    """Lets through at most ``REPEAT_BURST`` identical lines per ``REPEAT_WINDOW`` seconds
+    (see the module docstring)."""
 
-    def __init__(
-        self,
-        burst: int = REPEAT_BURST,
-        window: float = REPEAT_WINDOW,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.burst, self.window, self.clock = burst, window, clock
         self._seen: dict[tuple[str, int, str, str], list[float]] = {}  # [start, sent, dropped]
         self._lock = threading.Lock()
 
@@ -64,27 +56,27 @@ class Repeats(logging.Filter):
         fields = getattr(record, "fields", None)
         text = record.getMessage() if not fields else f"{record.getMessage()} {fields}"
         key = (record.name, record.levelno, text, error)
-        now = self.clock()
+        now = time.monotonic()
         with self._lock:
             seen = self._seen.get(key)
-            if seen is None or now - seen[0] >= self.window:
+            if seen is None or now - seen[0] >= REPEAT_WINDOW:
                 if len(self._seen) >= REPEAT_KEYS:
                     self._seen.clear()
                 if seen is not None and seen[2]:
                     record.suppressed = int(seen[2])
                 self._seen[key] = [now, 1, 0]
                 return True
-            if seen[1] < self.burst:
+            if seen[1] < REPEAT_BURST:
                 seen[1] += 1
                 return True
             seen[2] += 1
             return False
 
 
-def setup(level: str = "info", stream: IO[str] | None = None) -> None:
-    """JSON lines on ``stream`` (stderr): the ``limiter`` loggers at ``level``, other
-    libraries' warnings and errors; repeated lines dropped (``Repeats``)."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+def setup(level: str) -> None:
+    """JSON lines on stderr: the ``limiter`` loggers at ``level``, other libraries'
+    warnings and errors; repeated lines dropped (``Repeats``)."""
+    handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     handler.addFilter(Repeats())
     root = logging.getLogger()

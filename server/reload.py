@@ -24,22 +24,26 @@ from limiter.courtesy import courteous
 log = logging.getLogger("limiter.server")
 
 
-def fingerprint(path: str | os.PathLike[str]) -> tuple[tuple[str, int, int, int], ...]:
-    """What changes when the config changes: name, inode, size and mtime of each file."""
-    out = []
-    for f in rules.config_files(path):
-        try:
-            st = f.stat()
-        except OSError:
-            continue
-        out.append((str(f), st.st_ino, st.st_size, st.st_mtime_ns))
+# A file's identity and version: a change (a renewed certificate too) replaces or rewrites it.
+Stamp = tuple[int, int, int]
+
+
+def stamp(path: str | os.PathLike[str]) -> Stamp | None:
+    """The inode, size and mtime of ``path``, or None when it cannot be read."""
     try:
-        # A directory gaining or losing files changes its own mtime.
-        st = Path(path).stat()
-        out.append((str(path), st.st_ino, 0, st.st_mtime_ns if Path(path).is_dir() else 0))
+        st = os.stat(path)
     except OSError:
-        pass
-    return tuple(out)
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def fingerprint(path: str | os.PathLike[str]) -> tuple[tuple[str, Stamp | None], ...]:
+    """What changes when the config changes: the stamp of each file (and of a directory,
+    as gaining or losing files changes its own)."""
+    files = rules.config_files(path)
+    if Path(path).is_dir():
+        files.append(Path(path))
+    return tuple((str(f), stamp(f)) for f in files)
 
 
 class Reloader:
@@ -96,7 +100,7 @@ class Reloader:
                 self._seen = seen
                 self.reload("signal" if forced else "file change")
 
-    def reload(self, reason: str) -> bool:
+    def reload(self, reason: str) -> None:
         """Load, validate and apply the config; keeps the old one on any error."""
         # No cyclic GC while the config is read and built: its many short-lived objects
         # would trigger collections, each a pause of every thread (the decision loop's too).
@@ -112,7 +116,7 @@ class Reloader:
             )
             self.metrics.config_reloads.labels("error").inc()
             self.metrics.config_ok.set(0)
-            return False
+            return
         finally:
             gc.enable()
         self.metrics.config_reloads.labels("success").inc()
@@ -122,4 +126,3 @@ class Reloader:
             "config reloaded",
             extra={"fields": {"reason": reason, "path": self.path, "rules": len(config.rules)}},
         )
-        return True

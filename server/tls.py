@@ -11,18 +11,15 @@ cleanly (a certificate written before its key, say) the last good one stays in u
 from __future__ import annotations
 
 import logging
-import os
 import ssl
 from pathlib import Path
 
 import grpc
+from limiter.server.reload import stamp
 
 from limiter.errors import ConfigError
 
 log = logging.getLogger("limiter.server")
-
-# A file's identity and version: a renewal replaces or rewrites it.
-Stamp = tuple[int, int, int]
 
 
 class ServerTls:
@@ -31,20 +28,9 @@ class ServerTls:
     def __init__(self, cert: str, key: str, client_ca: str | None = None) -> None:
         self.paths = [p for p in (cert, key, client_ca) if p is not None]
         self.cert, self.key, self.client_ca = cert, key, client_ca
-        self._stamps = self._stat()
+        self._stamps = [stamp(p) for p in self.paths]
         self._pem, self._context = self._load()  # raises ConfigError
         self._fresh: grpc.ServerCertificateConfiguration | None = None
-
-    def _stat(self) -> list[Stamp | None]:
-        out: list[Stamp | None] = []
-        for path in self.paths:
-            try:
-                st = os.stat(path)
-            except OSError:
-                out.append(None)
-                continue
-            out.append((st.st_ino, st.st_size, st.st_mtime_ns))
-        return out
 
     def _load(self) -> tuple[tuple[bytes, bytes, bytes | None], ssl.SSLContext]:
         """Read the files and check them by building the HTTP port's context."""
@@ -61,21 +47,20 @@ class ServerTls:
             raise ConfigError(f"TLS files {', '.join(self.paths)}: {exc}") from None
         return (cert, key, ca), context
 
-    def refresh(self) -> bool:
-        """Load the files again if they changed; True when a new certificate is in use."""
-        stamps = self._stat()
+    def refresh(self) -> None:
+        """Load the files again if they changed (a housekeeping step)."""
+        stamps = [stamp(p) for p in self.paths]
         if stamps == self._stamps:
-            return False
+            return
         self._stamps = stamps
         try:
             self._pem, self._context = self._load()
         except ConfigError as exc:
             log.error("TLS files changed but do not load; keeping the last good ones: %s", exc)
-            return False
+            return
         cert, key, ca = self._pem
         self._fresh = grpc.ssl_server_certificate_configuration([(key, cert)], ca)
         log.info("TLS certificate reloaded", extra={"fields": {"cert": self.cert}})
-        return True
 
     def context(self) -> ssl.SSLContext:
         """The HTTP port's context for a new connection (the latest that loaded)."""

@@ -75,7 +75,7 @@ ATTRIBUTES = {
 class Tracing:
     """The tracer, and the two parts a service wires in when tracing is on."""
 
-    def __init__(self, provider: Any, backend: str = "memory") -> None:
+    def __init__(self, provider: TracerProvider, backend: str = "memory") -> None:
         self.provider = provider
         self.tracer = provider.get_tracer("limiter.server")
         self.backend = backend
@@ -106,9 +106,7 @@ class Tracing:
 
     def shutdown(self) -> None:
         """Export the spans still buffered, then stop exporting."""
-        shutdown = getattr(self.provider, "shutdown", None)
-        if shutdown is not None:
-            shutdown()
+        self.provider.shutdown()
 
     def traced(
         self, method: str, behavior: Callable[[Any, Any], Awaitable[Any]]

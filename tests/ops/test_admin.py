@@ -214,7 +214,7 @@ def test_bad_requests(api, method, path, raw, status, match):
 def run_cli(api, *args, token=TOKEN):
     env = {**os.environ, "LIMITER_ADMIN_TOKEN": token, "LIMITER_ADMIN_URL": api.base}
     return subprocess.run(
-        [sys.executable, "-m", "limiter.server.switch_cli", "switch", *args],
+        [sys.executable, "-m", "limiter.server.cli", "switch", *args],
         capture_output=True,
         text=True,
         env=env,
@@ -258,16 +258,12 @@ def test_cli(api):
     assert out.returncode == 2 and "invalid duration" in out.stderr
 
 
-def test_register_on_a_parent_parser():
-    import argparse
+def test_switch_is_a_command_of_the_limiter_parser():
+    from limiter.server import cli
 
-    from limiter.server import switch_cli
-
-    parser = argparse.ArgumentParser(prog="limiter")
-    sub = parser.add_subparsers(dest="command")
-    switch_cli.register(sub)
+    parser = cli.build_parser()
     args = parser.parse_args(["switch", "set", "global", "--action", "force_allow", "--why", "x"])
-    assert args.func is switch_cli.run and args.id == "global" and args.ttl is None
+    assert args.func is cli.cmd_switch and args.id == "global" and args.ttl is None
 
 
 def test_check_config_knows_the_ops_sections(tmp_path):
