@@ -43,21 +43,17 @@ log = logging.getLogger("limiter.server")
 
 REASONS = {
     200: "OK",
-    204: "No Content",
     301: "Moved Permanently",
     400: "Bad Request",
     401: "Unauthorized",
-    403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
-    409: "Conflict",
     411: "Length Required",
     413: "Content Too Large",
     415: "Unsupported Media Type",
     429: "Too Many Requests",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
-    501: "Not Implemented",
     503: "Service Unavailable",
 }
 MAX_HEADER_BYTES = 64 * 1024
@@ -108,15 +104,9 @@ class _Route:
 class HttpServer:
     """Routes plus a listener on its own thread; see the module docstring."""
 
-    def __init__(
-        self,
-        *,
-        max_connections: int = MAX_CONNECTIONS,
-        tls: Callable[[], ssl.SSLContext] | None = None,
-    ) -> None:
+    def __init__(self, *, tls: Callable[[], ssl.SSLContext] | None = None) -> None:
         self.routes: dict[tuple[str, str], _Route] = {}
         self.mounts: list[tuple[str, _Route]] = []
-        self.max_connections = max_connections
         self.tls = tls
         self.loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.base_events.Server | None = None
@@ -134,10 +124,8 @@ class HttpServer:
     ) -> None:
         self.routes[(method.upper(), path)] = _Route(handler, max_body, content_type)
 
-    def mount(
-        self, prefix: str, handler: Handler, *, max_body: int = MAX_BODY, guard: Guard | None = None
-    ) -> None:
-        self.mounts.append((prefix, _Route(handler, max_body, guard=guard)))
+    def mount(self, prefix: str, handler: Handler, *, guard: Guard | None = None) -> None:
+        self.mounts.append((prefix, _Route(handler, guard=guard)))
         self.mounts.sort(key=lambda m: -len(m[0]))
 
     def start(self, host: str, port: int, *, reuse_port: bool = False) -> int:
@@ -207,18 +195,40 @@ class HttpServer:
         self._thread.join(timeout=10)
         self._thread = None
 
-    def _find(self, method: str, path: str) -> _Route | bool | None:
-        found = self.routes.get((method, path))
-        if found is not None:
-            return found
-        for prefix, mounted in self.mounts:
-            if path.startswith(prefix):
-                return mounted
-        # True: the path exists under another method (405), else None (404).
-        return any(p == path for _, p in self.routes) or None
+    def _admit(self, request: Request) -> tuple[_Route, int] | Response:
+        """The route of ``request`` and the length of its body, or the answer refusing it
+        on its head alone (nothing of the body read)."""
+        method = "GET" if request.method == "HEAD" else request.method
+        path = request.path
+        route = self.routes.get((method, path))
+        if route is None:
+            route = next((r for prefix, r in self.mounts if path.startswith(prefix)), None)
+        if route is None:
+            if any(p == path for _, p in self.routes):
+                return Response.text("method not allowed\n", 405)
+            return Response.text("not found\n", 404)
+        if route.guard is not None:
+            refusal = route.guard(request)
+            if refusal is not None:
+                return refusal
+        headers = request.headers
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            return Response.text("chunked bodies are not supported\n", 411)
+        raw = headers.get("content-length", "0")
+        if not (raw.isascii() and raw.isdigit()):
+            return Response.text("invalid Content-Length\n", 400)
+        length = int(raw)
+        if length > route.max_body:
+            return Response.text(f"body of {length} bytes exceeds {route.max_body}\n", 413)
+        wanted = route.content_type
+        if wanted is not None and length:
+            given = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+            if given != wanted:
+                return Response.text(f"Content-Type must be {wanted}\n", 415)
+        return route, length
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self._connections) >= self.max_connections:
+        if len(self._connections) >= MAX_CONNECTIONS:
             writer.close()  # at the bound: the newcomer is refused, not everyone
             return
         task = asyncio.current_task()
@@ -231,9 +241,13 @@ class HttpServer:
                 await writer.start_tls(self.tls(), ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
             while await self._one(reader, writer, client):
                 pass
-        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError, ssl.SSLError):
-            pass
-        except asyncio.CancelledError:
+        except (
+            asyncio.CancelledError,
+            asyncio.IncompleteReadError,
+            ConnectionError,
+            TimeoutError,
+            ssl.SSLError,
+        ):
             pass
         finally:
             self._connections.discard(task)
@@ -265,18 +279,16 @@ class HttpServer:
         keep_alive = headers.get("connection", "").lower() != "close" and version == "HTTP/1.1"
         path, _, query = target.partition("?")
         request = Request(method.upper(), unquote(path), query, headers, b"", client)
-        found = self._find("GET" if request.method == "HEAD" else request.method, request.path)
-        refusal = _refuse(found, request)
-        if refusal is not None:
+        admitted = self._admit(request)
+        if isinstance(admitted, Response):
             # Nothing of the body has been read: the connection cannot be reused.
-            await self._send(writer, refusal, False)
+            await self._send(writer, admitted, False)
             return False
-        assert isinstance(found, _Route)
-        length = int(headers.get("content-length", "0"))
+        route, length = admitted
         if length:
             request.body = await asyncio.wait_for(reader.readexactly(length), IDLE_TIMEOUT)
         try:
-            response = await found.handler(request)
+            response = await route.handler(request)
         except Exception:
             log.exception("http handler failed", extra={"fields": {"path": request.path}})
             response = Response.text("internal error\n", 500)
@@ -302,31 +314,3 @@ class HttpServer:
         if not head_only:
             writer.write(response.body)
         await writer.drain()
-
-
-def _refuse(found: _Route | bool | None, request: Request) -> Response | None:
-    """The answer to a request refused on its head alone, or None to read its body."""
-    if found is None:
-        return Response.text("not found\n", 404)
-    if found is True:
-        return Response.text("method not allowed\n", 405)
-    assert isinstance(found, _Route)
-    if found.guard is not None:
-        refusal = found.guard(request)
-        if refusal is not None:
-            return refusal
-    headers = request.headers
-    if "chunked" in headers.get("transfer-encoding", "").lower():
-        return Response.text("chunked bodies are not supported\n", 411)
-    raw = headers.get("content-length", "0")
-    if not raw.isdigit():
-        return Response.text("invalid Content-Length\n", 400)
-    length = int(raw)
-    if length > found.max_body:
-        return Response.text(f"body of {length} bytes exceeds {found.max_body}\n", 413)
-    wanted = found.content_type
-    if wanted is not None and length:
-        given = headers.get("content-type", "").split(";", 1)[0].strip().lower()
-        if given != wanted:
-            return Response.text(f"Content-Type must be {wanted}\n", 415)
-    return None

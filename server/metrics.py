@@ -2,10 +2,12 @@
 
 Per-rule counters are plain integers on each ``RuleState`` and the decision latency
 histogram is a plain list of bucket counts (no lock or label lookup on the decision
-path); a collector turns both into Prometheus families at scrape time. Invalid
-requests and config reloads (rare) use prometheus-client metrics directly. Families are
-prefixed ``limiter_``; rule counters carry ``domain`` and ``rule`` labels (plus
-``detailed="true"`` for the per-value series of ``detailed_metric`` rules).
+path); at scrape time a collector turns the histogram into a family and the rule
+counters, with the operations policy's breakers, levels and switches, are written as
+exposition text (``_rules_text``). Invalid requests and config reloads (rare) use
+prometheus-client metrics directly. Families are prefixed ``limiter_``; rule counters
+carry ``domain`` and ``rule`` labels (plus ``detailed="true"`` for the per-value series
+of ``detailed_metric`` rules).
 """
 
 from __future__ import annotations
@@ -14,17 +16,13 @@ import contextlib
 import math
 import os
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
@@ -125,8 +123,6 @@ class Metrics:
         of the operations policy, at scrape time."""
         self.rulebook = rulebook
         self.ops = ops
-        if ops is not None:
-            self.registry.register(_OpsCollector(ops))
 
     def render(self) -> bytes:
         text = generate_latest(self.registry)
@@ -233,8 +229,11 @@ def merge(texts: list[str], gauges: dict[str, Callable[[list[float]], float]]) -
                 samples.setdefault(key, []).append(sample.value)
     lines = []
     for name, (kind, doc) in families.items():
-        lines.append(f"# HELP {name} {doc}")
-        lines.append(f"# TYPE {name} {kind}")
+        # The parser names a counter's family without ``_total``; its samples keep it, and
+        # the TYPE line must name them.
+        typed = name + "_total" if kind == "counter" else name
+        lines.append(f"# HELP {typed} {doc}")
+        lines.append(f"# TYPE {typed} {kind}")
         combine = gauges.get(name, max) if kind == "gauge" else sum
         for (sample, labels), found in values[name].items():
             text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
@@ -247,174 +246,173 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-class _Text:
-    """One exposition being written: per-rule families have a series per rule and per
-    ``detailed_metric`` value, so they are written as text directly (a Metric object
-    and its Samples per series would make a scrape of many series cost many times as
-    much, in the thread that shares the GIL with the decision loop)."""
+def _family(
+    lines: list[str],
+    name: str,
+    kind: str,
+    doc: str,
+    samples: Iterable[tuple[str, float]],
+) -> None:
+    """Append one family to ``lines``: HELP and TYPE, then a line per ``(labels, value)``
+    sample, ``labels`` already written (``{domain="d"}``, or ""). ``name`` is the samples'
+    name, a counter's ``_total`` included: the text format types only the samples its TYPE
+    line names.
 
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def family(self, name: str, kind: str, doc: str) -> None:
-        self.lines.append(f"# HELP {name} {doc}\n# TYPE {name} {kind}")
-
-    def sample(self, name: str, labels: str, value: float) -> None:
-        self.lines.append(f"{name}{labels} {_number(value)}")
+    Families with a series per rule and per ``detailed_metric`` value are written as text
+    directly: a Metric object and its Samples per series would make a scrape of many
+    series cost many times as much, in the thread that shares the GIL with the decision
+    loop."""
+    lines.append(f"# HELP {name} {doc}")
+    lines.append(f"# TYPE {name} {kind}")
+    lines += [
+        f"{name}{labels} {value if type(value) is int else floatToGoString(value)}"
+        for labels, value in samples
+    ]
 
 
 def _labels(**pairs: str) -> str:
+    """``{k="v",...}``, values escaped; ``labels[:-1] + ',more="x"}'`` adds a pair."""
     return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in pairs.items()) + "}"
 
 
-def _number(value: float) -> str:
-    return str(value) if type(value) is int else floatToGoString(value)
-
-
 def _rules_text(book: Rulebook, ops: Operations | None) -> str:
-    """The per-rule families of ``book`` (and the policy's level) as exposition text."""
-    out = _Text()
+    """The per-rule families of ``book``, the policy's level and, with ``ops``, its
+    breakers, per-service levels and live switches, as exposition text."""
+    lines: list[str] = []
     states = book.all_states()
-    series: list[tuple[str, Any]] = []
-    for state in states:
-        series.append((_labels(domain=state.domain, rule=state.label, detailed="false"),
-                       state.stats))  # fmt: skip
+    # Each rule's labels, written once for every family below.
+    rules = [(state, _labels(domain=state.domain, rule=state.label)) for state in states]
+    # The counters' series: each rule, then each of its detailed_metric values.
+    series: list[str] = []
+    counters: list[Any] = []
+    for state, labels in rules:
+        series.append(labels[:-1] + ',detailed="false"}')
+        counters.append(state.stats)
         if state.detailed:
-            series += [
-                (_labels(domain=state.domain, rule=d, detailed="true"), stats)
-                for d, stats in list(state.detailed.items())
-            ]
+            for d, stats in list(state.detailed.items()):
+                series.append(_labels(domain=state.domain, rule=d, detailed="true"))
+                counters.append(stats)
     for name in RULE_COUNTERS:
-        family = f"limiter_rule_{name}"
-        out.family(family, "counter", f"Hits: {name} (per rule).")
-        out.lines += [f"{family}_total{labels} {getattr(stats, name)}" for labels, stats in series]
-    out.family(
-        "limiter_backend_errors", "counter",
+        _family(
+            lines, f"limiter_rule_{name}_total", "counter", f"Hits: {name} (per rule).",
+            zip(series, map(attrgetter(name), counters), strict=True),
+        )  # fmt: skip
+    _family(
+        lines, "limiter_backend_errors_total", "counter",
         "Backend failures answered per the rule's failure_mode.",
+        [(labels, state.stats.backend_errors) for state, labels in rules],
     )  # fmt: skip
-    for state in states:
-        labels = _labels(domain=state.domain, rule=state.label)
-        out.sample("limiter_backend_errors_total", labels, state.stats.backend_errors)
     if ops is not None:
-        out.family(
-            "limiter_fallback_active", "gauge",
+        _family(
+            lines, "limiter_fallback_active", "gauge",
             "1 while a rule's checks are answered by its failure_mode (between the "
             "fallback_started and fallback_stopped events).",
+            [(labels, int(ops.fallback.is_active(state.ops_name))) for state, labels in rules],
         )  # fmt: skip
-        for state in states:
-            labels = _labels(domain=state.domain, rule=state.label)
-            out.sample(
-                "limiter_fallback_active", labels, int(ops.fallback.is_active(state.ops_name))
-            )
-    out.family(
-        "limiter_rule_limit", "gauge",
-        "Configured limit of each limited rule: requests per unit, or calls in flight.",
-    )  # fmt: skip
-    for state in states:
+    limits = []
+    for state, labels in rules:
         if not state.unlimited:
             lim = state.rule.limit
             in_flight = lim.algorithm == "concurrency" or (
                 lim.algorithm == "adaptive" and lim.mode == "concurrency"
             )
-            labels = _labels(
-                domain=state.domain, rule=state.label, unit="in_flight" if in_flight else lim.unit
-            )
-            out.sample("limiter_rule_limit", labels, state.limit)
+            unit = _escape("in_flight" if in_flight else lim.unit)
+            limits.append((f'{labels[:-1]},unit="{unit}"}}', state.limit))
+    _family(
+        lines, "limiter_rule_limit", "gauge",
+        "Configured limit of each limited rule: requests per unit, or calls in flight.", limits,
+    )  # fmt: skip
     adaptive = [
-        (state, _labels(domain=state.domain, rule=state.label))
-        for state in states
+        (state, labels)
+        for state, labels in rules
         if getattr(state.kernel, "current_limit", None) is not None
     ]
-    out.family(
-        "limiter_adaptive_limit", "gauge",
+    _family(
+        lines, "limiter_adaptive_limit", "gauge",
         "Current limit of adaptive rules (per second, or calls in flight); on Redis, "
         "the limit every replica shares.",
+        [(labels, float(state.kernel.current_limit)) for state, labels in adaptive],
     )  # fmt: skip
-    for state, labels in adaptive:
-        out.sample("limiter_adaptive_limit", labels, float(state.kernel.current_limit))
-    out.family(
-        "limiter_adaptive_latency_seconds", "gauge",
-        "Latency percentile an adaptive rule's limit follows (absent before samples).",
+    seen = [
+        (labels, float(percentile))
+        for state, labels in adaptive
+        if (percentile := getattr(state.kernel, "current_percentile", None)) is not None
+        and math.isfinite(percentile)
+    ]
+    _family(
+        lines, "limiter_adaptive_latency_seconds", "gauge",
+        "Latency percentile an adaptive rule's limit follows (absent before samples).", seen,
     )  # fmt: skip
-    for state, labels in adaptive:
-        seen = getattr(state.kernel, "current_percentile", None)
-        if seen is not None and math.isfinite(seen):
-            out.sample("limiter_adaptive_latency_seconds", labels, float(seen))
-    out.family(
-        "limiter_adaptive_target_latency_seconds", "gauge",
+    _family(
+        lines, "limiter_adaptive_target_latency_seconds", "gauge",
         "Latency an adaptive rule aims its percentile at.",
+        [(labels, float(state.rule.limit.target_latency)) for state, labels in adaptive],
     )  # fmt: skip
-    for state, labels in adaptive:
-        out.sample("limiter_adaptive_target_latency_seconds", labels,
-                   float(state.rule.limit.target_latency))  # fmt: skip
-    out.family(
-        "limiter_unknown_domain", "counter",
+    _family(
+        lines, "limiter_unknown_domain_total", "counter",
         "RLS requests for a domain the config does not define (answered OK).",
+        [("", book.unknown_domain)],
     )  # fmt: skip
-    out.sample("limiter_unknown_domain_total", "", book.unknown_domain)
-    out.family("limiter_permits_held", "gauge", "Concurrency permits held for native clients.")
-    out.sample("limiter_permits_held", "", len(book.permits))
-    out.family("limiter_permits_expired", "counter", "Permits released because Release never came.")
-    out.sample("limiter_permits_expired_total", "", book.permits_expired)
-    out.family(
-        "limiter_permits_refused", "counter",
+    _family(
+        lines, "limiter_permits_held", "gauge", "Concurrency permits held for native clients.",
+        [("", len(book.permits))],
+    )  # fmt: skip
+    _family(
+        lines, "limiter_permits_expired_total", "counter",
+        "Permits released because Release never came.", [("", book.permits_expired)],
+    )  # fmt: skip
+    _family(
+        lines, "limiter_permits_refused_total", "counter",
         "Permit checks refused because their caller or rule held its bound of permits.",
+        [("", book.permits_refused)],
     )  # fmt: skip
-    out.sample("limiter_permits_refused_total", "", book.permits_refused)
-    out.family("limiter_level", "gauge", "Current degradation level.")
-    out.sample("limiter_level", "", 0 if ops is None else ops.level())
-    return "\n".join(out.lines) + "\n"
+    _family(
+        lines, "limiter_level", "gauge", "Current degradation level.",
+        [("", 0 if ops is None else ops.level())],
+    )  # fmt: skip
+    if ops is not None:
+        _ops_families(lines, ops)
+    return "\n".join(lines) + "\n"
 
 
-class _OpsCollector(Collector):
-    """Breakers, per-service degradation levels and live switches of the operations policy."""
-
-    def __init__(self, ops: Operations) -> None:
-        self.ops = ops
-
-    def collect(self) -> Iterator[Metric]:
-        ops = self.ops
-        states = GaugeMetricFamily(
-            "limiter_breaker_state",
-            "1 for the state each circuit breaker is in (closed, open, half_open); configured "
-            "dependencies no call has used yet are closed.",
-            labels=["breaker", "state"],
-        )
-        rejected = CounterMetricFamily(
-            "limiter_breaker_rejected", "Calls a breaker failed fast.", labels=["breaker"]
-        )
-        seen: dict[str, tuple[State, int]] = {}
-        for breaker in ops.breakers.all():
-            seen[breaker.name] = (breaker.state, breaker.rejected)
-        for dependency in ops.breakers.configs:
-            seen.setdefault(dependency, (State.CLOSED, 0))
-        for name, (state, refused) in sorted(seen.items()):
-            for each in State:
-                states.add_metric([name, each.value], 1.0 if each is state else 0.0)
-            rejected.add_metric([name], refused)
-        levels = GaugeMetricFamily(
-            "limiter_service_level",
-            "Degradation level of each service (0 = normal), forced or computed.",
-            labels=["service"],
-        )
-        pressure = GaugeMetricFamily(
-            "limiter_service_pressure",
-            "Pressure signal a service's computed level follows (0 to 1).",
-            labels=["service"],
-        )
-        for level in ops.levels.snapshot():
-            levels.add_metric([level["service"]], level["level"])
-            pressure.add_metric([level["service"]], level["pressure"])
-        switches = GaugeMetricFamily(
-            "limiter_switch_active",
-            "1 for each live manual switch, by id and what it sets.",
-            labels=["id", "setting"],
-        )
-        for switch in ops.switches.list():
-            setting = switch.action or ("" if switch.level is None else f"level {switch.level}")
-            switches.add_metric([switch.id, setting], 1.0)
-        yield states
-        yield rejected
-        yield levels
-        yield pressure
-        yield switches
+def _ops_families(lines: list[str], ops: Operations) -> None:
+    """Breakers, per-service degradation levels and live switches of the policy."""
+    breakers: dict[str, tuple[State, int]] = {}
+    for breaker in ops.breakers.all():
+        breakers[breaker.name] = (breaker.state, breaker.rejected)
+    for dependency in ops.breakers.configs:
+        breakers.setdefault(dependency, (State.CLOSED, 0))
+    named = [(_labels(breaker=name), found) for name, found in sorted(breakers.items())]
+    _family(
+        lines, "limiter_breaker_state", "gauge",
+        "1 for the state each circuit breaker is in (closed, open, half_open); configured "
+        "dependencies no call has used yet are closed.",
+        [
+            (f'{labels[:-1]},state="{each.value}"}}', 1.0 if each is state else 0.0)
+            for labels, (state, _) in named
+            for each in State
+        ],
+    )  # fmt: skip
+    _family(
+        lines, "limiter_breaker_rejected_total", "counter", "Calls a breaker failed fast.",
+        [(labels, float(rejected)) for labels, (_, rejected) in named],
+    )  # fmt: skip
+    levels = [(_labels(service=level["service"]), level) for level in ops.levels.snapshot()]
+    _family(
+        lines, "limiter_service_level", "gauge",
+        "Degradation level of each service (0 = normal), forced or computed.",
+        [(labels, float(level["level"])) for labels, level in levels],
+    )  # fmt: skip
+    _family(
+        lines, "limiter_service_pressure", "gauge",
+        "Pressure signal a service's computed level follows (0 to 1).",
+        [(labels, float(level["pressure"])) for labels, level in levels],
+    )  # fmt: skip
+    switches = []
+    for switch in ops.switches.list():
+        setting = switch.action or ("" if switch.level is None else f"level {switch.level}")
+        switches.append((_labels(id=switch.id, setting=setting), 1.0))
+    _family(
+        lines, "limiter_switch_active", "gauge",
+        "1 for each live manual switch, by id and what it sets.", switches,
+    )  # fmt: skip

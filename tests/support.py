@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -215,3 +216,25 @@ def stop_process(proc: subprocess.Popen, timeout: float) -> int:  # type: ignore
     except subprocess.TimeoutExpired:
         proc.kill()
         return proc.wait()
+
+
+def untyped_samples(exposition: str) -> list[str]:
+    """The samples of a Prometheus text exposition that no ``# TYPE`` line types: in the
+    text format a TYPE line names its samples exactly (a counter's ``name_total``), or, for
+    a histogram or summary, their ``_bucket`` / ``_sum`` / ``_count`` stem."""
+    typed: dict[str, str] = {}
+    untyped = []
+    for line in exposition.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ", 3)
+            typed[name] = kind
+            continue
+        if not line or line.startswith("#"):
+            continue
+        name = re.match(r"[a-zA-Z_:][a-zA-Z0-9_:]*", line).group(0)  # type: ignore[union-attr]
+        stem, _, suffix = name.rpartition("_")
+        if name in typed or (typed.get(stem) in ("histogram", "summary") and suffix in
+                             ("bucket", "sum", "count")):  # fmt: skip
+            continue
+        untyped.append(name)
+    return untyped

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -21,6 +20,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.service.conftest import ServiceProcess, request, wait_until
+from tests.support import untyped_samples
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "limiter.json"
@@ -85,8 +85,8 @@ def dashboard() -> dict:
 
 
 @pytest.fixture(scope="module")
-def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Metric]]:
-    """The /metrics families of a real service after traffic that touches every family."""
+def exposition(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """/metrics of a real service after traffic that touches every family."""
     path = tmp_path_factory.mktemp("grafana") / "rules.yaml"
     path.write_text(RULES)
     service = ServiceProcess(path, env={"LIMITER_ADMIN_TOKEN": TOKEN}).start()
@@ -127,12 +127,25 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Metric]]:
         assert status == 200
     finally:
         assert service.stop() == 0
-    # A counter's _created samples (its creation time) are no series to chart.
-    yield [
+    return body.decode()
+
+
+@pytest.fixture(scope="module")
+def scraped(exposition: str) -> list[Metric]:
+    """The families of ``exposition``; a counter's _created samples (its creation time) are
+    no series to chart."""
+    return [
         f
-        for f in text_string_to_metric_families(body.decode())
+        for f in text_string_to_metric_families(exposition)
         if f.samples and not f.name.endswith("_created")
     ]
+
+
+def test_every_sample_is_typed(exposition):
+    """Prometheus reads a sample no TYPE line names as untyped: a counter's TYPE must name
+    its ``_total`` samples (checked without prometheus_client, whose parser accepts both)."""
+    assert "# TYPE limiter_rule_total_hits_total counter" in exposition.splitlines()
+    assert untyped_samples(exposition) == []
 
 
 @pytest.fixture(scope="module")

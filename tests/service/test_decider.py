@@ -20,6 +20,7 @@ from limiter import ops
 from limiter.ops.switches import Switch
 from limiter.priority import Priority
 from tests.service.conftest import request
+from tests.support import untyped_samples
 
 RULES = """
 domain: d
@@ -177,6 +178,8 @@ def test_http_server_parsing_routing_and_limits() -> None:
             await exchange(b"GET /hello HTTP/1.1\r\nX: " + b"a" * 70_000 + b"\r\n\r\n"),
             await exchange(b"GET /boom HTTP/1.1\r\nConnection: close\r\n\r\n"),
             await exchange(b"HEAD /hello HTTP/1.1\r\nConnection: close\r\n\r\n"),
+            # a digit to str.isdigit, not to int(): latin-1 b"\xb2" is "²"
+            await exchange(b"POST /hello HTTP/1.1\r\nContent-Length: \xb2\r\n\r\n"),
         ]
         return out
 
@@ -197,8 +200,9 @@ def test_http_server_parsing_routing_and_limits() -> None:
         b"HTTP/1.1 431 Request Header Fields Too Large",
         b"HTTP/1.1 500 Internal Server Error",
         b"HTTP/1.1 200 OK",
+        b"HTTP/1.1 400 Bad Request",
     ]
-    assert out[-1].endswith(b"\r\n\r\n")  # HEAD: headers only
+    assert out[-2].endswith(b"\r\n\r\n")  # HEAD: headers only
 
 
 def test_worker_metrics_merge_sums_counters_and_histograms() -> None:
@@ -217,6 +221,7 @@ def test_worker_metrics_merge_sums_counters_and_histograms() -> None:
     assert 'limiter_decision_latency_seconds_count{api="rls"} 5.0' in lines
     assert 'limiter_decision_latency_seconds_bucket{api="rls",le="0.00025"} 5.0' in lines
     assert "limiter_config_last_reload_successful 0.0" in lines  # min: one worker is stale
+    assert untyped_samples(text) == []  # a counter's TYPE names its _total samples
 
 
 def test_latency_histogram_buckets_are_cumulative_and_inclusive() -> None:
