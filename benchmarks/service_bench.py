@@ -82,8 +82,8 @@ USERS = 10_000
 # Runs ``limiter serve`` from another checkout (``--baseline``): its own limiter package,
 # with its server/ as limiter.server, as its install would map them.
 BASELINE_BOOT = (
-    "import runpy, sys; root = sys.argv.pop(1); sys.path.insert(0, root); import limiter; "
-    "limiter.__path__.append(root); "
+    f"import runpy, sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import checkout; "
+    "checkout.use(sys.argv.pop(1)); "
     "runpy.run_module('limiter.server.cli', run_name='__main__', alter_sys=True)"
 )
 # Printed once by each `limiter serve` process when it serves (at --log-level info).

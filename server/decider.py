@@ -76,6 +76,7 @@ UNKNOWN = Outcome(True, Code.UNKNOWN_RULE, 0, 0, 0.0, 0.0, 0.0, None, None)
 # decision path reads these instead.
 _LOCAL, _SHARED, _SHARED_PERMITS = Kind.LOCAL, Kind.SHARED, Kind.SHARED_PERMITS
 _OK, _OVER_LIMIT, _BACKEND_ERROR = Code.OK, Code.OVER_LIMIT, Code.BACKEND_ERROR
+_QUEUE_TIMEOUT, _BREAKER_OPEN = Code.QUEUE_TIMEOUT, Code.BREAKER_OPEN
 _new = tuple.__new__  # builds an Outcome without NamedTuple's keyword handling (hot path)
 
 
@@ -331,7 +332,7 @@ class Decider:
                     verdict = policy.breaker_verdict(
                         dependency, partition_of(keys[k], at), state.limit
                     )
-                    code = Code.BREAKER_OPEN
+                    code = _BREAKER_OPEN
                 if verdict is None and gate.pressure:
                     code = _OK
                     verdict = policy.client_verdict(
@@ -543,7 +544,7 @@ def _outcome(
     allowed = d.allowed
     shadow = shadow or state.shadow
     if code == _OK and not allowed and not shadow:
-        code = Code.QUEUE_TIMEOUT if waited > 0 else _OVER_LIMIT
+        code = _QUEUE_TIMEOUT if waited > 0 else _OVER_LIMIT
     return _new(
         Outcome,
         (
