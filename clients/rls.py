@@ -124,7 +124,9 @@ def parse(response: rls_pb2.RateLimitResponse, level_header: str) -> RlsAnswer:
     request_headers = tuple((h.key, h.value) for h in response.request_headers_to_add)
     level = 0
     for name, value in request_headers:
-        if name.lower() == level_header and value.strip().isdigit():
+        value = value.strip()
+        # Only ASCII digits: str.isdigit also takes e.g. "²", which int() refuses.
+        if name.lower() == level_header and value.isascii() and value.isdigit():
             level = int(value)
     allowed = response.overall_code != OVER_LIMIT
     response_headers = tuple((h.key, h.value) for h in response.response_headers_to_add)

@@ -156,7 +156,7 @@ def _hosts(netloc: str, url: str, default_port: int) -> list[tuple[str, int]]:
     hosts = []
     for part in netloc.rpartition("@")[2].split(","):
         host, _, port = part.rpartition(":") if ":" in part else (part, "", str(default_port))
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
             raise ConfigError(f"bad host:port {part!r} in Redis URL {masked(url)}")
         hosts.append((host.strip("[]"), int(port)))
     return hosts

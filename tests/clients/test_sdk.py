@@ -22,7 +22,7 @@ from limiter.clients import (
     RlsClient,
 )
 from limiter.clients.asgi import RateLimitMiddleware
-from limiter.clients.rls import descriptor
+from limiter.clients.rls import descriptor, parse
 from limiter.clients.wsgi import RateLimitMiddleware as WsgiMiddleware
 from limiter.server import v1
 
@@ -473,3 +473,15 @@ def test_middleware_and_interceptors_gated_by_the_service(service):
                 codes.append(error.code())
         channel.close()
     assert codes == [grpc.StatusCode.OK] * 3 + [grpc.StatusCode.RESOURCE_EXHAUSTED]
+
+
+def test_the_level_header_is_read_only_from_ascii_digits() -> None:
+    """A level the service adds as a request header; anything but ASCII digits is level 0
+    (``"²"`` passes str.isdigit but not int())."""
+
+    def level(value: str) -> int:
+        response = rls_pb2.RateLimitResponse(overall_code=rls_pb2.RateLimitResponse.OK)
+        response.request_headers_to_add.add(key="X-Limiter-Level", value=value)
+        return parse(response, "x-limiter-level").level
+
+    assert [level(v) for v in ("3", " 2 ", "\u00b2", "-1", "", "x")] == [3, 2, 0, 0, 0, 0]

@@ -29,6 +29,7 @@ def test_odd_keys_are_independent_and_stored_safely(redis_url: str) -> None:
         ("redis+nope://127.0.0.1:1", limiter.InvalidParameter, "redis\\+nope"),
         ("127.0.0.1:6379", limiter.InvalidParameter, "127.0.0.1:6379"),
         ("redis+cluster://127.0.0.1:notaport", limiter.ConfigError, "notaport"),
+        ("redis+cluster://127.0.0.1:\u00b2", limiter.ConfigError, "host:port '127.0.0.1:\u00b2'"),
         ("redis+sentinel://127.0.0.1:1", limiter.ConfigError, "service name"),
         ("redis://127.0.0.1:1/0?timeout=abc", limiter.ConfigError, "timeout"),
         ("redis://127.0.0.1:1/0?local_cache=perhaps", limiter.ConfigError, "perhaps"),
