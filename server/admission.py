@@ -248,14 +248,14 @@ class ServiceAdmission:
 
     def _queue(self, state: RuleState) -> _RuleQueue:
         rq = self.queues.get(id(state.kernel))
-        counts = self._counts(state)
         if rq is not None and rq.state.kernel is state.kernel and rq.spec == state.rule.limit.queue:
-            # A reload may have changed e.g. the failure mode, or the rule's name.
-            rq.state, rq.counts = state, counts
+            if rq.state is not state:
+                # A reload may have changed e.g. the failure mode, or the rule's name.
+                rq.state, rq.counts = state, self._counts(state)
             return rq
         if rq is not None:
             self._close(rq)  # settings changed: held checks are answered busy now
-        rq = self.queues[id(state.kernel)] = _RuleQueue(state, counts)
+        rq = self.queues[id(state.kernel)] = _RuleQueue(state, self._counts(state))
         self._prune()
         return rq
 
