@@ -202,16 +202,64 @@ class Decider:
     async def decide(self, checks: Checks, budget: float | None = None) -> Decided:
         """Decide every check; ``budget``: seconds until the caller's deadline (caps holds).
 
-        Checks are taken a run at a time (consecutive checks of one rule at one priority,
-        often the whole request), so what they share is worked out once per run.
+        A request of one check whose rule's kernel or store alone decides it (no switch,
+        cut, breaker, client verdict, hold, permit or detailed series: the usual RLS call)
+        takes the short path below; everything else, ``_decide``. Both count and answer
+        alike (tests/service/test_native_gates.py holds single checks to batches).
         """
+        policy = self.policy
+        level = 0 if policy is None else policy.level()
+        rules = checks.rules
+        if len(rules) != 1 or checks.details is not None:
+            return await self._decide(checks, budget, level, {})
+        rule = rules[0]
+        if rule is None or rule.unlimited:
+            return _new(Decided, ([UNKNOWN if rule is None else _unlimited(rule)], level, False))
+        priority = None if checks.priorities is None else checks.priorities[0]
+        vip = checks.vips is not None and checks.vips[0]
+        gate = self._gate(rule, priority, vip, level)
+        state, waits = gate.state, checks.max_waits
+        kind = state.kind
+        if (
+            gate.forced is not None
+            or gate.pressure
+            or gate.breaker is not None
+            or (kind is not _LOCAL and kind is not _SHARED)
+            or (waits is not None and waits[0] > 0 and self.admission is not None)
+        ):
+            return await self._decide(checks, budget, level, {_gate_key(rule, priority, vip): gate})
+        keys, costs = checks.keys, checks.costs
+        if gate.counter is not None:
+            gate.counter(keys, costs)
+        key, cost = state.prefix + keys[0], costs[0]
+        if kind is _LOCAL:
+            decisions, failed = [state.acquire(key, cost)], ()
+        else:
+            decisions, failed = await state.kernel.decide([key], [cost])
+        d, shadow = decisions[0], gate.shadow
+        allowed = d.allowed
+        hits = state.counted(allowed, cost)
+        state.count(allowed, d.remaining, hits, shadow)
+        if policy is not None:
+            policy.record(state.ops_name, allowed or shadow, hits)
+        if failed:
+            state.stats.backend_errors += 1
+            out = [_outcome(d, state, shadow, _BACKEND_ERROR, 0.0, None)]
+        else:
+            out = answers_of(Outcome, decisions, state, shadow, _OK, _OVER_LIMIT)
+        return _new(Decided, (out, level, False))
+
+    async def _decide(
+        self, checks: Checks, budget: float | None, level: int, gates: dict[Any, _Gate]
+    ) -> Decided:
+        """Any request (``decide``). Checks are taken a run at a time (consecutive checks
+        of one rule at one priority, often the whole request), so what they share is
+        worked out once per run; ``gates`` holds those already worked out."""
         rules, keys, costs = checks.rules, checks.keys, checks.costs
         priorities, waits, vips = checks.priorities, checks.max_waits, checks.vips
         policy = self.policy
-        level = 0 if policy is None else policy.level()
         n = len(rules)
         out: list[Any] = [None] * n
-        gates: dict[Any, _Gate] = {}  # by rule, or (rule, priority)
         groups: dict[RuleState, _Gate] = {}  # the gate collecting each state's checks
         tallies: dict[str, list[int]] = {}  # rule -> [hits allowed, hits refused]
         held: list[tuple[int, RuleState, str]] = []
@@ -242,7 +290,7 @@ class Decider:
                 out[i:j] = [answer] * (j - i)
                 i = j
                 continue
-            gate_key = rule if priority is None and not vip else (rule, priority, vip)
+            gate_key = _gate_key(rule, priority, vip)
             gate = gates.get(gate_key)
             if gate is None:
                 gate = gates[gate_key] = self._gate(rule, priority, vip, level)
@@ -515,6 +563,11 @@ class Decider:
         if tally is None:
             tally = tallies[state.ops_name] = [0, 0]
         tally[0 if allowed or shadow or state.shadow else 1] += cost
+
+
+def _gate_key(rule: RuleState, priority: Priority | None, vip: bool) -> Any:
+    """What a request's gates are found by: the rule, or the rule at a check's own tier."""
+    return rule if priority is None and not vip else (rule, priority, vip)
 
 
 def _tiered(state: RuleState, tier: Priority) -> RuleState:

@@ -90,7 +90,11 @@ class LimiterService:
             domains = names = keys = costs = priorities = waits = ()
         snapshot = self.decider.rulebook.snapshot
         by_name = snapshot.by_name
-        rules = [by_name.get(pair) for pair in zip(domains, names, strict=True)]
+        n = len(names)
+        if n > 1 and domains.count(domains[0]) == n and names.count(names[0]) == n:
+            rules = [by_name.get((domains[0], names[0]))] * n  # one rule: the usual batch
+        else:
+            rules = [by_name.get(pair) for pair in zip(domains, names, strict=True)]
         checks = Checks(
             rules,
             list(keys),

@@ -216,9 +216,12 @@ async def _runs_on_a_dead_redis_answer_per_failure_mode(tmp_path: Path, redis: R
     answers = await _decide(service, checks)
     assert answers == [(True, BACKEND_ERROR)] * 10 + [(False, BACKEND_ERROR)] * 10
     states = service.rulebook.snapshot.by_name
-    assert states[("web", "open")].stats.backend_errors == 10
-    assert states[("web", "closed")].stats.backend_errors == 10
-    assert states[("web", "closed")].stats.over_limit == 10
+    # A request of one check takes the decider's short path: the same answers and counts.
+    alone = [await _decide(service, [check]) for check in (("open", "v", 0), ("closed", "v", 0))]
+    assert alone == [[(True, BACKEND_ERROR)], [(False, BACKEND_ERROR)]]
+    assert states[("web", "open")].stats.backend_errors == 11
+    assert states[("web", "closed")].stats.backend_errors == 11
+    assert states[("web", "closed")].stats.over_limit == 11
 
 
 def test_runs_on_a_dead_redis_answer_per_failure_mode(tmp_path: Path) -> None:
