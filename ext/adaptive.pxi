@@ -210,6 +210,7 @@ cdef class AdaptiveLimit:
     cdef int64_t rearm_ns
     cdef int64_t last_eval
     cdef int64_t last_cut
+    cdef int64_t last_down
     cdef int64_t quiet_since
     cdef int64_t admitted
     cdef int64_t rejected
@@ -330,6 +331,7 @@ cdef class AdaptiveLimit:
         self.queue_ratio = 1.0
         self.last_eval = -1
         self.last_cut = -1
+        self.last_down = -1
         self.quiet_since = -1
 
     cdef inline int64_t _now(self, object now) except? -1:
@@ -623,7 +625,7 @@ cdef class AdaptiveLimit:
             # interval's own calls are enough to show it).
             self.last_was_cut = False
             self.healthy_run = 0
-            self._follow_queue()
+            self._follow_queue(now)
         elif (not self.rate_mode and saturated and self._queued()
                 and self.completed >= FRESH_MIN):
             # A standing queue at the limit: come down by its share.
@@ -842,14 +844,23 @@ cdef class AdaptiveLimit:
         self.gentle = False
         self.limit_value = self._clamp(new)
 
-    cdef void _follow_queue(self) noexcept:
+    cdef void _follow_queue(self, int64_t now) noexcept:
         """Concurrency mode with a probed baseline, at a saturated limit and under the
         target: the limit times (1 + tolerance) / queue ratio, the calls in flight
         that keep the median ``tolerance`` over the no-load latency (Little's law,
         as Envoy's gradient controller does), at most half off and at most
         ``growth`` times up per interval. Under it the backend idles, over it calls
-        queue; the target stays the bound (a breach is cut, not followed)."""
+        queue; the target stays the bound (a breach is cut, not followed).
+
+        Down only once the fresh median describes the limit in force (``window_age``
+        since the last step down): until then it still holds calls queued behind the
+        higher limit, and a second step on them would take the limit under the
+        backend's concurrency, idling it."""
         cdef double new = self.limit_value * (1.0 + self.tolerance) / self.queue_ratio
+        if new < self.limit_value:
+            if self.last_down >= 0 and now - self.last_down < self.window_age_ns:
+                return
+            self.last_down = now
         if new < self.limit_value / 2:
             new = self.limit_value / 2
         elif new > self.limit_value * self.growth:

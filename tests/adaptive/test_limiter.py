@@ -355,3 +355,47 @@ def test_concurrency_probe_reading_lower_meets_the_last_halfway_higher_at_once()
     assert second == pytest.approx(0.07, rel=0.02)
     first, second = _two_probes(0.08, 0.09)
     assert second == pytest.approx(0.09, rel=0.01)
+
+
+def _limits_around_a_halving(seed: int) -> list[tuple[float, float, bool]]:
+    """(seconds, limit, probing) at each arrival: a concurrency-mode limiter with its
+    defaults in front of a FIFO backend of 8 slots x 80 ms (lognormal, sigma 0.3),
+    offered 200 calls/s (2x), whose slots halve at 10 s."""
+    rng = random.Random(seed)
+    clock = Clock()
+    model = AdaptiveLimit(target_latency=0.5, mode="concurrency", clock=clock)
+    lim = AdaptiveLimiter(limit_model=model, clock=clock)
+    free = [clock.t] * 8  # when each slot is next free
+    running: list[tuple[int, int, AdaptivePermit]] = []  # (finish time, seq, permit)
+    out = []
+    for k in range(200 * 20):
+        arrival = 100 * S + k * S // 200
+        if k == 200 * 10:  # the slots that free last go; their calls still finish
+            free = sorted(free)[:4]
+        while running and running[0][0] <= arrival:
+            clock.t, _, permit = heapq.heappop(running)
+            permit.success()
+        clock.t = arrival
+        permit = lim.acquire()
+        if permit.allowed:
+            start = max(arrival, heapq.heappop(free))
+            finish = start + int(0.08 * S * rng.lognormvariate(-0.045, 0.3))
+            heapq.heappush(free, finish)
+            heapq.heappush(running, (finish, k, permit))
+        out.append((k / 200, model.limit, model.state["probing"]))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_concurrency_follows_a_capacity_halving_down_without_idling_the_backend(
+    seed: int,
+) -> None:
+    # The queue ratio is the median of the freshest calls, which for a while after a
+    # step down still waited behind the higher limit: a second step on them took the
+    # limit under the 4 slots left (the backend idled), then back over them. Outside
+    # the baseline probes (which halve the limit on purpose) it stays at the slots or
+    # above, and near them within 3 s.
+    trace = _limits_around_a_halving(seed)
+    after = [limit for t, limit, probing in trace if 10 <= t < 20 and not probing]
+    assert min(after) >= 4, min(after)
+    assert next(limit for t, limit, _ in trace if t >= 13) <= 7
