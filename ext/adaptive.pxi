@@ -24,10 +24,11 @@
 #   percentile, so a capacity drop is met before a queue builds;
 # - concurrency mode with a probed baseline, no breach, at a saturated limit: the
 #   limit follows the queue, limit x (1 + ``tolerance``) / q (at most half off, at
-#   most ``growth`` up per interval), as Envoy's gradient controller and Gradient2
-#   do: the queue in front of the backend stays short and the target stays the
-#   bound. Before the first probe, a standing queue (q > 1 + tolerance) brings the
-#   limit down by the same factor (``_drain``), and the rules below apply;
+#   most ``growth`` up per interval; down again only ``window_age`` after the last
+#   step down, once q describes the limit in force), as Envoy's gradient controller
+#   and Gradient2 do: the queue in front of the backend stays short and the target
+#   stays the bound. Before the first probe, a standing queue (q > 1 + tolerance)
+#   brings the limit down by the same factor (``_drain``), and the rules below apply;
 # - r <= 1 - headroom (rate mode: or r <= 1 with no queue now: a percentile near the
 #   target with the fresh median at the baseline is the tail of a backlog that is
 #   gone), healthy and q <= 1 + tolerance: if the limit is the bottleneck (calls refused and
