@@ -303,24 +303,46 @@ def _probe_baselines(duration: Callable[[int], float], count: int, **knobs: Any)
     model = AdaptiveLimit(target_latency=0.5, mode="concurrency", initial_limit=80, clock=clock,
                           **knobs)  # fmt: skip
     lim = AdaptiveLimiter(limit_model=model, clock=clock)
-    running: list[tuple[int, int, AdaptivePermit]] = []  # (finish time, seq, permit)
     bases: list[float] = []
     probing = False
-    for k in range(2000 * 10):
-        arrival = 100 * S + k * S // 2000
+
+    def after(k: int) -> bool:
+        nonlocal probing
+        if probing and not model.state["probing"]:
+            bases.append(model.state["baseline"])
+        probing = model.state["probing"]
+        return len(bases) == count
+
+    if _open_loop(lim, clock, 2000, 10, lambda k, at: at + int(duration(len(bases)) * S), after):
+        return bases
+    raise AssertionError(f"{count} probes did not end: {bases}")
+
+
+def _open_loop(
+    lim: AdaptiveLimiter,
+    clock: Clock,
+    rate: int,
+    seconds: int,
+    finish: Callable[[int, int], int],
+    after: Callable[[int], bool],
+) -> bool:
+    """Calls arriving at ``rate`` per second for ``seconds`` from 100 s on ``clock``,
+    each after the calls due before it have ended (``success``). An admitted call ``k``
+    arriving at ``at`` (ns) ends at ``finish(k, at)``; ``after(k)`` runs after each
+    arrival, and True from it stops (returned)."""
+    running: list[tuple[int, int, AdaptivePermit]] = []  # (finish time, seq, permit)
+    for k in range(rate * seconds):
+        arrival = 100 * S + k * S // rate
         while running and running[0][0] <= arrival:
             clock.t, _, permit = heapq.heappop(running)
             permit.success()
         clock.t = arrival
         permit = lim.acquire()
         if permit.allowed:
-            heapq.heappush(running, (arrival + int(duration(len(bases)) * S), k, permit))
-        if probing and not model.state["probing"]:
-            bases.append(model.state["baseline"])
-            if len(bases) == count:
-                return bases
-        probing = model.state["probing"]
-    raise AssertionError(f"{count} probes did not end: {bases}")
+            heapq.heappush(running, (finish(k, arrival), k, permit))
+        if after(k):
+            return True
+    return False
 
 
 def _probed_baseline(seed: int) -> float:
@@ -366,23 +388,21 @@ def _limits_around_a_halving(seed: int) -> list[tuple[float, float, bool]]:
     model = AdaptiveLimit(target_latency=0.5, mode="concurrency", clock=clock)
     lim = AdaptiveLimiter(limit_model=model, clock=clock)
     free = [clock.t] * 8  # when each slot is next free
-    running: list[tuple[int, int, AdaptivePermit]] = []  # (finish time, seq, permit)
     out = []
-    for k in range(200 * 20):
-        arrival = 100 * S + k * S // 200
-        if k == 200 * 10:  # the slots that free last go; their calls still finish
-            free = sorted(free)[:4]
-        while running and running[0][0] <= arrival:
-            clock.t, _, permit = heapq.heappop(running)
-            permit.success()
-        clock.t = arrival
-        permit = lim.acquire()
-        if permit.allowed:
-            start = max(arrival, heapq.heappop(free))
-            finish = start + int(0.08 * S * rng.lognormvariate(-0.045, 0.3))
-            heapq.heappush(free, finish)
-            heapq.heappush(running, (finish, k, permit))
+
+    def finish(k: int, at: int) -> int:
+        end = max(at, heapq.heappop(free)) + int(0.08 * S * rng.lognormvariate(-0.045, 0.3))
+        heapq.heappush(free, end)
+        return end
+
+    def after(k: int) -> bool:
+        nonlocal free
         out.append((k / 200, model.limit, model.state["probing"]))
+        if k == 200 * 10 - 1:  # the slots that free last go; their calls still finish
+            free = sorted(free)[:4]
+        return False
+
+    _open_loop(lim, clock, 200, 20, finish, after)
     return out
 
 
