@@ -22,13 +22,17 @@ connection, as a browser or a proxy would). Scenarios per limiter, same run:
 
 Run: ``.venv/bin/python benchmarks/real_service_bench.py`` (about 10 minutes);
 ``--sizes small`` runs one size. Writes ``benchmarks/results/real_service.md`` and a
-PNG per size.
+PNG per size. ``--trace LIMITER`` instead runs the step scenario for one limiter at
+the first of ``--sizes`` and prints, per 0.5 s, goodput, p50 and the adaptive
+controller's state (limit, queue ratio, baseline, probing), polled from the
+service's ``/state`` every 0.1 s: what the controller did, not just what it got.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import math
 import os
 import random
@@ -105,7 +109,7 @@ def serve(port: int, slots: int, hold_ms: float, limiter_name: str) -> None:
         controller = getattr(limiter, "controller", None)
         if controller is None:
             return PlainTextResponse("{}")
-        return PlainTextResponse(repr({**controller.state, "in_flight": limiter.in_flight}))
+        return PlainTextResponse(json.dumps({**controller.state, "in_flight": limiter.in_flight}))
 
     app = Starlette(routes=[Route("/work", work), Route("/capacity/{n}", capacity),
                             Route("/state", state)])  # fmt: skip
@@ -378,15 +382,65 @@ def plot(size: str, slots: int, hold: float, rows_by: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def trace(size: str, name: str) -> None:
+    """The step scenario for limiter ``name``, printed per 0.5 s of scheduled time:
+    good/s, p50 of the served, and the last controller state polled in that half
+    second (the poll's clock starts with the load, to within a millisecond)."""
+    slots, hold = SIZES[size]
+    proc, port = start_service(slots, hold, name)
+    states: list[tuple[float, dict]] = []
+
+    async def run() -> np.ndarray:
+        loop = asyncio.get_running_loop()
+        start = loop.time() + 0.2  # as ``drive`` schedules its first request
+
+        async def poll() -> None:
+            while True:
+                await asyncio.sleep(0.1)
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"GET /state HTTP/1.1\r\nHost: s\r\nConnection: close\r\n\r\n")
+                body = (await reader.read()).split(b"\r\n\r\n", 1)[1]
+                writer.close()
+                states.append((loop.time() - start, json.loads(body)))
+
+        poller = loop.create_task(poll())
+        try:
+            capacity = slots / (hold / 1000)
+            return await drive(port, 2 * capacity, STEP_END, False, STEP[1:], slots)
+        finally:
+            poller.cancel()
+
+    try:
+        rows = asyncio.run(run())
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    print(f"{size}, {name}: step scenario (capacity halves at 10 s, returns at 18 s)")
+    print("    s  good/s  p50 ms   limit  queue ratio  baseline ms  probing")
+    for at in np.arange(0.0, STEP_END, 0.5):
+        lat = served(rows, at, at + 0.5)
+        p50 = np.median(lat) * 1000 if len(lat) else math.nan
+        seen = [s for t, s in states if at <= t < at + 0.5]
+        last = seen[-1] if seen else {}
+        print(f"{at:5.1f}  {good_rate(rows, at, at + 0.5):6.0f}  {p50:6.0f}  "
+              f"{last.get('limit', math.nan):6.1f}  {last.get('queue_ratio', math.nan):11.2f}  "
+              f"{last.get('baseline', math.nan) * 1000:11.0f}  "
+              f"{'yes' if any(s.get('probing') for s in seen) else ''}")  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="small,large")
     ap.add_argument("--limiters", default=",".join(LIMITERS))
+    ap.add_argument("--trace", metavar="LIMITER", help="print one limiter's step scenario")
     ap.add_argument("--serve", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
         port, slots, hold, name = args.serve
         serve(int(port), int(slots), float(hold), name)
+        return
+    if args.trace:
+        trace(args.sizes.split(",")[0], args.trace)
         return
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     sections = []
