@@ -27,18 +27,16 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any
 
-from limiter.errors import InvalidParameter, LimiterError, brief
+from limiter.errors import InvalidParameter, brief
 from limiter.schema import Section, setting
 
 __all__ = [
     "BreakerConfig",
     "BreakerGroup",
-    "BreakerOpen",
     "Breakers",
     "CircuitBreaker",
     "Mode",
@@ -50,7 +48,6 @@ __all__ = [
 Clock = Callable[[], int]
 Listener = Callable[[str, dict[str, Any]], None]
 Override = Callable[[str], str | None]
-T = TypeVar("T")
 
 
 class State(StrEnum):
@@ -65,15 +62,6 @@ class Mode(StrEnum):
     METRICS_ONLY = "metrics_only"
     FORCED_OPEN = "forced_open"
     FORCED_CLOSED = "forced_closed"
-
-
-class BreakerOpen(LimiterError):
-    """A call was refused because its circuit is open; ``retry_after`` is a hint in seconds."""
-
-    def __init__(self, name: str, retry_after: float) -> None:
-        self.name = name
-        self.retry_after = retry_after
-        super().__init__(f"circuit {name!r} is open; retry after {retry_after:.3f}s")
 
 
 @dataclass(frozen=True)
@@ -105,10 +93,6 @@ class BreakerConfig(Section):
     half_open_probes: int = setting(
         1, "calls let through to probe; all must succeed to close", low=1, high=10_000
     )
-    failure_on: tuple[type[BaseException], ...] = setting(
-        (Exception,), "exceptions that count as failures"
-    )
-    ignore_on: tuple[type[BaseException], ...] = setting((), "exceptions that count as nothing")
     failure_status: tuple[int, ...] = setting(
         (500, 502, 503, 504), "status codes that count as failures", low=0, high=999
     )
@@ -172,7 +156,7 @@ def probe_for(url: str, timeout: float) -> Callable[[], bool]:
 
 
 class CircuitBreaker:
-    """One breaker. Use ``allow()`` + ``record(...)``, ``guard()`` or ``call(fn)``."""
+    """One breaker: ask ``allow()`` before a call, then ``record(...)`` its outcome."""
 
     def __init__(
         self,
@@ -207,7 +191,6 @@ class CircuitBreaker:
         self._passed = itertools.count(1)
         self._transition = threading.Lock()
         self.rejected = 0
-        self._replay: Callable[[], object] | None = None
         self._undecided = False
 
     # -- hot path -------------------------------------------------------------------
@@ -238,7 +221,6 @@ class CircuitBreaker:
         if state is State.OPEN:
             if (
                 self.probe_fn is None
-                and self._replay is None
                 and self.clock() - self.opened_at >= self.config.open_for * 1e9
             ):
                 moved = self._move(State.OPEN, State.HALF_OPEN, "open_for elapsed")
@@ -261,35 +243,24 @@ class CircuitBreaker:
         self.rejected += 1
         return False
 
-    def classify(self, error: BaseException | None = None, status: int | None = None) -> str:
-        """ "failure", "ignore" or "success" for an exception or a status code."""
+    def classify(self, status: int | None = None) -> str:
+        """ "failure", "ignore" or "success" for a status code (none: a success)."""
         cfg = self.config
-        if error is not None:
-            if isinstance(error, cfg.ignore_on):
-                return "ignore"
-            return "failure" if isinstance(error, cfg.failure_on) else "success"
-        if status is not None:
-            if status in cfg.ignore_status:
-                return "ignore"
-            return "failure" if status in cfg.failure_status else "success"
-        return "success"
+        if status is None:
+            return "success"
+        if status in cfg.ignore_status:
+            return "ignore"
+        return "failure" if status in cfg.failure_status else "success"
 
     def record(
-        self,
-        duration: float = 0.0,
-        *,
-        failed: bool | None = None,
-        error: BaseException | None = None,
-        status: int | None = None,
+        self, duration: float = 0.0, *, failed: bool | None = None, status: int | None = None
     ) -> None:
-        """Report one call's outcome (``failed`` wins over ``error``/``status`` classification)."""
+        """Report one call's outcome (``failed`` wins over classifying ``status``)."""
         mode = self.effective_mode()
         if mode is Mode.DISABLED:
             return
         outcome = (
-            ("failure" if failed else "success")
-            if failed is not None
-            else self.classify(error, status)
+            ("failure" if failed else "success") if failed is not None else self.classify(status)
         )
         if outcome == "ignore":
             return
@@ -401,7 +372,7 @@ class CircuitBreaker:
 
         Returns the probe result, or None when no probe ran. Never call on the hot path.
         """
-        fn = self.probe_fn or self._replay
+        fn = self.probe_fn
         if fn is None or self.state is not State.OPEN:
             return None
         now = self.clock()
@@ -411,22 +382,12 @@ class CircuitBreaker:
             return None
         self.last_probe = now
         try:
-            healthy = fn() is not False
+            healthy = bool(fn())
         except Exception:
             healthy = False
         if healthy:
-            reason = "health probe passed" if fn is self.probe_fn else "replayed request passed"
-            if self._move(State.OPEN, State.CLOSED, reason) and fn is self._replay:
-                self._replay = None
+            self._move(State.OPEN, State.CLOSED, "health probe passed")
         return healthy
-
-    def replay(self, fn: Callable[[], object]) -> None:
-        """Keep a failed idempotent request to replay as the probe while open.
-
-        Without a health probe, an open breaker then closes only when the replayed
-        request succeeds (it does not raise or return False), so no user call is risked.
-        """
-        self._replay = fn
 
     def reset(self) -> None:
         """Manual reset: back to Closed with an empty window."""
@@ -436,14 +397,6 @@ class CircuitBreaker:
         if source is not State.CLOSED:
             self._announce(source, State.CLOSED, "manual reset")
 
-    def set_mode(self, mode: Mode | str) -> None:
-        try:
-            self.mode = Mode(mode)
-        except ValueError:
-            raise InvalidParameter(
-                f"mode must be one of {[m.value for m in Mode]}, got {mode!r}"
-            ) from None
-
     # -- conveniences ---------------------------------------------------------------
 
     def retry_after(self) -> float:
@@ -451,23 +404,6 @@ class CircuitBreaker:
             left = self.config.open_for - (self.clock() - self.opened_at) / 1e9
             return max(left, 0.0)
         return 0.0
-
-    @contextmanager
-    def guard(self) -> Iterator[None]:
-        """Run a block under the breaker: raises BreakerOpen, records outcome and duration."""
-        if not self.allow():
-            raise BreakerOpen(self.name, self.retry_after())
-        start = time.perf_counter()
-        try:
-            yield
-        except BaseException as exc:
-            self.record(time.perf_counter() - start, error=exc)
-            raise
-        self.record(time.perf_counter() - start)
-
-    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        with self.guard():
-            return fn(*args, **kwargs)
 
     def snapshot(self) -> dict[str, Any]:
         calls, failures, slow = self._totals(self.clock() // self._width)
@@ -579,11 +515,6 @@ class Breakers:
 
     def all(self) -> list[CircuitBreaker]:
         return [b for g in list(self._groups.values()) for b in g]
-
-    def find(self, name: str) -> CircuitBreaker | None:
-        dependency, _, partition = name.partition("/")
-        g = self._groups.get(dependency)
-        return None if g is None else g._parts.get(partition)
 
     def run_probes(self) -> int:
         """Probe every open breaker that is due (housekeeping thread); returns probes run."""
