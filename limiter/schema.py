@@ -16,7 +16,6 @@ reference (``limiter.server.reference``).
 
 from __future__ import annotations
 
-import builtins
 import contextlib
 import dataclasses
 import enum
@@ -220,8 +219,6 @@ def convert(hint: Any, meta: Meta, value: Any) -> Any:
         return _items(args[0], meta, value, hint)
     if origin in (dict, Mapping):
         return _mapping(args, meta, value, hint)
-    if origin is type:
-        return _exception(args[0], value)
     if hint is Any:
         return value
     if issubclass(hint, Section):
@@ -307,14 +304,6 @@ def _member(cls: type[enum.Enum], value: Any) -> enum.Enum:
     raise FieldError("", f"{brief(value)} is not one of {', '.join(map(_name, cls))}")
 
 
-def _exception(base: type, value: Any) -> type:
-    if isinstance(value, str):
-        value = getattr(builtins, value, value)
-    if isinstance(value, type) and issubclass(value, base):
-        return value
-    raise FieldError("", f"{brief(value)} is not a built-in exception name")
-
-
 def _name(member: enum.Enum) -> str:
     """A member's config name: its string value, or its name in lower case."""
     return member.value if isinstance(member.value, str) else member.name.lower()
@@ -342,8 +331,6 @@ def describe(hint: Any, meta: Meta) -> str:
         return f"a list, each {describe(args[0], plain)}"
     if origin in (dict, Mapping):
         return f"a mapping of {describe(args[0], Meta(''))} to {describe(args[1], plain)}"
-    if origin is type:
-        return "a built-in exception name"
     if isinstance(hint, type) and issubclass(hint, Section):
         return "a mapping (below)"
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
@@ -375,8 +362,6 @@ def show(value: Any) -> str:
         return str(value).lower()
     if isinstance(value, enum.Enum):
         return _name(value)
-    if isinstance(value, type):
-        return value.__name__
     if isinstance(value, float | int):
         return _num(value)
     if isinstance(value, tuple | list):

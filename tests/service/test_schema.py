@@ -32,7 +32,6 @@ class Outer(Section):
     parts: Mapping[str, Inner] = setting(factory=dict, doc="keyed, inheriting", inherit="default")
     names: tuple[str, ...] = setting((), "wrapped items", item_key="name")
     url: str | None = setting(None, "a URL", prefixes=("http://",))
-    errors: tuple[type[BaseException], ...] = setting((), "exception names")
 
     def check(self, given: frozenset[str] | None) -> None:
         if given is not None and "names" in given and "url" not in given:
@@ -48,11 +47,11 @@ def fails(raw: object, message: str) -> None:
 def test_yaml_values_are_checked_and_normalised() -> None:
     raw = {"name": "x", "mode": "DENY", "sizes": 3, "inner": {"n": 2},
            "parts": {"default": {"n": 4}, "a": {}, "b": {"n": 5}},
-           "names": [{"name": "r"}], "url": "http://h", "errors": ["OSError"]}  # fmt: skip
+           "names": [{"name": "r"}], "url": "http://h"}  # fmt: skip
     out = load(Outer, raw, "f.yaml")
     assert out.mode is FailureMode.DENY and out.sizes == (3, 3, 3, 3) and out.inner == Inner(2)
     assert out.parts == {"default": Inner(4), "a": Inner(4), "b": Inner(5)}
-    assert out.names == ("r",) and out.errors == (OSError,) and isinstance(out.ratio, float)
+    assert out.names == ("r",) and isinstance(out.ratio, float)
 
 
 @pytest.mark.parametrize(
@@ -60,8 +59,8 @@ def test_yaml_values_are_checked_and_normalised() -> None:
     [
         ({}, "name: required (a non-empty string)"),
         ({"name": ""}, "name: must be a non-empty string, got ''"),
-        ({"name": "x", "nmae": 1}, "unknown field 'nmae' (known: errors, inner, mode, name, "
-         "names, parts, ratio, sizes, url)"),
+        ({"name": "x", "nmae": 1}, "unknown field 'nmae' (known: inner, mode, name, names, "
+         "parts, ratio, sizes, url)"),
         ({"name": "x", "ratio": 0}, "ratio: must be a number in (0, 1], got 0"),
         ({"name": "x", "ratio": True}, "ratio: must be a number in (0, 1], got True"),
         ({"name": "x", "ratio": float("nan")}, "ratio: must be a number in (0, 1], got nan"),
@@ -80,7 +79,6 @@ def test_yaml_values_are_checked_and_normalised() -> None:
         ({"name": "x", "names": [{"name": "r"}]}, "names: only with url"),
         ({"name": "x", "url": "ftp://h"}, "url: must be a URL starting with http://, got "
          "'ftp://h'"),
-        ({"name": "x", "errors": ["Nope"]}, "errors[0]: 'Nope' is not a built-in exception name"),
         ([], "must be a mapping, got list"),
     ],
 )  # fmt: skip
