@@ -254,9 +254,6 @@ class TopClients:
         """``ClientShedder.check`` for ``rule``'s shedder (hot path: one dict lookup)."""
         return self[rule].check(client, cost, pressure=pressure, capacity=capacity)
 
-    def rules(self) -> list[str]:
-        return sorted(self._rules)
-
     def top(self, rule: str | None = None, n: int = 10) -> list[dict[str, Any]]:
         """Heaviest clients of ``rule``, or across all rules (merged by count) when None."""
         if rule is not None:
@@ -342,9 +339,6 @@ class AbnormalAccess:
                     "cooldown": self.cooldown_ns / 1e9,
                 },
             )
-
-    def unblock(self, client: str) -> bool:
-        return self._blocked.pop(client, None) is not None
 
     def blocked(self) -> list[dict[str, Any]]:
         now = self.clock()
