@@ -56,13 +56,6 @@ _ENTRIES = (PRIORITY_ENTRY, TENANT_ENTRY)
 _ENTRY_BYTES = b"limiter."  # what both start with
 # The header that carries the degradation level to the backend.
 LEVEL_HEADER = "x-limiter-level"
-# ``--headers`` mode -> (ietf, legacy)
-HEADER_MODES = {
-    "ietf": (True, False),
-    "legacy": (False, True),
-    "both": (True, True),
-    "none": (False, False),
-}
 
 
 @dataclass(frozen=True)
@@ -74,10 +67,8 @@ class HeaderOptions:
 
     @classmethod
     def parse(cls, mode: str) -> HeaderOptions:
-        """``ietf``, ``legacy``, ``both`` or ``none``."""
-        if mode not in HEADER_MODES:
-            raise ValueError(f"headers mode must be one of {', '.join(HEADER_MODES)}, got {mode!r}")
-        return cls(*HEADER_MODES[mode])
+        """A ``--headers`` mode, which ``Settings`` has checked is one of ``settings.HEADERS``."""
+        return cls(ietf=mode in ("ietf", "both"), legacy=mode in ("legacy", "both"))
 
 
 class RateLimitService:
