@@ -683,7 +683,7 @@ cdef class AdaptiveLimit:
         self.ref_median = median
         if (not self.rate_mode and saturated and self.limit_value >= before
                 and self.baseline_interval > 0
-                and self.base_at >= 0 and now - self.base_at >= self.baseline_ns):
+                and self.base > 0 and now - self.base_at >= self.baseline_ns):
             self._next_interval(now)
             self._start_probe(now)
             return 0

@@ -325,14 +325,15 @@ def _open_loop(
     seconds: int,
     finish: Callable[[int, int], int],
     after: Callable[[int], bool],
+    start: int = 100 * S,
 ) -> bool:
-    """Calls arriving at ``rate`` per second for ``seconds`` from 100 s on ``clock``,
+    """Calls arriving at ``rate`` per second for ``seconds`` from ``start`` (ns) on ``clock``,
     each after the calls due before it have ended (``success``). An admitted call ``k``
     arriving at ``at`` (ns) ends at ``finish(k, at)``; ``after(k)`` runs after each
     arrival, and True from it stops (returned)."""
     running: list[tuple[int, int, AdaptivePermit]] = []  # (finish time, seq, permit)
     for k in range(rate * seconds):
-        arrival = 100 * S + k * S // rate
+        arrival = start + k * S // rate
         while running and running[0][0] <= arrival:
             clock.t, _, permit = heapq.heappop(running)
             permit.success()
@@ -419,3 +420,22 @@ def test_concurrency_follows_a_capacity_halving_down_without_idling_the_backend(
     after = [limit for t, limit, probing in trace if 10 <= t < 20 and not probing]
     assert min(after) >= 4, min(after)
     assert next(limit for t, limit, _ in trace if t >= 13) <= 7
+
+
+@pytest.mark.parametrize("start", [0, 100 * S])
+def test_concurrency_probes_its_baseline_whenever_its_clock_starts(start: int) -> None:
+    # Saturated from its first calls, the limit may stand over a queue, so the first
+    # baseline is probed at once. On a clock that starts at 0 (an injected one, as the
+    # simulator's) the probe must not be put off for ever.
+    clock = Clock()
+    clock.t = start
+    model = AdaptiveLimit(target_latency=0.5, mode="concurrency", clock=clock)
+    lim = AdaptiveLimiter(limit_model=model, clock=clock)
+    free = [start] * 8  # a FIFO backend of 8 slots x 80 ms, offered 200 calls/s
+
+    def finish(k: int, at: int) -> int:
+        end = max(at, heapq.heappop(free)) + 80_000_000
+        heapq.heappush(free, end)
+        return end
+
+    assert _open_loop(lim, clock, 200, 3, finish, lambda k: model.state["probing"], start)
