@@ -25,7 +25,9 @@
 # - concurrency mode with a probed baseline, no breach, at a saturated limit: the
 #   limit follows the queue, limit x (1 + ``tolerance``) / q (at most half off, at
 #   most ``growth`` up per interval; down again only ``window_age`` after the last
-#   step down, once q describes the limit in force), as Envoy's gradient controller
+#   step down, once q describes the limit in force; with no queue at all, q <= 1,
+#   evaluated every ``probe_interval``, as in slow start: the limit is at or under
+#   the backend's concurrency, which idles), as Envoy's gradient controller
 #   and Gradient2 do: the queue in front of the backend stays short and the target
 #   stays the bound. Before the first probe, a standing queue (q > 1 + tolerance)
 #   brings the limit down by the same factor (``_drain``), and the rules below apply;
@@ -212,6 +214,8 @@ cdef class AdaptiveLimit:
     cdef int64_t last_eval
     cdef int64_t last_cut
     cdef int64_t last_down
+    # Concurrency mode: the last step that followed the queue saw none (see _follow_queue).
+    cdef bint no_queue
     cdef int64_t quiet_since
     cdef int64_t admitted
     cdef int64_t rejected
@@ -333,6 +337,7 @@ cdef class AdaptiveLimit:
         self.last_eval = -1
         self.last_cut = -1
         self.last_down = -1
+        self.no_queue = False
         self.quiet_since = -1
 
     cdef inline int64_t _now(self, object now) except? -1:
@@ -392,7 +397,8 @@ cdef class AdaptiveLimit:
                 self._end_probe(now)
             return 0
         if now - self.last_eval >= (
-                self.interval_ns if self.phase == PHASE_ADDITIVE else self.probe_ns):
+                self.interval_ns if self.phase == PHASE_ADDITIVE and not self.no_queue
+                else self.probe_ns):
             self._evaluate(now)
         elif self.slow >= self.early_after and (
                 self.last_cut < 0 or now - self.last_cut >= self.interval_ns):
@@ -727,6 +733,7 @@ cdef class AdaptiveLimit:
         self.cuts += 1
         self.reprobe = False
         self.gentle = False
+        self.no_queue = False
         self.evidence._clear()
 
     cdef void _grow(self, double factor) noexcept:
@@ -843,6 +850,7 @@ cdef class AdaptiveLimit:
         self.phase = PHASE_ADDITIVE
         self.reprobe = False
         self.gentle = False
+        self.no_queue = False
         self.limit_value = self._clamp(new)
 
     cdef void _follow_queue(self, int64_t now) noexcept:
@@ -856,8 +864,13 @@ cdef class AdaptiveLimit:
         Down only once the fresh median describes the limit in force (``window_age``
         since the last step down): until then it still holds calls queued behind the
         higher limit, and a second step on them would take the limit under the
-        backend's concurrency, idling it."""
+        backend's concurrency, idling it.
+
+        With no queue at all (q <= 1) the next step comes after ``probe_interval``,
+        not ``interval``: the limit is at or under the backend's concurrency (after a
+        probe, a baseline read low, or a backend that got faster), and it idles."""
         cdef double new = self.limit_value * (1.0 + self.tolerance) / self.queue_ratio
+        self.no_queue = self.queue_ratio <= 1.0
         if new < self.limit_value:
             if self.last_down >= 0 and now - self.last_down < self.window_age_ns:
                 return

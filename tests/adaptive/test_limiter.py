@@ -439,3 +439,17 @@ def test_concurrency_probes_its_baseline_whenever_its_clock_starts(start: int) -
         return end
 
     assert _open_loop(lim, clock, 200, 3, finish, lambda k: model.state["probing"], start)
+
+
+def test_concurrency_with_no_queue_follows_up_every_probe_interval() -> None:
+    # Calls of 80 ms that never queue, offered 1,000/s: the limit (10 at first) is
+    # under the backend's concurrency, which idles. Once the first probe has measured
+    # the baseline, each step follows it up by the 25% tolerance every probe_interval
+    # (0.25 s), as slow start does, not every interval (0.5 s): past 80 in about 2 s,
+    # not about 3.
+    clock = Clock()
+    model = AdaptiveLimit(target_latency=0.5, mode="concurrency", initial_limit=10, clock=clock)
+    lim = AdaptiveLimiter(limit_model=model, clock=clock)
+    reached = _open_loop(lim, clock, 1000, 6, lambda k, at: at + 80_000_000,
+                         lambda k: model.limit >= 80)  # fmt: skip
+    assert reached and clock.t - 100 * S <= 2.4 * S, (clock.t - 100 * S) / S
