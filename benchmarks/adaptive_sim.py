@@ -560,8 +560,11 @@ NOTES = """Reading the results (all numbers from the tables above):
   queue for a while, and in the probes. (This simulation's clock starts at 0,
   where concurrency mode's first probe used to be put off for ever, so until
   that was fixed these tables showed a controller that never probed, which a
-  production clock never runs: 98.2% / 97.9% goodput then, against 95.1% /
-  96.7% now.) Rate mode paces with a burst of half the
+  production clock never runs: 98.2% / 97.9% goodput then, against 95.0% /
+  96.9% now. With no queue at all the limit now follows up every probe interval,
+  not every interval: without that, a probe or a baseline read low held the limit
+  under the backend's concurrency long enough to miss the 5 s convergence on
+  three seeds, by 7-8 s.) Rate mode paces with a burst of half the
   target's worth (at least 20 calls, was 10 ms), and never trims or eases the rate
   without a standing queue in the fresh median (the delivered rate of an idle
   backend is its arrivals, not its capacity); the percentile window stops at
@@ -569,9 +572,7 @@ NOTES = """Reading the results (all numbers from the tables above):
 - **Where targets are missed** (see the tables): rate mode at 10x misses the
   steady-SLO target (>= 99% of windows) and converges late after one step at 2x;
   concurrency mode is behind Envoy's gradient on goodput (the issue's target
-  "ahead of every baseline" is not met) and, when a probe or a baseline read low
-  takes the limit under the backend's concurrency for a second, converges late
-  (12 s after the step down at 10x; 13 s on a held-out seed at 2x). Prefer
+  "ahead of every baseline" is not met). Prefer
   concurrency mode to protect a backend; use rate mode when a QPS figure is what
   must be enforced.
 - **Poisson and low-rate rows**: the same controllers, no per-case tuning; the
