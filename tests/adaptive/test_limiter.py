@@ -445,8 +445,7 @@ def test_concurrency_with_no_queue_follows_up_every_probe_interval() -> None:
     # Calls of 80 ms that never queue, offered 1,000/s: the limit (10 at first) is
     # under the backend's concurrency, which idles. Once the first probe has measured
     # the baseline, each step follows it up by the 25% tolerance every probe_interval
-    # (0.25 s), as slow start does, not every interval (0.5 s): past 80 in about 2 s,
-    # not about 3.
+    # (0.25 s), as slow start does, not every interval (0.5 s).
     clock = Clock()
     model = AdaptiveLimit(target_latency=0.5, mode="concurrency", initial_limit=10, clock=clock)
     lim = AdaptiveLimiter(limit_model=model, clock=clock)
