@@ -58,8 +58,7 @@ LIMITERS = ("none", "static concurrency", "static token bucket", "adaptive concu
             "adaptive rate")  # fmt: skip
 # The overload phases last long enough that a limit admitting more than the service
 # serves shows as a queue breaking the target: a short phase credits it with the goodput
-# it borrows from after the phase (a token bucket at the large size's nominal capacity
-# stays within the target for about 20 s, then serves nothing within it).
+# it borrows from after the phase (``--trace "static token bucket"`` shows it).
 STEADY = 30.0
 STEP = ((0.0, 1.0), (STEADY, 0.5), (STEADY + 8.0, 1.0))  # (start s, share of the slots)
 STEP_END = STEADY + 16.0
