@@ -6,15 +6,17 @@
 # mode or counting in-flight calls in "concurrency" mode.
 #
 # Control law, evaluated every ``interval`` (every ``probe_interval`` while in slow
-# start, as TCP slow start grows per round trip) on the P-th percentile of the
-# freshest ``window_samples`` latencies seen since the last cut (at most ``horizon``
-# back, and no further than ``window_age`` once ``min_samples`` are in, from a
-# Reservoir; a dropped or timed-out call counts as slower than any target, and calls
+# start, as TCP slow start grows per round trip; concurrency mode: not before the
+# calls admitted since the limit last moved have reported, at most one interval
+# later, so that with calls slower than the interval it never grows blind) on the
+# P-th percentile of the freshest ``window_samples`` latencies seen since the last
+# cut (at most ``horizon`` back, and no further than ``window_age`` once
+# ``min_samples`` are in, from a Reservoir; a dropped or timed-out call counts as slower than any target, and calls
 # admitted before the last cut are left out: they describe a limit no longer in
 # force), and on the queue ratio q: the median of the freshest ``min_samples`` calls
-# over the no-load baseline (concurrency mode: measured by a probe, see
-# ``_start_probe``; rate mode: the lowest fresh median seen). With r = percentile /
-# target:
+# (concurrency mode: of those admitted since the limit last moved) over the no-load
+# baseline (concurrency mode: measured by a probe, see ``_start_probe``; rate mode:
+# the lowest fresh median seen). With r = percentile / target:
 # - r > 1 with a slow call in this interval (or a queue now), overload: cut the
 #   limit by 1/2 the first time, then 1/4, 1/8, ... down to
 #   ``min_cut``, at most one cut per ``interval`` (as TCP cuts once per round trip).
@@ -24,13 +26,12 @@
 #   percentile, so a capacity drop is met before a queue builds;
 # - concurrency mode with a probed baseline, no breach, at a saturated limit: the
 #   limit follows the queue, limit x (1 + ``tolerance``) / q (at most half off, at
-#   most ``growth`` up per interval; down again only ``window_age`` after the last
-#   step down, once q describes the limit in force; with no queue at all, q <= 1,
-#   evaluated every ``probe_interval``, as in slow start: the limit is at or under
-#   the backend's concurrency, which idles), as Envoy's gradient controller
-#   and Gradient2 do: the queue in front of the backend stays short and the target
-#   stays the bound. Before the first probe, a standing queue (q > 1 + tolerance)
-#   brings the limit down by the same factor (``_drain``), and the rules below apply;
+#   most ``growth`` up per step), as Envoy's gradient controller and Gradient2 do:
+#   the queue in front of the backend stays short and the target stays the bound.
+#   Each step comes as soon as the calls admitted since the last one are in (see
+#   ``_follow_queue``), so the pace follows the service's own round trip. Before
+#   the first probe, a standing queue (q > 1 + tolerance) brings the limit down by
+#   the same factor (``_drain``), and the rules below apply;
 # - r <= 1 - headroom (rate mode: or r <= 1 with no queue now: a percentile near the
 #   target with the fresh median at the baseline is the tail of a backlog that is
 #   gone), healthy and q <= 1 + tolerance: if the limit is the bottleneck (calls refused and
@@ -93,9 +94,12 @@ cdef enum:
     MIN_BURST = 20
 
 cdef enum:
-    # Calls whose median is the baseline after a probe; fewer (a timed-out probe)
-    # than BASE_MIN leave the baseline as it was.
-    PROBE_CALLS = 30
+    # Calls in a Cohort: the first baseline probe's (later probes take half: a lower
+    # reading moves the baseline only halfway), and those admitted after a step of
+    # the limit whose median is the queue ratio the next step follows (see
+    # _follow_queue). Fewer than BASE_MIN finished well (a timed-out probe) leave
+    # the baseline as it was.
+    COHORT_CALLS = 100
     PROBE_STAGES = 5
     BASE_MIN = 5
     # Calls behind the fresh median that measures the queue.
@@ -105,6 +109,77 @@ cdef enum:
 
 OUTCOMES = {"ok": OUTCOME_OK, "dropped": OUTCOME_DROPPED, "ignored": OUTCOME_IGNORED}
 MODES = ("rate", "concurrency")
+
+
+cdef struct Cohort:
+    # Calls admitted from ``start`` on, up to ``size`` of them (``closed``: when the
+    # last was admitted or, counted by ``record`` alone, when ``size`` had finished;
+    # -1 until then), and the latencies of those that finished well. A probe waits
+    # for them all: the first calls to finish are the fast ones, and a median of
+    # whatever finished first reads low.
+    int64_t start
+    int64_t closed
+    int32_t size
+    int32_t admitted  # 0 when the enforcer does not report its decisions
+    int32_t finished
+    int32_t n
+    double samples[COHORT_CALLS]
+
+
+cdef inline void cohort_open(Cohort* c, int32_t size, int64_t now) noexcept:
+    c.start = now
+    c.closed = -1
+    c.size = size
+    c.admitted = 0
+    c.finished = 0
+    c.n = 0
+
+
+cdef inline void cohort_admit(Cohort* c, int64_t now) noexcept:
+    if c.closed < 0:
+        c.admitted += 1
+        if c.admitted == c.size:
+            c.closed = now
+
+
+cdef inline bint cohort_finish(Cohort* c, int64_t admitted_at, double latency, int outcome,
+                               int64_t now) noexcept:
+    """Count one finished call if the cohort admitted it (fed by ``record`` alone, the
+    first ``size`` calls to finish after ``start``); returns whether it did."""
+    if (admitted_at < c.start or c.finished == c.size
+            or (c.closed >= 0 and admitted_at > c.closed + 1000)):
+        return False
+    c.finished += 1
+    if outcome == OUTCOME_OK:
+        c.samples[c.n] = latency
+        c.n += 1
+    if c.admitted == 0 and c.finished == c.size:
+        c.closed = now
+    return True
+
+
+cdef inline bint cohort_complete(const Cohort* c) noexcept:
+    return c.closed >= 0 and c.finished >= c.admitted and c.finished > 0
+
+
+cdef double cohort_median(Cohort* c) noexcept:
+    """Median of the cohort's calls, those not finished well (dropped, or still
+    running) counted as slower than any; NaN when fewer than half finished well.
+    Sorts the samples in place (few: insertion sort)."""
+    cdef int32_t i, j
+    cdef double x
+    cdef double* v = c.samples
+    cdef int32_t total = c.admitted if c.admitted > c.finished else c.finished
+    for i in range(1, c.n):
+        x = v[i]
+        j = i - 1
+        while j >= 0 and v[j] > x:
+            v[j + 1] = v[j]
+            j -= 1
+        v[j + 1] = x
+    if 2 * c.n <= total:
+        return NAN
+    return v[total // 2] if total % 2 else 0.5 * (v[total // 2 - 1] + v[total // 2])
 
 
 cdef int parse_outcome(object ok, object outcome) except -1:
@@ -176,18 +251,13 @@ cdef class AdaptiveLimit:
     cdef int64_t base_at
     cdef double queue_ratio
     cdef bint probing
-    cdef int64_t probe_start
     cdef double probe_restore
     cdef double probe_before
     cdef bint probed
     cdef int32_t probe_stage
     cdef double before_sum
     cdef int64_t before_n
-    cdef int32_t probe_n
-    cdef int32_t probe_admitted
-    cdef int32_t probe_finished
-    cdef int64_t probe_closed
-    cdef double probe_samples[PROBE_CALLS]
+    cdef Cohort probe
     cdef int64_t slow_interval
     cdef int32_t healthy_run
     cdef bint reprobe
@@ -213,9 +283,9 @@ cdef class AdaptiveLimit:
     cdef int64_t rearm_ns
     cdef int64_t last_eval
     cdef int64_t last_cut
-    cdef int64_t last_down
-    # Concurrency mode: the last step that followed the queue saw none (see _follow_queue).
-    cdef bint no_queue
+    # Concurrency mode: the calls admitted since the limit last moved (see _follow_queue).
+    cdef Cohort recent
+    cdef double step_limit
     cdef int64_t quiet_since
     cdef int64_t admitted
     cdef int64_t rejected
@@ -336,8 +406,9 @@ cdef class AdaptiveLimit:
         self.queue_ratio = 1.0
         self.last_eval = -1
         self.last_cut = -1
-        self.last_down = -1
-        self.no_queue = False
+        cohort_open(&self.recent, COHORT_CALLS, -1)
+        cohort_open(&self.probe, COHORT_CALLS, -1)
+        self.step_limit = self.limit_value
         self.quiet_since = -1
 
     cdef inline int64_t _now(self, object now) except? -1:
@@ -354,11 +425,8 @@ cdef class AdaptiveLimit:
             self.last_eval = now
         if allowed:
             self.admitted += 1
-            if self.probing and self.probe_admitted < PROBE_CALLS:
-                # The stage's sample: the first PROBE_CALLS calls it admits.
-                self.probe_admitted += 1
-                if self.probe_admitted == PROBE_CALLS:
-                    self.probe_closed = now
+            if self.probing:
+                cohort_admit(&self.probe, now)
             if in_flight > self.peak_in_flight:
                 self.peak_in_flight = in_flight
         elif guarded:
@@ -379,26 +447,29 @@ cdef class AdaptiveLimit:
                 if outcome == OUTCOME_DROPPED or latency > self.target_latency:
                     self.slow += 1
                     self.slow_interval += 1
-        cdef int64_t admitted_at
+        cdef int64_t admitted_at = now - seconds_to_ns(latency)
         if self.probing:
-            admitted_at = now - seconds_to_ns(latency)
-            if admitted_at >= self.probe_start and (
-                    self.probe_closed < 0 or admitted_at <= self.probe_closed + 1000):
-                self.probe_finished += 1
-                if outcome == OUTCOME_OK:
-                    self.probe_samples[self.probe_n] = latency
-                    self.probe_n += 1
-            elif outcome == OUTCOME_OK and self.probe_stage == 0 and admitted_at < self.probe_start:
+            if (not cohort_finish(&self.probe, admitted_at, latency, outcome, now)
+                    and outcome == OUTCOME_OK and self.probe_stage == 0
+                    and admitted_at < self.probe.start):
                 # Admitted before the probe: these waited behind the full queue.
                 self.before_sum += latency
                 self.before_n += 1
-            # (Every sample is also a finished call, so this bounds probe_samples.)
-            if self.probe_finished == PROBE_CALLS or now - self.probe_start >= 2 * self.interval_ns:
+            if cohort_complete(&self.probe) or (
+                    now - self.probe.start >= 2 * self.interval_ns + seconds_to_ns(self.target_latency)):
                 self._end_probe(now)
             return 0
-        if now - self.last_eval >= (
-                self.interval_ns if self.phase == PHASE_ADDITIVE and not self.no_queue
-                else self.probe_ns):
+        cdef int64_t due = self.interval_ns if self.phase == PHASE_ADDITIVE else self.probe_ns
+        if not self.rate_mode:
+            cohort_finish(&self.recent, admitted_at, latency, outcome, now)
+        if now - self.last_eval >= due and (
+                self.rate_mode or self._reported() or now - self.last_eval >= 2 * due):
+            # (Concurrency mode: once the calls admitted since the limit last moved
+            # have reported, see _grow; at most one more interval.)
+            self._evaluate(now)
+        elif self.probed and cohort_complete(&self.recent):
+            # Concurrency mode: the calls admitted since the limit last moved are
+            # in, and they describe it; follow the queue now (see _follow_queue).
             self._evaluate(now)
         elif self.slow >= self.early_after and (
                 self.last_cut < 0 or now - self.last_cut >= self.interval_ns):
@@ -465,6 +536,11 @@ cdef class AdaptiveLimit:
                 self.rate_mode or self.baseline_interval == 0):
             self.base = min(m, self.base * (1.0 + self.tolerance))
             self.base_at = now
+        if not self.rate_mode and self._reported():
+            # Concurrency mode: the calls admitted since the limit last moved, the
+            # queue that limit holds (the freshest calls may have queued behind an
+            # earlier one).
+            fresh = cohort_median(&self.recent)
         return fresh / self.base
 
     cdef void _start_probe(self, int64_t now) noexcept:
@@ -472,11 +548,16 @@ cdef class AdaptiveLimit:
 
         With calls in flight capped above the backend's concurrency every call
         queues, median included, so nothing passive shows the latency without a
-        queue. For a short while (``PROBE_CALLS`` calls admitted after the start, at
-        most two intervals) the limit is halved, then restored; the median of the
-        calls admitted meanwhile is the new baseline. Halving rather than pinning to
-        a small constant keeps most of the throughput; a limit still above the knee
-        after halving overestimates the baseline, and the next probe corrects it.
+        queue. For a short while (``COHORT_CALLS`` calls admitted after the start,
+        half as many once a baseline is known; at most two intervals and the target)
+        the limit comes down by (1 + ``tolerance``) squared, then is restored; the
+        median of the calls admitted meanwhile is the new baseline. At the limit the
+        queue is followed to (the median ``tolerance`` over the baseline) that is
+        under the backend's concurrency, and it keeps most of the throughput, where
+        pinning the limit to a small constant, or halving it, would idle much of the
+        backend for the probe's length. A limit still over the knee after the step
+        overestimates the baseline: the median falls clearly, and the probe steps
+        down again (see _end_probe).
         """
         self.probing = True
         self.probe_restore = self.limit_value
@@ -488,38 +569,39 @@ cdef class AdaptiveLimit:
         self._next_stage(now)
 
     cdef void _next_stage(self, int64_t now) noexcept:
-        """A probe stage starts: the limit halves, the sample starts afresh."""
-        self.probe_start = now
-        self.probe_n = 0
-        self.probe_admitted = 0
-        self.probe_finished = 0
-        self.probe_closed = -1
-        self.limit_value = self._clamp(self.limit_value / 2)
+        """A probe stage starts: the limit steps down, the sample starts afresh."""
+        cohort_open(&self.probe, COHORT_CALLS // 2 if self.probed else COHORT_CALLS, now)
+        self.limit_value = self._clamp(self.limit_value / self._probe_step())
+
+    cdef inline double _probe_step(self) noexcept:
+        """What a probe stage divides the limit by: (1 + tolerance) squared."""
+        return (1.0 + self.tolerance) * (1.0 + self.tolerance)
 
     cdef void _end_probe(self, int64_t now) noexcept:
         """The probe's calls are in (or its time is up): settle the baseline.
 
-        If the median fell clearly when the calls in flight were halved, the limit
-        stood over a queue, and the half may still: halve again (at most
+        If the median fell clearly when the calls in flight came down, the limit
+        stood over a queue, and the new level may still: step down again (at most
         ``PROBE_STAGES`` times; not once the median is back within ``tolerance`` of
-        a baseline an earlier probe measured). Once halving no longer lowers the median, that
-        median is the no-load latency, and twice the last level was already free of
-        queueing: the limit comes back to no more than that, plus ``tolerance``.
+        a baseline an earlier probe measured). Once a step no longer lowers the
+        median, that median is the no-load latency, and the level before the step was
+        already free of queueing: the limit comes back to no more than one step over
+        that (the queue is followed down from there, see _follow_queue).
 
-        A stage's sample is the first ``PROBE_CALLS`` calls it admits (when the
-        enforcer reports its decisions), and it ends when all of them are in: the
-        first calls to finish are the fast ones, and a median of whatever finished
-        first reads low. (Fed by ``record`` alone, the first ``PROBE_CALLS`` calls to
-        finish are the sample.)
+        A stage's sample is the first calls it admits (when the enforcer reports its
+        decisions; fed by ``record`` alone, the first calls to finish), and it ends
+        when all of them are in (see Cohort). A stage that runs out of time (calls
+        slower than the interval, or few arrivals) takes the median of the calls it
+        admitted, those still running counted as the slowest.
         """
-        cdef double median
-        if self.probe_n < BASE_MIN:
+        cdef double median = cohort_median(&self.probe) if self.probe.n >= BASE_MIN else NAN
+        if not median > 0:
             self.probing = False
             self.limit_value = self.probe_restore
             self.base_at = now
+            self._new_step(now)
             self._next_interval(now)
             return
-        median = self.evidence_median(self.probe_samples, self.probe_n)
         if self.probe_stage == 0 and self.before_n > 0:
             self.probe_before = max(self.probe_before, self.before_sum / self.before_n)
         if (self.probe_before > median * (1.0 + self.tolerance) and self.probe_stage < PROBE_STAGES
@@ -541,28 +623,16 @@ cdef class AdaptiveLimit:
         self.probed = True
         self.base_at = now
         if self.probe_stage > 0:
-            self.limit_value = min(self.probe_restore,
-                                   self._clamp(2 * self.limit_value * (1.0 + self.tolerance)))
+            self.limit_value = min(self.probe_restore, self._clamp(
+                self.limit_value * self._probe_step() * self._probe_step()))
             if self.ceiling < self.probe_restore:
                 self.ceiling = self.probe_restore
                 self.step = self.additive * self.ceiling
             self.phase = PHASE_ADDITIVE
         else:
             self.limit_value = self.probe_restore
+        self._new_step(now)
         self._next_interval(now)
-
-    cdef double evidence_median(self, double* v, int32_t n) noexcept:
-        """Median of n values (n small: insertion sort in place)."""
-        cdef int32_t i, j
-        cdef double x
-        for i in range(1, n):
-            x = v[i]
-            j = i - 1
-            while j >= 0 and v[j] > x:
-                v[j + 1] = v[j]
-                j -= 1
-            v[j + 1] = x
-        return v[n // 2] if n % 2 else 0.5 * (v[n // 2 - 1] + v[n // 2])
 
     cdef bint _saturated(self, int64_t now) noexcept:
         """Is the limit the bottleneck? Refusals and at least half of it in use.
@@ -627,14 +697,14 @@ cdef class AdaptiveLimit:
             if self.last_cut < 0 or now - self.last_cut >= self.interval_ns:
                 self._cut(now)
         elif (not self.rate_mode and saturated and self.probed
-                and self.completed >= FRESH_MIN):
+                and self._reported()):
             # The no-load latency is known: the limit follows the queue (once the
             # interval's own calls are enough to show it).
             self.last_was_cut = False
             self.healthy_run = 0
             self._follow_queue(now)
         elif (not self.rate_mode and saturated and self._queued()
-                and self.completed >= FRESH_MIN):
+                and self._reported()):
             # A standing queue at the limit: come down by its share.
             self.last_was_cut = False
             self.healthy_run = 0
@@ -687,7 +757,7 @@ cdef class AdaptiveLimit:
         if self.limit_value < before * (1.0 - self.additive) * (1.0 - 1e-9):
             median = NAN
         self.ref_median = median
-        if (not self.rate_mode and saturated and self.limit_value >= before
+        if (not self.rate_mode and saturated and (self.limit_value >= before or not self.probed)
                 and self.baseline_interval > 0
                 and self.base > 0 and now - self.base_at >= self.baseline_ns):
             self._next_interval(now)
@@ -733,12 +803,16 @@ cdef class AdaptiveLimit:
         self.cuts += 1
         self.reprobe = False
         self.gentle = False
-        self.no_queue = False
         self.evidence._clear()
 
     cdef void _grow(self, double factor) noexcept:
         cdef double new
         cdef bint past_peak
+        if not self.rate_mode and not self._reported():
+            # Concurrency mode: not before the calls admitted since the limit last
+            # moved have reported (once per round trip, as TCP grows): with calls
+            # slower than the interval, growing on older calls overshoots blind.
+            return
         if self.phase == PHASE_SLOW_START:
             if self.gentle:
                 new = self.limit_value * (1.0 + 4 * self.additive)
@@ -850,7 +924,6 @@ cdef class AdaptiveLimit:
         self.phase = PHASE_ADDITIVE
         self.reprobe = False
         self.gentle = False
-        self.no_queue = False
         self.limit_value = self._clamp(new)
 
     cdef void _follow_queue(self, int64_t now) noexcept:
@@ -858,23 +931,18 @@ cdef class AdaptiveLimit:
         target: the limit times (1 + tolerance) / queue ratio, the calls in flight
         that keep the median ``tolerance`` over the no-load latency (Little's law,
         as Envoy's gradient controller does), at most half off and at most
-        ``growth`` times up per interval. Under it the backend idles, over it calls
+        ``growth`` times up per step. Under it the backend idles, over it calls
         queue; the target stays the bound (a breach is cut, not followed).
 
-        Down only once the fresh median describes the limit in force (``window_age``
-        since the last step down): until then it still holds calls queued behind the
-        higher limit, and a second step on them would take the limit under the
-        backend's concurrency, idling it.
-
-        With no queue at all (q <= 1) the next step comes after ``probe_interval``,
-        not ``interval``: the limit is at or under the backend's concurrency (after a
-        probe, a baseline read low, or a backend that got faster), and it idles."""
+        The queue ratio is the median of the calls admitted since the limit last
+        moved, and the step comes as soon as ``COHORT_CALLS`` of them are in (or at
+        the interval, once ``_reported``): the freshest calls to finish may
+        have been admitted under the previous limit, and a step on them overshoots
+        (after a step up) or takes the limit under the backend's concurrency (after
+        a step down, they still queued behind the higher limit). Waiting for the
+        step's own calls scales the pace with the service: every few dozen
+        milliseconds on a fast busy one, every few seconds on a slow quiet one."""
         cdef double new = self.limit_value * (1.0 + self.tolerance) / self.queue_ratio
-        self.no_queue = self.queue_ratio <= 1.0
-        if new < self.limit_value:
-            if self.last_down >= 0 and now - self.last_down < self.window_age_ns:
-                return
-            self.last_down = now
         if new < self.limit_value / 2:
             new = self.limit_value / 2
         elif new > self.limit_value * self.growth:
@@ -903,6 +971,20 @@ cdef class AdaptiveLimit:
         self.completed = 0
         self.slow = 0
         self.peak_in_flight = 0
+        if self._reported() or self.limit_value != self.step_limit:
+            self._new_step(now)
+
+    cdef inline bint _reported(self) noexcept:
+        """Concurrency mode: the calls admitted since the limit last moved say what it
+        does: ``min_samples`` of them (at most ``FRESH_MIN``) finished well, and more
+        than half of those that finished."""
+        return ((self.recent.n >= FRESH_MIN or self.recent.n >= self.min_samples)
+                and cohort_median(&self.recent) > 0)
+
+    cdef inline void _new_step(self, int64_t now) noexcept:
+        """Concurrency mode: the step sample starts afresh (see _follow_queue)."""
+        cohort_open(&self.recent, COHORT_CALLS, now)
+        self.step_limit = self.limit_value
 
     cdef double _delivered(self, int64_t now) noexcept:
         """The most the backend completed per second in the last few evaluation
