@@ -135,11 +135,16 @@ cdef inline void cohort_open(Cohort* c, int32_t size, int64_t now) noexcept:
     c.n = 0
 
 
-cdef inline void cohort_admit(Cohort* c, int64_t now) noexcept:
-    if c.closed < 0:
-        c.admitted += 1
-        if c.admitted == c.size:
-            c.closed = now
+cdef inline void cohort_admit(Cohort* c, int64_t now, int64_t until) noexcept:
+    """One admission: it joins until the cohort has ``size``, or ``until`` passed."""
+    if c.closed >= 0:
+        return
+    if now > until:
+        c.closed = until
+        return
+    c.admitted += 1
+    if c.admitted == c.size:
+        c.closed = now
 
 
 cdef inline bint cohort_finish(Cohort* c, int64_t admitted_at, double latency, int outcome,
@@ -426,7 +431,10 @@ cdef class AdaptiveLimit:
         if allowed:
             self.admitted += 1
             if self.probing:
-                cohort_admit(&self.probe, now)
+                # Calls admitted in the probe's first two intervals: each then has
+                # the target's time to finish before the probe runs out of time
+                # (see _end_probe).
+                cohort_admit(&self.probe, now, self.probe.start + 2 * self.interval_ns)
             if in_flight > self.peak_in_flight:
                 self.peak_in_flight = in_flight
         elif guarded:
@@ -450,9 +458,10 @@ cdef class AdaptiveLimit:
         cdef int64_t admitted_at = now - seconds_to_ns(latency)
         if self.probing:
             if (not cohort_finish(&self.probe, admitted_at, latency, outcome, now)
-                    and outcome == OUTCOME_OK and self.probe_stage == 0
+                    and outcome == OUTCOME_OK and self.probe_stage == 0 and not self.probed
                     and admitted_at < self.probe.start):
-                # Admitted before the probe: these waited behind the full queue.
+                # Admitted before the first probe: after a saturated start these
+                # waited behind a queue still building, longer than the fresh median.
                 self.before_sum += latency
                 self.before_n += 1
             if cohort_complete(&self.probe) or (
@@ -564,8 +573,9 @@ cdef class AdaptiveLimit:
         self.probe_stage = 0
         self.before_sum = 0.0
         self.before_n = 0
-        self.probe_before = self.evidence._quantile(0.5, now, self.min_samples,
-                                                    self.window_age_ns, FRESH_MIN)
+        # The fresh median at the limit in force, as the evaluation that starts the
+        # probe measured it.
+        self.probe_before = self.queue_ratio * self.base
         self._next_stage(now)
 
     cdef void _next_stage(self, int64_t now) noexcept:
@@ -696,15 +706,19 @@ cdef class AdaptiveLimit:
         if ratio > 1.0:
             if self.last_cut < 0 or now - self.last_cut >= self.interval_ns:
                 self._cut(now)
-        elif (not self.rate_mode and saturated and self.probed
-                and self._reported()):
+        elif not self.rate_mode and not self._reported():
+            # Concurrency mode: too few of the calls admitted since the limit last
+            # moved have finished to say what it does (slow calls, or few): hold. A
+            # step now would act on calls from an earlier limit, and would start the
+            # sample over.
+            pass
+        elif (not self.rate_mode and saturated and self.probed):
             # The no-load latency is known: the limit follows the queue (once the
             # interval's own calls are enough to show it).
             self.last_was_cut = False
             self.healthy_run = 0
             self._follow_queue(now)
-        elif (not self.rate_mode and saturated and self._queued()
-                and self._reported()):
+        elif not self.rate_mode and saturated and self._queued():
             # A standing queue at the limit: come down by its share.
             self.last_was_cut = False
             self.healthy_run = 0
