@@ -23,7 +23,12 @@
 #   A cut that did not cure the overload by the next evaluation means conditions
 #   changed: the next cut doubles instead (1/8 -> 1/4 -> 1/2). Slow calls trigger
 #   the evaluation early, as soon as there are enough of them to breach the
-#   percentile, so a capacity drop is met before a queue builds;
+#   percentile, so a capacity drop is met before a queue builds. Rate mode, with a
+#   standing queue: the first cut of a run takes the rate no lower than ``min_cut``
+#   under what the backend delivered meanwhile (a rate over capacity queues, and
+#   what a queued backend delivers is its capacity: a step under it drains the
+#   queue without idling the backend, as a big cut would); a second cut in a row
+#   follows the sequence alone (see ``_cut``);
 # - concurrency mode with a probed baseline, no breach, at a saturated limit: the
 #   limit follows the queue, limit x (1 + ``tolerance``) / q (at most half off, at
 #   most ``growth`` up per step), as Envoy's gradient controller and Gradient2 do:
@@ -59,11 +64,12 @@
 #   the percentile under the target without waiting for a breach, and ends an
 #   open-ended slow start before it overshoots (as TCP HyStart does on delay), or a
 #   slow start back to the level last cut from once that cut is two intervals old;
-# - rate mode, backend-bound (a standing queue, or refusals by the enforcer's in-flight
-#   guard with the median rising, and the backend delivered less than the rate;
-#   without a queue fewer deliveries only mean fewer arrivals, and the rate must not
-#   ratchet down to them while the backend idles): latency stays flat up to capacity, so the
-#   knee shows as throughput instead; the rate comes down to one additive step over
+# - rate mode, backend-bound (calls refused, by the enforcer's in-flight guard or by
+#   the pace with a standing queue, with the median rising, and the backend delivered
+#   less than the rate; without a queue, or with nothing refused, fewer deliveries
+#   only mean fewer arrivals, and the rate must not ratchet down to them while the
+#   backend idles): latency stays flat up to capacity, so the knee shows as
+#   throughput instead; the rate comes down to one additive step over
 #   what was delivered (past slow start: at most one additive step lower per
 #   evaluation) and slow start ends there (see ``_trim``);
 # - the big cut re-arms (next cut 1/2, growth exponential again) once the limit
@@ -92,6 +98,11 @@ cdef enum:
 cdef enum:
     # Smallest default burst of the rate mode's pacing, in calls (see _burst_calls).
     MIN_BURST = 20
+    # Fewest calls the rate mode's in-flight guard allows (when the burst allows as
+    # many): Poisson arrivals holding three calls in flight on average exceed eight
+    # under 1% of the time, so a rate whose queue_cap x target's worth is a call or
+    # two is not serialised by the guard.
+    MIN_GUARD = 8
 
 cdef enum:
     # Calls in a Cohort: the first baseline probe's (later probes take half: a lower
@@ -217,8 +228,8 @@ cdef class AdaptiveLimit:
     evaluations (``probe_interval`` in slow start, default interval / 2),
     ``horizon`` and ``subwindows`` x ``samples`` of the latency reservoir,
     ``min_samples`` before acting and ``window_samples`` per percentile, ``growth``
-    per slow-start step, ``additive`` step (fraction of the level last cut from),
-    ``headroom`` below the target where growth stops (default 0.35 in concurrency
+    per slow-start step (default 2 in rate mode, 1.5 in concurrency mode),
+    ``additive`` step (fraction of the level last cut from), ``headroom`` below the target where growth stops (default 0.35 in concurrency
     mode, 0.2 in rate mode), ``min_cut`` (smallest cut), ``rearm_after`` healthy
     growth steps (0 = never; default 1), ``tolerance`` (the fresh median may rise
     this much over the no-load baseline before it counts as a standing queue;
@@ -307,7 +318,7 @@ cdef class AdaptiveLimit:
     def __init__(self, target_latency=0.1, percentile=0.99, mode="rate", min_limit=1,
                  max_limit=100_000, initial_limit=None, clock=None, *, interval=0.5,
                  probe_interval=None, horizon=10.0, subwindows=40, samples=256, min_samples=None,
-                 window_samples=None, growth=1.5,
+                 window_samples=None, growth=None,
                  additive=0.03, headroom=None, min_cut=0.03125, rearm_after=None,
                  tolerance=0.25, window_age=None, baseline_interval=None, seed=0):
         self.target_latency = check_positive("target_latency", target_latency, MAX_SECONDS)
@@ -360,6 +371,14 @@ cdef class AdaptiveLimit:
                 f"baseline_interval must be at least interval ({interval!r} s), "
                 f"got {baseline_interval!r}")
         self.baseline_ns = seconds_to_ns(self.baseline_interval if self.baseline_interval > 0 else h)
+        if growth is None:
+            # Rate mode doubles per slow-start step, as TCP's slow start does: an
+            # overshoot costs little there, the in-flight guard bounds the backlog
+            # it builds (sized by the delivered rate while in slow start) and the
+            # delivered rate trims it back (see _trim). Concurrency mode keeps the
+            # gentler step: a limit over the knee puts every extra call it allows
+            # into the backend's queue at once.
+            growth = 2.0 if self.rate_mode else 1.5
         self.growth = check_positive("growth", growth, 16.0)
         if self.growth <= 1.0:
             raise InvalidParameter(f"growth must be > 1, got {growth!r}")
@@ -658,10 +677,15 @@ cdef class AdaptiveLimit:
 
     cdef bint _backend_bound(self, int64_t now) noexcept:
         """Rate mode: calls queue at the backend (the in-flight guard refused some, or
-        the fresh median stands over the baseline) and it delivered clearly less than
-        the rate, so the backend, not the rate, is the bottleneck. Without a queue,
-        delivering less than the rate only means fewer calls arrived."""
-        if not self.rate_mode or (self.guarded == 0 and not self._queued()):
+        the pace refused some with the fresh median standing over the baseline) and it
+        delivered clearly less than the rate, so the backend, not the rate, is the
+        bottleneck. Without a queue, delivering less than the rate only means fewer
+        calls arrived; so it does with nothing refused at all (every call that came
+        was admitted), whatever the median says: at a low rate a median of a few
+        dozen calls over the lowest median seen reads as a queue by chance, and the
+        rate must not ratchet down to the arrivals on it."""
+        if not self.rate_mode or (self.guarded == 0 and not (
+                self.rejected > 0 and self._queued())):
             return False
         if self.queue_ratio <= 1.0 + self.tolerance / 2:
             return False
@@ -799,14 +823,35 @@ cdef class AdaptiveLimit:
         return True
 
     cdef void _cut(self, int64_t now) noexcept:
+        """Cut by the sequence's next fraction (1/2 when armed, down to ``min_cut``).
+
+        Rate mode, the first cut of a run with a standing queue: no lower than
+        ``min_cut`` under what the backend delivered since the last evaluation (at
+        most the rate). Over capacity a paced stream queues, and what a queued
+        backend delivers is its capacity: a step under it drains the queue (the
+        in-flight guard keeps it short) without idling the backend, where halving a
+        rate that overshot by a few percent idles it until slow start climbs back.
+        Without a queue the delivered rate says nothing of the capacity (the calls
+        are slow, not waiting). A breach the step does not cure is a capacity drop
+        or a slower backend: the next cut, in a row, follows the sequence alone (and
+        cuts harder, see the control law).
+        """
         cdef int32_t shift = self.next_shift
         if self.last_was_cut:
             # The previous cut did not cure it: conditions changed, cut harder.
             shift = self.last_shift - 1 if self.last_shift > 1 else 1
         cdef double f = ldexp(1.0, -shift)
+        cdef double new = self.limit_value * (1.0 - f)
+        cdef double elapsed = ns_to_seconds(now - self.last_eval)
+        cdef double delivered
+        if (self.rate_mode and not self.last_was_cut and self._queued() and elapsed > 0
+                and self.completed > 0):
+            delivered = min(self.limit_value, self.completed / elapsed)
+            if delivered * (1.0 - self.min_cut) > new:
+                new = delivered * (1.0 - self.min_cut)
         self.ceiling = self.limit_value
         self.step = self.additive * self.ceiling
-        self.limit_value = self._clamp(self.limit_value * (1.0 - f))
+        self.limit_value = self._clamp(new)
         self.last_shift = shift
         self.next_shift = shift + 1 if shift < self.max_shift else self.max_shift
         self.phase = PHASE_SLOW_START
@@ -1169,11 +1214,12 @@ cdef class AdaptiveLimiter:
     ``mode="rate"`` paces admissions at ``current_limit`` per second (GCRA with
     ``burst`` seconds' worth of tolerance; default None: half the target latency's
     worth, at least ``MIN_BURST`` calls and at most one second's worth: see
-    ``pacing_burst``) and, for calls made through permits, refuses while more than the larger
-    of that burst and rate x target_latency x ``queue_cap`` (default 0.4) are in
-    flight (a backlog the backend is not draining; 0 disables; the controller hears
-    of these refusals: see ``_trim``; in slow start the rate here is at most what the
-    backend delivered while calls were refused, see ``AdaptiveLimit._delivered``); ``mode="concurrency"`` admits while fewer than
+    ``pacing_burst``) and, for calls made through permits, refuses while more than
+    rate x target_latency x ``queue_cap`` (default 0.4; at least ``MIN_GUARD`` calls,
+    or the whole burst if smaller) are in flight (a backlog the backend is not
+    draining; 0 disables; the controller hears of these refusals: see ``_trim``; in
+    slow start the rate here is at most what the backend delivered while calls were
+    refused, see ``AdaptiveLimit._delivered``); ``mode="concurrency"`` admits while fewer than
     ``current_limit`` calls are in flight. One limit guards the whole
     backend, so every key shares it (keys are validated for uniformity with the
     other limiters). Feed it outcomes by using the permit (``with``/``async with``)
@@ -1260,7 +1306,8 @@ cdef class AdaptiveLimiter:
                     paced = delivered
                     paced_tokens = self._burst_calls(delivered)
             if self.queue_cap > 0 and self.in_flight_count + c > max(
-                    1.0, paced_tokens, paced * ctl.target_latency * self.queue_cap):
+                    1.0, min(paced_tokens, MIN_GUARD),
+                    paced * ctl.target_latency * self.queue_cap):
                 # Little's law: at this rate, more calls in flight than
                 # queue_cap x target's worth means the backend is not keeping up;
                 # pacing alone would let that queue grow without bound. In slow
@@ -1268,7 +1315,12 @@ cdef class AdaptiveLimiter:
                 # deliver: a rate probing past capacity must not widen the backlog
                 # it allows. (Not past slow start: there a slow but wide backend
                 # delivers less only because the guard refused, and a bound taken
-                # from that would shrink by itself.)
+                # from that would shrink by itself.) The pace's burst does not
+                # widen the bound (only MIN_GUARD calls of it count, for a low
+                # rate): at capacity the rate stands just over what the backend
+                # delivers (see AdaptiveLimit._trim), so the guard's backlog is
+                # the standing queue, and the default burst's half a target's
+                # worth of it leaves the percentile at the target's edge.
                 p.allowed = False
                 p.remaining = 0
                 p.retry_after = ns_to_seconds(interval)

@@ -43,19 +43,21 @@ def test_rate_mode_paces_at_the_current_limit() -> None:
 
 def test_rate_mode_refuses_a_backlog_the_backend_is_not_draining() -> None:
     clock = Clock()
-    # 1000/s with a 100 ms target: at most 1000 x 0.1 x 0.4 = 40 calls in flight
-    # (the default burst, 50 calls here, would allow 50).
-    lim = AdaptiveLimiter(mode="rate", initial_limit=1000, clock=clock, burst=0.02)
-    held = []
-    for _ in range(40):
+    # 1000/s with a 100 ms target: at most 1000 x 0.1 x 0.4 = 40 calls in flight,
+    # whatever the pace's burst (the default's 50 calls at once do not widen it: at
+    # capacity the guard's backlog is the standing queue).
+    for burst in (0.02, None):
+        lim = AdaptiveLimiter(mode="rate", initial_limit=1000, clock=clock, burst=burst)
+        held = []
+        for _ in range(40):
+            clock.t += S // 1000
+            held.append(lim.acquire())
+            assert held[-1].allowed
         clock.t += S // 1000
-        held.append(lim.acquire())
-        assert held[-1].allowed
-    clock.t += S // 1000
-    refused = lim.acquire()
-    assert not refused.allowed and refused.retry_after > 0  # pacing alone would admit it
-    held.pop().release()
-    assert lim.acquire().allowed
+        refused = lim.acquire()
+        assert not refused.allowed and refused.retry_after > 0  # pacing alone would admit it
+        held.pop().release()
+        assert lim.acquire().allowed
     uncapped = AdaptiveLimiter(mode="rate", initial_limit=1000, clock=clock, queue_cap=0)
     for _ in range(50):
         clock.t += S // 1000
@@ -284,15 +286,16 @@ def _admitted_at_once(lim: AdaptiveLimiter) -> int:
 
 def test_rate_mode_probing_over_capacity_allows_the_backlog_of_what_was_delivered() -> None:
     # The backend delivered 100/s while calls were refused: a rate probing at 400/s
-    # may hold no more in flight than 100/s would (max(burst 20 -> 25, 100 x 0.5 x
-    # 0.4 = 20) = 25 calls), not the 100 that 400/s would: a guard that widened with
-    # the probing rate let the backlog grow past the target before the probe ended.
+    # may hold no more in flight than 100/s would (100 x 0.5 x 0.4 = 20 calls), not
+    # the 80 that 400/s would: a guard that widened with the probing rate let the
+    # backlog grow past the target before the probe ended.
     lim, _ = _after_a_refusing_interval(refused=25)
-    assert _admitted_at_once(lim) == 25
+    assert _admitted_at_once(lim) == 20
     # With nothing refused, fewer completions only mean fewer arrivals: the bound
-    # stays the rate's (its burst: 400 x 0.5 x 0.5 = 100 calls at once).
+    # stays the rate's (400 x 0.5 x 0.4 = 80 calls; the pace's burst of 400 x 0.5 x
+    # 0.5 = 100 calls at once does not widen it).
     lim, _ = _after_a_refusing_interval(refused=0)
-    assert _admitted_at_once(lim) == 100
+    assert _admitted_at_once(lim) == 80
 
 
 def _probe_baselines(duration: Callable[[int], float], count: int, **knobs: Any) -> list[float]:
