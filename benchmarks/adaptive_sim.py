@@ -568,10 +568,16 @@ NOTES = """Reading the results (all numbers from the tables above):
   target's worth (at least 20 calls, was 10 ms), and never trims or eases the rate
   without a standing queue in the fresh median (the delivered rate of an idle
   backend is its arrivals, not its capacity); the percentile window stops at
-  2 x interval once it holds `min_samples` calls.
-- **Where targets are missed** (see the tables): rate mode at 10x misses the
-  steady-SLO target (>= 99% of windows) and converges late after one step at 2x;
-  concurrency mode is behind Envoy's gradient on goodput (the issue's target
+  2 x interval once it holds `min_samples` calls. Since then rate mode's in-flight
+  guard is rate x target x queue_cap alone (the pace's burst of half a target's
+  worth had widened it, leaving the standing queue at the target's edge), the
+  first cut of a run with a queue goes no lower than just under the delivered
+  rate (a steady-state breach halved the rate, missing convergence), the rate is
+  trimmed to the delivered rate only if calls were refused (at a low load a noisy
+  median read as a queue ratcheted it down to the arrivals), and slow start
+  doubles.
+- **Where targets are missed** (see the tables): concurrency mode is behind
+  Envoy's gradient on goodput (the issue's target
   "ahead of every baseline" is not met). Prefer
   concurrency mode to protect a backend; use rate mode when a QPS figure is what
   must be enforced.
