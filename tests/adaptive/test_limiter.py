@@ -467,8 +467,8 @@ def _lognormal_calls(seed: int, median: float) -> Callable[[int, int], int]:
 def test_concurrency_growth_waits_for_the_calls_admitted_since_the_last_step() -> None:
     # A FIFO backend of 8 slots x 400 ms (20 calls/s) offered 100 calls/s. Calls take
     # longer than the slow-start interval (0.25 s): growing on the calls of an
-    # earlier limit, before those of the new one report, took the limit from 20 to
-    # over 100 within 2 s while the queue built, blind.
+    # earlier limit, before those of the new one report, took the limit to several
+    # times the backend's slots while the queue built, blind.
     clock = Clock()
     model = AdaptiveLimit(target_latency=2.0, mode="concurrency", clock=clock)
     lim = AdaptiveLimiter(limit_model=model, clock=clock)
@@ -490,8 +490,8 @@ def test_concurrency_probe_that_runs_out_of_time_reads_the_calls_it_admitted() -
     # at 30 at most: a probe stage admits calls for two intervals (1 s), and each then
     # has the target's time (2 s) to finish; the median counts any still running as
     # the slowest. Ending at two intervals on the calls that had finished, the first
-    # and fast ones, read the baseline about a sixth low, and a baseline read low
-    # holds the limit under the backend's concurrency.
+    # and fast ones, read the baseline low, and a baseline read low holds the limit
+    # under the backend's concurrency.
     bases = []
     for seed in range(10):
         clock = Clock()
