@@ -506,6 +506,83 @@ def test_rate_mode_trim_past_slow_start_is_one_additive_step() -> None:
     )
 
 
+def _spread(lim: AdaptiveLimit, start: int, end: int, latencies: list[float]) -> None:
+    """Calls finishing evenly over [start, end), in the order given."""
+    for i, latency in enumerate(latencies):
+        lim.record(latency, now=start + i * (end - start) // len(latencies))
+
+
+def _breach_at_900_per_second(latency: float) -> tuple[AdaptiveLimit, int]:
+    """Rate 1000/s, the pace refusing some, the backend completing 900 calls in the
+    second, the last 30 slow: over a tenth of the latest sub-window's calls, so P90
+    breaches (early, near the end of the second). ``latency`` is the other calls'."""
+    lim, t = _with_baseline(mode="rate", initial_limit=1000, percentile=0.9)
+    for i in range(1000):
+        lim.on_decision(True, now=t + 1 + i)
+    lim.on_decision(False, now=t + 2000)
+    _spread(lim, t, t + S, [latency] * 870 + [SLOW] * 30)
+    return lim, t
+
+
+def test_rate_mode_first_cut_with_a_queue_stops_under_the_delivered_rate() -> None:
+    # A standing queue (the calls wait five times the baseline) means the rate is
+    # over capacity and what the queued backend delivered is its capacity: the first
+    # cut of the run stops min_cut under that, not at half the rate, which would idle
+    # the backend.
+    lim, t = _breach_at_900_per_second(QUEUED)
+    assert lim.cuts == 1
+    first = lim.limit
+    assert first == pytest.approx(900 * (1 - 1 / 32), rel=0.01)
+    # The breach persists at the next evaluation, still with a queue and the backend
+    # still delivering far more than half the rate: conditions changed, so this cut
+    # follows the sequence alone (a cut in a row after a 1/2 cut is 1/2 again).
+    t += S
+    for i in range(800):
+        lim.on_decision(True, now=t + 1 + i)
+    lim.on_decision(False, now=t + 2000)
+    # (All finish less than an interval after the first cut, so none evaluates
+    # early: the evaluation comes at the end of the second.)
+    _spread(lim, t + S // 10, t + 19 * S // 20, [QUEUED] * 770 + [SLOW] * 30)
+    lim.evaluate(now=t + S)
+    assert lim.cuts == 2
+    assert lim.limit == pytest.approx(first / 2)
+    # The same breach and deliveries without a queue (the median at the baseline,
+    # the calls slow rather than waiting): the delivered rate says nothing of the
+    # capacity, and the first cut halves the rate.
+    lim, _ = _breach_at_900_per_second(FAST)
+    assert lim.cuts == 1
+    assert lim.limit == pytest.approx(500)
+
+
+def test_rate_mode_trims_to_the_delivered_rate_only_when_calls_were_refused() -> None:
+    # The backend completed 300 calls in the second, five times slower than the
+    # baseline, at a rate of 1000/s. Refusals (by the in-flight guard, or by the pace
+    # with that queue) mean demand exceeded what passed, so 300/s is what the backend
+    # delivers: the rate comes down to one additive step over it.
+    def run(guarded: int, paced: int) -> AdaptiveLimit:
+        lim, t = _with_baseline(mode="rate", initial_limit=1000, percentile=0.9)
+        for i in range(300):
+            lim.on_decision(True, now=t + 1 + i)
+        for i in range(guarded):
+            lim.on_decision(False, now=t + 1000 + i, guarded=True)
+        for i in range(paced):
+            lim.on_decision(False, now=t + 2000 + i)
+        for i in range(300):
+            lim.record(QUEUED, now=t + S // 2 + i)
+        lim.evaluate(now=t + S)
+        return lim
+
+    for refused in (run(guarded=50, paced=0), run(guarded=0, paced=50)):
+        assert refused.limit == pytest.approx(300 * 1.03)
+        assert refused.state["phase"] == "additive" and refused.cuts == 0
+    # Nothing refused: every call that came was admitted, so 300 completions only
+    # mean 300 arrivals, whatever the median reads. The rate must not come down to
+    # them.
+    unrefused = run(guarded=0, paced=0)
+    assert unrefused.state["queue_ratio"] > 1.25  # the median reads as a queue
+    assert unrefused.limit >= 1000 and unrefused.cuts == 0
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from([FAST, 0.075, 0.09, SLOW]), st.booleans()),
                 min_size=1, max_size=40))  # fmt: skip
