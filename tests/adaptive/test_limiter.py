@@ -485,29 +485,33 @@ def test_concurrency_growth_waits_for_the_calls_admitted_since_the_last_step() -
     assert max(limits) <= 40, max(limits)
 
 
+def _first_baseline_of_slow_calls(seed: int) -> float:
+    """The first probe's baseline: calls of about 400 ms (lognormal median) that never
+    queue, offered 100/s at a limit of 20, held at 30 at most (so always saturated),
+    with a 2 s target."""
+    clock = Clock()
+    model = AdaptiveLimit(target_latency=2.0, mode="concurrency", initial_limit=20,
+                          max_limit=30, clock=clock)  # fmt: skip
+    lim = AdaptiveLimiter(limit_model=model, clock=clock)
+    ended: list[float] = []
+    probing = False
+
+    def after(k: int) -> bool:
+        nonlocal probing
+        if probing and not model.state["probing"]:
+            ended.append(model.state["baseline"])
+        probing = model.state["probing"]
+        return bool(ended)
+
+    assert _open_loop(lim, clock, 100, 30, _lognormal_calls(seed, 0.4), after)
+    return ended[0]
+
+
 def test_concurrency_probe_that_runs_out_of_time_reads_the_calls_it_admitted() -> None:
-    # Calls of about 400 ms (median) that never queue, offered 100/s at a limit held
-    # at 30 at most: a probe stage admits calls for two intervals (1 s), and each then
-    # has the target's time (2 s) to finish; the median counts any still running as
-    # the slowest. Ending at two intervals on the calls that had finished, the first
-    # and fast ones, read the baseline low, and a baseline read low holds the limit
-    # under the backend's concurrency.
-    bases = []
-    for seed in range(10):
-        clock = Clock()
-        model = AdaptiveLimit(target_latency=2.0, mode="concurrency", initial_limit=20,
-                              max_limit=30, clock=clock)  # fmt: skip
-        lim = AdaptiveLimiter(limit_model=model, clock=clock)
-        ended: list[float] = []
-        probing = False
-
-        def after(k: int) -> bool:
-            nonlocal probing
-            if probing and not model.state["probing"]:
-                ended.append(model.state["baseline"])
-            probing = model.state["probing"]
-            return bool(ended)
-
-        assert _open_loop(lim, clock, 100, 30, _lognormal_calls(seed, 0.4), after)
-        bases.append(ended[0])
+    # A probe stage admits calls for two intervals (1 s), and each then has the
+    # target's time to finish; the median counts any still running as the slowest.
+    # Ending at two intervals on the calls that had finished, the first and fast
+    # ones, read the baseline low, and a baseline read low holds the limit under the
+    # backend's concurrency.
+    bases = [_first_baseline_of_slow_calls(seed) for seed in range(10)]
     assert 0.4 * 0.9 <= statistics.fmean(bases) <= 0.4 * 1.15, bases
