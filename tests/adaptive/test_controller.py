@@ -14,6 +14,7 @@ from limiter.errors import InvalidParameter
 S = 1_000_000_000
 TARGET = 0.1
 FAST, SLOW = 0.01, 0.5  # latencies well under / over the target
+QUEUED = 5 * FAST  # calls behind a standing queue, still far under the target
 
 
 class Driver:
@@ -403,26 +404,39 @@ def _with_baseline(**kwargs: object) -> tuple[AdaptiveLimit, int]:
     return lim, t + S
 
 
-def test_rate_mode_backend_bound_comes_down_to_the_delivered_rate() -> None:
-    def run(guarded: int, latency: float) -> AdaptiveLimit:
-        lim, t = _with_baseline(mode="rate", initial_limit=1000, percentile=0.9)
-        for i in range(600):
-            lim.on_decision(True, now=t + 1 + i)
-        for i in range(guarded):
-            lim.on_decision(False, now=t + 1000 + i, guarded=True)
-        for i in range(100):
-            lim.on_decision(False, now=t + 2000 + i)  # refused by the pace
-        for i in range(300):  # the backend completed 300 in the second
-            lim.record(latency, now=t + S // 2 + i)
-        lim.evaluate(now=t + S)
-        return lim
+def _rate_interval(guarded: int, paced: int, latency: float) -> AdaptiveLimit:
+    """One evaluation interval at a rate of 1000/s: 600 calls admitted, ``guarded``
+    refused by the in-flight guard and ``paced`` by the pace, and the backend
+    completed 300 calls of ``latency`` in the second."""
+    lim, t = _with_baseline(mode="rate", initial_limit=1000, percentile=0.9)
+    for i in range(600):
+        lim.on_decision(True, now=t + 1 + i)
+    for i in range(guarded):
+        lim.on_decision(False, now=t + 1000 + i, guarded=True)
+    for i in range(paced):
+        lim.on_decision(False, now=t + 2000 + i)
+    for i in range(300):
+        lim.record(latency, now=t + S // 2 + i)
+    lim.evaluate(now=t + S)
+    return lim
 
-    paced = run(guarded=0, latency=FAST)
+
+def test_rate_mode_backend_bound_comes_down_to_the_delivered_rate() -> None:
+    paced = _rate_interval(guarded=0, paced=100, latency=FAST)
     assert paced.limit > 1000  # pace-bound and healthy: grows
-    queued = 5 * FAST  # a standing queue, the percentile still far under the target
-    bound = run(guarded=50, latency=queued)
-    assert bound.limit == pytest.approx(300 * 1.03)  # one additive step over delivered
-    assert bound.state["phase"] == "additive" and bound.cuts == 0
+    # A standing queue (the percentile still far under the target) and calls refused,
+    # by the in-flight guard or by the pace: demand exceeded what passed, so 300/s is
+    # what the backend delivers, and the rate comes down to one additive step over it.
+    for guarded, paced_out in ((50, 100), (50, 0), (0, 50)):
+        bound = _rate_interval(guarded=guarded, paced=paced_out, latency=QUEUED)
+        assert bound.limit == pytest.approx(300 * 1.03)
+        assert bound.state["phase"] == "additive" and bound.cuts == 0
+    # Nothing refused: every call that came was admitted, so 300 completions only
+    # mean 300 arrivals, whatever the median reads. The rate must not come down to
+    # them.
+    unrefused = _rate_interval(guarded=0, paced=0, latency=QUEUED)
+    assert unrefused.state["queue_ratio"] > 1.25  # the median reads as a queue
+    assert unrefused.limit >= 1000 and unrefused.cuts == 0
 
 
 def test_rate_mode_without_a_queue_is_not_trimmed_to_the_arrivals() -> None:
@@ -456,9 +470,6 @@ def _rate_tick(d: Driver, latency: float, *, admitted: int, guarded: int = 0,
     d.t += S
     d.lim.evaluate(now=d.t)
     return d.lim.limit
-
-
-QUEUED = 5 * FAST  # calls behind a standing queue, still far under the target
 
 
 def _rearmed_rate_driver() -> Driver:
@@ -552,35 +563,6 @@ def test_rate_mode_first_cut_with_a_queue_stops_under_the_delivered_rate() -> No
     lim, _ = _breach_at_900_per_second(FAST)
     assert lim.cuts == 1
     assert lim.limit == pytest.approx(500)
-
-
-def test_rate_mode_trims_to_the_delivered_rate_only_when_calls_were_refused() -> None:
-    # The backend completed 300 calls in the second, five times slower than the
-    # baseline, at a rate of 1000/s. Refusals (by the in-flight guard, or by the pace
-    # with that queue) mean demand exceeded what passed, so 300/s is what the backend
-    # delivers: the rate comes down to one additive step over it.
-    def run(guarded: int, paced: int) -> AdaptiveLimit:
-        lim, t = _with_baseline(mode="rate", initial_limit=1000, percentile=0.9)
-        for i in range(300):
-            lim.on_decision(True, now=t + 1 + i)
-        for i in range(guarded):
-            lim.on_decision(False, now=t + 1000 + i, guarded=True)
-        for i in range(paced):
-            lim.on_decision(False, now=t + 2000 + i)
-        for i in range(300):
-            lim.record(QUEUED, now=t + S // 2 + i)
-        lim.evaluate(now=t + S)
-        return lim
-
-    for refused in (run(guarded=50, paced=0), run(guarded=0, paced=50)):
-        assert refused.limit == pytest.approx(300 * 1.03)
-        assert refused.state["phase"] == "additive" and refused.cuts == 0
-    # Nothing refused: every call that came was admitted, so 300 completions only
-    # mean 300 arrivals, whatever the median reads. The rate must not come down to
-    # them.
-    unrefused = run(guarded=0, paced=0)
-    assert unrefused.state["queue_ratio"] > 1.25  # the median reads as a queue
-    assert unrefused.limit >= 1000 and unrefused.cuts == 0
 
 
 @settings(max_examples=60, deadline=None)

@@ -298,13 +298,15 @@ def test_rate_mode_probing_over_capacity_allows_the_backlog_of_what_was_delivere
     assert _admitted_at_once(lim) == 80
 
 
-def _probe_baselines(duration: Callable[[int], float], count: int, **knobs: Any) -> list[float]:
+def _probe_baselines(duration: Callable[[int], float], count: int, rate: int = 2000,
+                     **knobs: Any) -> list[float]:  # fmt: skip
     """The baselines a concurrency-mode limiter's first ``count`` probes leave. Calls are
-    offered 2,000/s and never queued; each takes ``duration(probes ended so far)`` s.
-    The initial limit of 80 is saturated (``knobs`` may cap it lower)."""
+    offered ``rate`` per second and never queued; each takes ``duration(probes ended so
+    far)`` s. The initial limit of 80 is saturated (``knobs`` may cap it lower, or set
+    the target and the initial limit: 0.5 s and 80 by default)."""
     clock = Clock()
-    model = AdaptiveLimit(target_latency=0.5, mode="concurrency", initial_limit=80, clock=clock,
-                          **knobs)  # fmt: skip
+    model = AdaptiveLimit(**{"target_latency": 0.5, "mode": "concurrency", "initial_limit": 80,
+                             "clock": clock, **knobs})  # fmt: skip
     lim = AdaptiveLimiter(limit_model=model, clock=clock)
     bases: list[float] = []
     probing = False
@@ -316,7 +318,7 @@ def _probe_baselines(duration: Callable[[int], float], count: int, **knobs: Any)
         probing = model.state["probing"]
         return len(bases) == count
 
-    if _open_loop(lim, clock, 2000, 10, lambda k, at: at + int(duration(len(bases)) * S), after):
+    if _open_loop(lim, clock, rate, 30, lambda k, at: at + int(duration(len(bases)) * S), after):
         return bases
     raise AssertionError(f"{count} probes did not end: {bases}")
 
@@ -458,12 +460,6 @@ def test_concurrency_steps_as_soon_as_the_calls_since_the_last_step_are_in() -> 
     assert reached and clock.t - 100 * S <= 2.4 * S, (clock.t - 100 * S) / S
 
 
-def _lognormal_calls(seed: int, median: float) -> Callable[[int, int], int]:
-    """Calls that never queue, each lognormal (sigma 0.5) around ``median`` seconds."""
-    rng = random.Random(seed)
-    return lambda k, at: at + int(median * S * rng.lognormvariate(0, 0.5))
-
-
 def test_concurrency_growth_waits_for_the_calls_admitted_since_the_last_step() -> None:
     # A FIFO backend of 8 slots x 400 ms (20 calls/s) offered 100 calls/s. Calls take
     # longer than the slow-start interval (0.25 s): growing on the calls of an
@@ -486,25 +482,12 @@ def test_concurrency_growth_waits_for_the_calls_admitted_since_the_last_step() -
 
 
 def _first_baseline_of_slow_calls(seed: int) -> float:
-    """The first probe's baseline: calls of about 400 ms (lognormal median) that never
-    queue, offered 100/s at a limit of 20, held at 30 at most (so always saturated),
-    with a 2 s target."""
-    clock = Clock()
-    model = AdaptiveLimit(target_latency=2.0, mode="concurrency", initial_limit=20,
-                          max_limit=30, clock=clock)  # fmt: skip
-    lim = AdaptiveLimiter(limit_model=model, clock=clock)
-    ended: list[float] = []
-    probing = False
-
-    def after(k: int) -> bool:
-        nonlocal probing
-        if probing and not model.state["probing"]:
-            ended.append(model.state["baseline"])
-        probing = model.state["probing"]
-        return bool(ended)
-
-    assert _open_loop(lim, clock, 100, 30, _lognormal_calls(seed, 0.4), after)
-    return ended[0]
+    """The first probe's baseline: calls of about 400 ms (lognormal median), offered
+    100/s at a limit of 20, held at 30 at most (so always saturated), with a 2 s
+    target."""
+    rng = random.Random(seed)
+    return _probe_baselines(lambda _: 0.4 * rng.lognormvariate(0, 0.5), 1, rate=100,
+                            target_latency=2.0, initial_limit=20, max_limit=30)[0]  # fmt: skip
 
 
 def test_concurrency_probe_that_runs_out_of_time_reads_the_calls_it_admitted() -> None:
