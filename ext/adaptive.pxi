@@ -495,9 +495,12 @@ cdef class AdaptiveLimit:
             # (Concurrency mode: once the calls admitted since the limit last moved
             # have reported, see _grow; at most one more interval.)
             self._evaluate(now)
-        elif self.probed and cohort_complete(&self.recent):
+        elif (self.probed and cohort_complete(&self.recent)
+                and self.evidence._count(now) >= self.min_samples):
             # Concurrency mode: the calls admitted since the limit last moved are
             # in, and they describe it; follow the queue now (see _follow_queue).
+            # (Not before the percentile can be estimated: that evaluation would
+            # only wait, and the next call would trigger it again.)
             self._evaluate(now)
         elif self.slow >= self.early_after and (
                 self.last_cut < 0 or now - self.last_cut >= self.interval_ns):
