@@ -11,9 +11,10 @@
 # later, so that with calls slower than the interval it never grows blind) on the
 # P-th percentile of the freshest ``window_samples`` latencies seen since the last
 # cut (at most ``horizon`` back, and no further than ``window_age`` once
-# ``min_samples`` are in, from a Reservoir; a dropped or timed-out call counts as slower than any target, and calls
-# admitted before the last cut are left out: they describe a limit no longer in
-# force), and on the queue ratio q: the median of the freshest ``min_samples`` calls
+# ``min_samples`` are in, from a Reservoir; a dropped or timed-out call counts as
+# slower than any target, and calls admitted before the last cut are left out: they
+# describe a limit no longer in force), and on the queue ratio q: the median of the
+# freshest ``min_samples`` calls
 # (concurrency mode: of those admitted since the limit last moved) over the no-load
 # baseline (concurrency mode: measured by a probe, see ``_start_probe``; rate mode:
 # the lowest fresh median seen). With r = percentile / target:
@@ -229,8 +230,9 @@ cdef class AdaptiveLimit:
     ``horizon`` and ``subwindows`` x ``samples`` of the latency reservoir,
     ``min_samples`` before acting and ``window_samples`` per percentile, ``growth``
     per slow-start step (default 2 in rate mode, 1.5 in concurrency mode),
-    ``additive`` step (fraction of the level last cut from), ``headroom`` below the target where growth stops (default 0.35 in concurrency
-    mode, 0.2 in rate mode), ``min_cut`` (smallest cut), ``rearm_after`` healthy
+    ``additive`` step (fraction of the level last cut from), ``headroom`` below the
+    target where growth stops (default 0.35 in concurrency mode, 0.2 in rate mode),
+    ``min_cut`` (smallest cut), ``rearm_after`` healthy
     growth steps (0 = never; default 1), ``tolerance`` (the fresh median may rise
     this much over the no-load baseline before it counts as a standing queue;
     default 0.25), ``window_age`` (seconds: the percentile and median windows stop
@@ -483,8 +485,8 @@ cdef class AdaptiveLimit:
                 # waited behind a queue still building, longer than the fresh median.
                 self.before_sum += latency
                 self.before_n += 1
-            if cohort_complete(&self.probe) or (
-                    now - self.probe.start >= 2 * self.interval_ns + seconds_to_ns(self.target_latency)):
+            if cohort_complete(&self.probe) or now - self.probe.start >= (
+                    2 * self.interval_ns + seconds_to_ns(self.target_latency)):
                 self._end_probe(now)
             return 0
         cdef int64_t due = self.interval_ns if self.phase == PHASE_ADDITIVE else self.probe_ns
